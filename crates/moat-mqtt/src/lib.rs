@@ -16,13 +16,22 @@
 mod decode;
 mod encode;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod limits;
 mod packet;
+mod properties;
+mod reader;
 mod reason;
+mod writer;
 
 pub use decode::{decode, decode_connect};
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_publish, encoded_len, encoded_publish_len};
 pub use error::DecodeError;
 pub use limits::Limits;
 pub use packet::*;
 pub use reason::ReasonCode;
+
+#[cfg(test)]
+mod tests;

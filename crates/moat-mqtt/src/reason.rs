@@ -161,8 +161,12 @@ impl ReasonCode {
             Success => 0,
             UnsupportedProtocolVersion => 1,
             ClientIdentifierNotValid => 2,
-            ServerUnavailable | ServerBusy | ServerShuttingDown | UseAnotherServer
-            | ServerMoved | ConnectionRateExceeded => 3,
+            ServerUnavailable
+            | ServerBusy
+            | ServerShuttingDown
+            | UseAnotherServer
+            | ServerMoved
+            | ConnectionRateExceeded => 3,
             BadUserNameOrPassword | BadAuthenticationMethod => 4,
             _ => 5,
         }
