@@ -1,0 +1,94 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the CA, grouped by who has to act on it.
+///
+/// No variant ever carries key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    // --- The environment: the disk failed us.
+    /// Reading or writing a CA file failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    // --- Stored CA state: damaged, or files that do not belong together.
+    /// A stored file cannot be parsed or does not fit with the other CA files.
+    #[error("{}: {reason}", .path.display())]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A CA private key is not the key of the certificate stored beside it.
+    #[error("the key at {key} does not match the public key in {}", .certificate.display())]
+    KeyMismatch {
+        /// Where the key lives ([`KeySource::location`](crate::KeySource::location)).
+        key: String,
+        /// The certificate it was expected to belong to.
+        certificate: PathBuf,
+    },
+
+    // --- The operator: the installation is set up wrongly.
+    /// A key file or the CA directory can be read or written by other users.
+    #[error(
+        "{} is accessible by group or others (mode {mode:03o}); run `chmod {required:o} {}`",
+        .path.display(),
+        .path.display()
+    )]
+    InsecurePermissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode it must have.
+        required: u32,
+    },
+    /// Anything else the operator has to fix: an incomplete CA directory, an expired CA, an
+    /// unsupported key type.
+    #[error("{0}")]
+    Misconfigured(String),
+
+    // --- The caller: asked for a certificate we will not issue.
+    /// A certificate request is invalid (bad server name, zero validity, too many names).
+    #[error("invalid certificate request: {0}")]
+    InvalidRequest(String),
+
+    // --- The peer: presented a certificate without a usable device identity.
+    /// A client certificate does not bind exactly one valid device id.
+    #[error("certificate does not carry a valid device identity: {0}")]
+    InvalidDeviceCertificate(String),
+
+    // --- The crypto library failed (randomness, key generation, signing, encoding).
+    /// Key generation, signing or encoding failed.
+    #[error("certificate generation failed: {0}")]
+    Generation(String),
+}
+
+impl PkiError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<rcgen::Error> for PkiError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Generation(e.to_string())
+    }
+}
