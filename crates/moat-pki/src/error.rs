@@ -71,7 +71,38 @@ pub enum PkiError {
     Generation(String),
 }
 
+/// Who has to act on a [`PkiError`]: lets callers pick an exit code, an HTTP status or a log
+/// level without matching every variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Blame {
+    /// The disk or operating system failed.
+    Environment,
+    /// The stored CA files are damaged or do not belong together.
+    StoredState,
+    /// The operator's setup (permissions, missing files, expired CA).
+    Operator,
+    /// The caller asked for a certificate that will not be issued.
+    Caller,
+    /// A peer presented an unusable certificate.
+    Peer,
+    /// The crypto library failed.
+    CryptoLibrary,
+}
+
 impl PkiError {
+    /// Who has to act on this error.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::Io { .. } => Blame::Environment,
+            Self::Corrupt { .. } | Self::KeyMismatch { .. } => Blame::StoredState,
+            Self::InsecurePermissions { .. } | Self::Misconfigured(_) => Blame::Operator,
+            Self::InvalidRequest(_) => Blame::Caller,
+            Self::InvalidDeviceCertificate(_) => Blame::Peer,
+            Self::Generation(_) => Blame::CryptoLibrary,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

@@ -39,7 +39,7 @@ pub use authority::{
     LEAF_KEY_ALGORITHM, MAX_DEVICE_CERT_VALIDITY, MAX_SERVER_NAMES, ROOT_CA_CERT_FILE,
     ROOT_CA_KEY_FILE, ROOT_CA_VALIDITY, SERVER_CERT_VALIDITY,
 };
-pub use error::PkiError;
+pub use error::{Blame, PkiError};
 pub use identity::{
     DEVICE_URI_PREFIX, MAX_DEVICE_CERTIFICATE_SIZE, device_id_from_certificate, device_uri,
 };

@@ -216,3 +216,36 @@ fn read_limited(file: File, buf: &mut Vec<u8>, path: &Path) -> Result<(), PkiErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusing_to_replace_keeps_the_existing_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!(
+            "moat-pki-storage-{}-{}",
+            std::process::id(),
+            random::hex(8)?
+        ));
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("ca.key");
+        write_atomically(&path, b"first", PRIVATE_FILE_MODE, Replace::Refuse)?;
+        let err = write_atomically(&path, b"second", PRIVATE_FILE_MODE, Replace::Refuse)
+            .expect_err("an existing file must not be replaced");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path)?, b"first");
+        assert_eq!(fs::read_dir(&dir)?.count(), 1, "temporary file removed");
+        let read = read_private_file(&path)?.expect("exists");
+        assert_eq!(read.as_slice(), b"first");
+        assert!(read_private_file(&dir.join("absent"))?.is_none());
+
+        std::os::unix::fs::symlink(&path, dir.join("link.key"))?;
+        assert!(matches!(
+            read_private_file(&dir.join("link.key")),
+            Err(PkiError::Misconfigured(_))
+        ));
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

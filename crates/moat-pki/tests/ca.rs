@@ -323,6 +323,14 @@ fn expired_issuing_ca_is_refused() -> TestResult {
 }
 
 #[test]
+fn ca_can_be_shared_between_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CertificateAuthority>();
+    assert_send_sync::<moat_pki::IssuedCertificate>();
+    assert_send_sync::<PkiError>();
+}
+
+#[test]
 fn debug_output_holds_no_key_material() -> TestResult {
     let dir = TempDir::new("debug");
     let (ca, _) = CertificateAuthority::load_or_create(dir.path(), now())?;
@@ -543,6 +551,40 @@ fn device_identity_extraction() -> TestResult {
     assert!(rejected(crafted(&["d1"], &[], false, None)?));
     Ok(())
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// `device_id_from_certificate` sees peer bytes: damaged certificates are rejected, never
+    /// a panic, and never turned into a different identity.
+    #[test]
+    fn damaged_certificates_never_panic(
+        edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..4),
+        cut in proptest::option::of(proptest::num::usize::ANY),
+    ) {
+        let mut der = DEVICE_CERT.to_vec();
+        for (at, byte) in edits {
+            let at = at % der.len();
+            der[at] = byte;
+        }
+        if let Some(cut) = cut {
+            der.truncate(cut % der.len());
+        }
+        if let Ok(id) = device_id_from_certificate(&der) {
+            // An edit inside the name can change it; it must still be a valid id.
+            proptest::prop_assert!(DeviceId::parse(id.as_str()).is_ok());
+        }
+    }
+}
+
+static DEVICE_CERT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let dir = TempDir::new("proptest");
+    let (ca, _) = CertificateAuthority::load_or_create(dir.path(), now()).expect("CA");
+    let issued = ca
+        .issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, now())
+        .expect("device certificate");
+    issued.cert_der.to_vec()
+});
 
 // ---------------------------------------------------------------------------------------
 // Server certificates
