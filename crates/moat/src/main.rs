@@ -1,1 +1,209 @@
-fn main() {}
+//! `moat`: the hub and the operator CLI. Parses arguments and the environment, nothing more;
+//! everything else lives in `moat-hub`.
+
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use moat_hub::{ConfigError, Settings};
+use moat_types::DeviceId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code for invalid configuration or arguments.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(name = "moat", version, about = "Moat: a secure-by-default IoT hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the hub (creates the data directory, CA and server certificate on first start).
+    Serve(ServeArgs),
+    /// Manage devices.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Data directory [default: ./moat-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// MQTT over mutual TLS [default: 127.0.0.1:8883].
+    #[arg(long)]
+    mqtt_tls_listen: Option<SocketAddr>,
+    /// MQTT over secure WebSocket (path /mqtt), off unless given.
+    #[arg(long)]
+    mqtt_wss_listen: Option<SocketAddr>,
+    /// DANGER: plaintext MQTT listener (no encryption, no client certificates).
+    #[arg(long)]
+    danger_mqtt_plaintext_listen: Option<SocketAddr>,
+    /// DANGER: accept clients without credentials on the plaintext listener.
+    #[arg(long)]
+    danger_allow_anonymous: bool,
+    /// Largest keep alive granted to clients, seconds [default: 300].
+    #[arg(long)]
+    max_keepalive: Option<u16>,
+    /// HTTPS listener for /metrics and /healthz [default: 127.0.0.1:8443].
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Issue a key and certificate for a device.
+    Add {
+        /// Device id: 1-64 characters of A-Z a-z 0-9 . _ -
+        id: String,
+        /// Data directory [default: ./moat-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write ID.crt, ID.key and ca.crt.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 30)]
+        validity_days: u64,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Device {
+            command:
+                DeviceCommand::Add {
+                    id,
+                    data_dir,
+                    out,
+                    validity_days,
+                },
+        } => {
+            let id = match DeviceId::parse(&id) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("error: invalid device id {id:?}: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let data_dir =
+                data_dir.unwrap_or_else(|| PathBuf::from(moat_hub::config::DEFAULT_DATA_DIR));
+            let validity = Duration::from_secs(validity_days.saturating_mul(86_400));
+            match moat_hub::add_device(&data_dir, &id, &out, validity) {
+                Ok(()) => {
+                    println!(
+                        "issued {id}: {out}/{id}.crt, {out}/{id}.key (keep it secret), {out}/ca.crt",
+                        out = out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    Ok(file.merge(Settings {
+        data_dir: args.data_dir,
+        mqtt_tls_listen: args.mqtt_tls_listen,
+        mqtt_wss_listen: args.mqtt_wss_listen,
+        danger_mqtt_plaintext_listen: args.danger_mqtt_plaintext_listen,
+        danger_allow_anonymous: args.danger_allow_anonymous.then_some(true),
+        max_keepalive: args.max_keepalive,
+        api_listen: args.api_listen,
+        ..Settings::default()
+    }))
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match settings(args).and_then(Settings::resolve) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(moat_hub::run(
+        config,
+        |ready| {
+            let addr = |a: Option<SocketAddr>| a.map_or("null".to_owned(), |a| format!("\"{a}\""));
+            println!(
+                "moat ready {{\"mqtt_tls\":\"{}\",\"mqtt_wss\":{},\"mqtt_plaintext\":{},\"api\":\"{}\"}}",
+                ready.mqtt_tls,
+                addr(ready.mqtt_wss),
+                addr(ready.mqtt_plaintext),
+                ready.api
+            );
+            tracing::info!(
+                mqtt_tls = %ready.mqtt_tls,
+                api = %ready.api,
+                "listening; client certificates required"
+            );
+        },
+        shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,957 @@
+//! The shared broker: session registry, router, retained messages, durability.
+//!
+//! Lock order (never take an earlier lock while holding a later one):
+//! `sessions` → `router` → `retained` → a session's state. Routing takes the router lock
+//! only to collect targets and releases it before locking any session.
+
+use moat_mqtt::{
+    ConnAck, ConnAckProperties, Connect, ProtocolVersion, Publish, SubscriptionOptions,
+};
+use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp, TopicFilter, TopicName};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::auth::{self, Authorized, Authorizer, ConnectDenied, Principal};
+use crate::connection::Connection;
+use crate::message::Message;
+use crate::persist::{Durability, OutboundState, Snapshot, StoreOp, StoredSubscription};
+use crate::router::{Router, Subscriber};
+use crate::session::{Inflight, Pending, SessionCell, SessionState, SubRecord, WillSpec};
+use crate::stats::Stats;
+use crate::{BrokerConfig, ReasonCode, Wake};
+
+/// The broker. Cheap to clone; every clone is the same broker.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub durability: Arc<dyn Durability>,
+    sessions: Mutex<HashMap<ClientId, Arc<SessionCell>>>,
+    router: RwLock<Router>,
+    retained: RwLock<HashMap<TopicName, Arc<Message>>>,
+    next_id: AtomicU64,
+    pub stats: Stats,
+}
+
+/// The result of a CONNECT.
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// Accepted: send `connack` once the commit `commit` is durable, then run `connection`.
+    Accepted {
+        /// The connection state machine.
+        connection: Box<Connection>,
+        /// The CONNACK to send.
+        connack: ConnAck,
+        /// Commit sequence to wait for before sending the CONNACK (0: none).
+        commit: u64,
+    },
+    /// Refused: send `connack`, then close.
+    Refused {
+        /// The CONNACK to send.
+        connack: ConnAck,
+        /// Why, for logs and metrics.
+        reason: ReasonCode,
+    },
+}
+
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteOutcome {
+    /// Number of sessions the message was delivered or queued to.
+    pub matched: usize,
+    /// Commit sequence covering the durable part (0: nothing to wait for).
+    pub commit: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn refused(protocol: ProtocolVersion, reason: ReasonCode) -> ConnectOutcome {
+    let _ = protocol;
+    ConnectOutcome::Refused {
+        connack: ConnAck {
+            session_present: false,
+            reason_code: reason,
+            properties: ConnAckProperties::default(),
+        },
+        reason,
+    }
+}
+
+impl Broker {
+    /// A broker with the given settings, authorizer and durable storage.
+    pub fn new(
+        config: BrokerConfig,
+        authorizer: Arc<dyn Authorizer>,
+        durability: Arc<dyn Durability>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                authorizer,
+                durability,
+                sessions: Mutex::new(HashMap::new()),
+                router: RwLock::new(Router::default()),
+                retained: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        lock(&self.shared.sessions).len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        read(&self.shared.retained).len()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        read(&self.shared.router).len()
+    }
+
+    /// Checks a topic name against the configured length and level limits.
+    pub(crate) fn topic_within_limits(&self, len: usize, levels: usize) -> bool {
+        len <= self.shared.config.max_topic_length && levels <= self.shared.config.max_topic_levels
+    }
+
+    fn assign_client_id(&self, principal: &Principal) -> Option<ClientId> {
+        match principal {
+            // A device's only acceptable client id is its device id (MQTT-3.1.3-6 lets the
+            // server choose).
+            Principal::Device(id) => ClientId::parse(id.as_str()).ok(),
+            Principal::Unauthenticated => None,
+            Principal::Anonymous => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(self.next_id());
+                ClientId::parse(&format!("moat-{:016x}", h.finish())).ok()
+            }
+        }
+    }
+
+    /// Handles a CONNECT from `principal` (MQTT-3.1.4). `waker` is called whenever the
+    /// connection has something to send or must close.
+    pub fn connect(
+        &self,
+        connect: Connect,
+        principal: Principal,
+        waker: Arc<dyn Wake>,
+        now: Timestamp,
+    ) -> ConnectOutcome {
+        let cfg = &self.shared.config;
+        let protocol = connect.protocol;
+        let v5 = protocol == ProtocolVersion::V5;
+
+        // Client identifier (MQTT-3.1.3-7, -8).
+        let assigned = connect.client_id.is_empty();
+        let client_id = if assigned {
+            if !v5 && !connect.clean_start {
+                return refused(protocol, ReasonCode::ClientIdentifierNotValid);
+            }
+            match self.assign_client_id(&principal) {
+                Some(id) => id,
+                None => return refused(protocol, ReasonCode::ClientIdentifierNotValid),
+            }
+        } else {
+            match ClientId::parse(&connect.client_id) {
+                Ok(id) => id,
+                Err(_) => return refused(protocol, ReasonCode::ClientIdentifierNotValid),
+            }
+        };
+        match self
+            .shared
+            .authorizer
+            .authorize_connect(&principal, &client_id)
+        {
+            Ok(()) => {}
+            Err(ConnectDenied::ClientIdMismatch | ConnectDenied::NotAuthorized) => {
+                self.shared
+                    .stats
+                    .connect_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                return refused(protocol, ReasonCode::NotAuthorized);
+            }
+        }
+
+        // The will must be publishable by this principal, like any message.
+        let will = match connect.will {
+            None => None,
+            Some(will) => {
+                if !self.topic_within_limits(will.topic.len(), will.topic.level_count()) {
+                    return refused(protocol, ReasonCode::TopicNameInvalid);
+                }
+                if !self.shared.authorizer.may_publish(&principal, &will.topic) {
+                    return refused(protocol, ReasonCode::NotAuthorized);
+                }
+                let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+                let publish = Publish {
+                    dup: false,
+                    qos: will.qos,
+                    retain: will.retain,
+                    topic: Some(will.topic.clone()),
+                    packet_id: None,
+                    properties: moat_mqtt::PublishProperties {
+                        payload_format_indicator: will.properties.payload_format_indicator,
+                        message_expiry_interval: will.properties.message_expiry_interval,
+                        topic_alias: None,
+                        response_topic: will.properties.response_topic,
+                        correlation_data: will.properties.correlation_data,
+                        user_properties: will.properties.user_properties,
+                        subscription_identifiers: Vec::new(),
+                        content_type: will.properties.content_type,
+                    },
+                    payload: will.payload,
+                };
+                // The expiry clock of a will starts when it is published; `now` is replaced
+                // then (see `publish_will`).
+                Some(WillSpec {
+                    message: Message::new(will.topic, publish, now, None),
+                    delay_secs,
+                })
+            }
+        };
+
+        // Keep alive (MQTT-3.1.2-22, MQTT 5 Server Keep Alive).
+        let max_ka = cfg.max_keep_alive_secs();
+        let keep_alive = if connect.keep_alive == 0 || connect.keep_alive > max_ka {
+            max_ka
+        } else {
+            connect.keep_alive
+        };
+
+        // Session expiry.
+        let cap = cfg.max_session_expiry_secs();
+        let (expiry_interval, expiry_capped) = if v5 {
+            let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+            (asked.min(cap), asked > cap)
+        } else if connect.clean_start {
+            (0, false)
+        } else {
+            (cap, false)
+        };
+
+        let conn_id = self.next_id();
+        let mut ops = Vec::new();
+        let mut wills_now = Vec::new();
+        let mut ended_subs = Vec::new();
+        let (cell, session_present) = {
+            let mut sessions = lock(&self.shared.sessions);
+            let existing = sessions.get(&client_id).cloned();
+            let resumed = match existing {
+                Some(cell) if !connect.clean_start => {
+                    let mut st = cell.lock();
+                    // Takeover (MQTT-3.1.4-3): the old connection is told to go.
+                    if let Some(old) = st.attached.take() {
+                        old.waker.wake();
+                        self.shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                        if let Some(will) = st.will.take()
+                            && will.delay_secs == 0
+                        {
+                            wills_now.push(will.message);
+                        }
+                    }
+                    // Reconnected before the will delay passed: the will is not sent.
+                    st.pending_will = None;
+                    st.protocol = protocol;
+                    drop(st);
+                    Some(cell)
+                }
+                Some(cell) => {
+                    // Clean start: the old session ends (its will goes now).
+                    let mut st = cell.lock();
+                    if let Some(old) = st.attached.take() {
+                        old.waker.wake();
+                        self.shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(will) = st.will.take() {
+                        wills_now.push(will.message);
+                    }
+                    if let Some((_, will)) = st.pending_will.take() {
+                        wills_now.push(will);
+                    }
+                    st.ended = true;
+                    if st.is_persistent() {
+                        ops.push(StoreOp::DeleteSession {
+                            client_id: client_id.clone(),
+                        });
+                    }
+                    ended_subs.extend(st.subscriptions.drain().map(|(_, s)| (cell.id, s)));
+                    st.queue.clear();
+                    st.inflight.clear();
+                    cell.set_online(false);
+                    sessions.remove(&client_id);
+                    None
+                }
+                None => None,
+            };
+            let session_present = resumed.is_some();
+            let cell = match resumed {
+                Some(cell) => cell,
+                None => {
+                    let cell = SessionCell::new(
+                        self.next_id(),
+                        client_id.clone(),
+                        SessionState::new(protocol, expiry_interval),
+                    );
+                    sessions.insert(client_id.clone(), cell.clone());
+                    cell
+                }
+            };
+            {
+                let mut st = cell.lock();
+                let was_persistent = st.is_persistent();
+                st.expiry_interval = expiry_interval;
+                st.attached = Some(crate::session::Attached {
+                    conn_id,
+                    waker,
+                    kick: None,
+                });
+                st.disconnected_at = None;
+                st.will = will;
+                if expiry_interval > 0 {
+                    ops.push(StoreOp::PutSession {
+                        client_id: client_id.clone(),
+                        expiry_interval,
+                        protocol_level: protocol.level(),
+                        disconnected_at: None,
+                    });
+                } else if was_persistent {
+                    ops.push(StoreOp::DeleteSession {
+                        client_id: client_id.clone(),
+                    });
+                }
+                // QoS 0 messages are not kept for a session between connections.
+                if session_present {
+                    st.queue.retain(|p| p.qos != QoS::AtMostOnce);
+                }
+            }
+            cell.set_online(true);
+            (cell, session_present)
+        };
+        self.unroute(ended_subs);
+        for will in wills_now {
+            self.publish_will(&will, now);
+        }
+        let commit = self.submit(ops);
+
+        let mut properties = ConnAckProperties::default();
+        if v5 {
+            properties.receive_maximum = Some(cfg.receive_maximum);
+            properties.maximum_packet_size = Some(cfg.max_packet_size);
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            if assigned {
+                properties.assigned_client_identifier = Some(client_id.as_str().to_owned());
+            }
+            if keep_alive != connect.keep_alive {
+                properties.server_keep_alive = Some(keep_alive);
+            }
+            if expiry_capped {
+                properties.session_expiry_interval = Some(expiry_interval);
+            }
+        }
+        self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let connection = Connection::new(
+            self.clone(),
+            cell,
+            conn_id,
+            principal,
+            client_id,
+            protocol,
+            keep_alive,
+            &connect.properties,
+            session_present,
+        );
+        ConnectOutcome::Accepted {
+            connection: Box::new(connection),
+            connack: ConnAck {
+                session_present,
+                reason_code: ReasonCode::Success,
+                properties,
+            },
+            commit,
+        }
+    }
+
+    pub(crate) fn submit(&self, ops: Vec<StoreOp>) -> u64 {
+        if ops.is_empty() {
+            0
+        } else {
+            self.shared.durability.submit(ops)
+        }
+    }
+
+    fn unroute(&self, subs: Vec<(u64, SubRecord)>) {
+        if subs.is_empty() {
+            return;
+        }
+        let mut router = write(&self.shared.router);
+        for (session_id, sub) in subs {
+            router.remove(&sub.filter.filter, sub.filter.share.as_ref(), session_id);
+        }
+    }
+
+    /// Publishes a will (or any hub-originated message) without a principal check: the will
+    /// was authorized when the CONNECT was accepted.
+    pub(crate) fn publish_will(&self, will: &Arc<Message>, now: Timestamp) {
+        // The Message Expiry Interval of a will counts from its publication.
+        let publish = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: Some(will.topic.clone()),
+            packet_id: None,
+            properties: will.properties.clone(),
+            payload: will.payload.clone(),
+        };
+        let message = Message::new(will.topic.clone(), publish, now, None);
+        self.shared.stats.wills.fetch_add(1, Ordering::Relaxed);
+        self.route(auth::trusted(message), Vec::new(), now);
+    }
+
+    /// Routes an authorized message to every matching subscription, updates the retained
+    /// store, and submits `extra_ops` in the same durable batch.
+    pub fn route(
+        &self,
+        message: Authorized<Arc<Message>>,
+        mut extra_ops: Vec<StoreOp>,
+        now: Timestamp,
+    ) -> RouteOutcome {
+        let message = message.into_inner();
+        let stats = &self.shared.stats;
+        stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if message.is_expired(now) {
+            stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            return RouteOutcome {
+                matched: 0,
+                commit: self.submit(extra_ops),
+            };
+        }
+
+        if message.retain {
+            self.retain(&message, &mut extra_ops);
+        }
+
+        let mut targets = Vec::new();
+        read(&self.shared.router).collect(&message.topic, &mut targets);
+
+        // One copy per session: the maximum QoS of the matching subscriptions and all their
+        // identifiers (MQTT-3.3.4-2, -4).
+        if targets.len() > 1 {
+            targets.sort_unstable_by_key(|s| s.session.id);
+        }
+        let mut matched = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            let session_id = targets[i].session.id;
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            let mut j = i;
+            while j < targets.len() && targets[j].session.id == session_id {
+                let sub = &targets[j];
+                j += 1;
+                // No Local (MQTT-3.8.3-3).
+                if sub.options.no_local && message.origin == Some(session_id) {
+                    continue;
+                }
+                qos = Some(qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
+                retain |= sub.options.retain_as_published && message.retain;
+                if let Some(id) = sub.identifier {
+                    ids.push(id);
+                }
+            }
+            if let Some(sub_qos) = qos {
+                let delivery_qos = message.qos.min(sub_qos);
+                if self.enqueue(
+                    &targets[i].session,
+                    &message,
+                    delivery_qos,
+                    retain,
+                    ids,
+                    &mut extra_ops,
+                ) {
+                    matched += 1;
+                }
+            }
+            i = j;
+        }
+        let commit = self.submit(extra_ops);
+        RouteOutcome { matched, commit }
+    }
+
+    fn retain(&self, message: &Arc<Message>, ops: &mut Vec<StoreOp>) {
+        let mut retained = write(&self.shared.retained);
+        let topic = message.topic.clone();
+        // MQTT-3.3.1-6, -7: an empty payload clears the retained message.
+        if message.payload.is_empty() {
+            if retained.remove(&topic).is_some() {
+                ops.push(StoreOp::DeleteRetained {
+                    topic: topic.as_str().to_owned(),
+                });
+            }
+            return;
+        }
+        if !retained.contains_key(&topic)
+            && retained.len() >= self.shared.config.max_retained_messages
+        {
+            self.shared
+                .stats
+                .retained_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        ops.push(StoreOp::PutRetained {
+            topic: topic.as_str().to_owned(),
+            message: message.to_stored(message.qos, true),
+        });
+        retained.insert(topic, message.clone());
+    }
+
+    /// Queues a message for one session. Returns whether it was accepted.
+    pub(crate) fn enqueue(
+        &self,
+        cell: &Arc<SessionCell>,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        ops: &mut Vec<StoreOp>,
+    ) -> bool {
+        let mut st = cell.lock();
+        if st.ended {
+            return false;
+        }
+        let online = st.attached.is_some();
+        // QoS 0 messages are not queued for a disconnected session (MQTT-3.1.2-5 permits).
+        if !online && qos == QoS::AtMostOnce {
+            return false;
+        }
+        if st.queue.len() >= self.shared.config.max_queued_messages {
+            st.dropped += 1;
+            self.shared
+                .stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let stored = qos != QoS::AtMostOnce && st.is_persistent();
+        if stored {
+            ops.push(StoreOp::PutOutbound {
+                client_id: cell.client_id.clone(),
+                seq,
+                state: OutboundState::Queued,
+                message: message.to_stored(qos, retain),
+            });
+        }
+        st.queue.push_back(Pending {
+            seq,
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids,
+            stored,
+        });
+        if online {
+            st.wake();
+        }
+        true
+    }
+
+    /// Adds (or replaces) a subscription and queues the retained messages it asks for.
+    /// Returns the granted QoS and whether it replaced an existing subscription.
+    pub(crate) fn subscribe(
+        &self,
+        cell: &Arc<SessionCell>,
+        wire: String,
+        filter: Authorized<SubscriptionFilter>,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        ops: &mut Vec<StoreOp>,
+    ) -> bool {
+        let filter = filter.into_inner();
+        write(&self.shared.router).insert(
+            &filter.filter,
+            filter.share.as_ref(),
+            Subscriber {
+                session: cell.clone(),
+                options,
+                identifier,
+            },
+        );
+        let existed;
+        let persistent;
+        {
+            let mut st = cell.lock();
+            existed = st
+                .subscriptions
+                .insert(
+                    wire.clone(),
+                    SubRecord {
+                        filter: filter.clone(),
+                        options,
+                        identifier,
+                    },
+                )
+                .is_some();
+            persistent = st.is_persistent();
+        }
+        if persistent {
+            ops.push(StoreOp::PutSubscription {
+                client_id: cell.client_id.clone(),
+                subscription: StoredSubscription {
+                    filter: wire,
+                    options: encode_options(options),
+                    identifier,
+                },
+            });
+        }
+        existed
+    }
+
+    /// Queues the retained messages matching `filter` for a new subscription (MQTT-3.3.1-9,
+    /// retain handling MQTT-3.8.3.1). Not for shared subscriptions (MQTT-4.8.2-?).
+    pub(crate) fn send_retained(
+        &self,
+        cell: &Arc<SessionCell>,
+        filter: &TopicFilter,
+        max_qos: QoS,
+        identifier: Option<u32>,
+        now: Timestamp,
+        ops: &mut Vec<StoreOp>,
+    ) {
+        let matches: Vec<Arc<Message>> = read(&self.shared.retained)
+            .values()
+            .filter(|m| filter.matches(&m.topic) && !m.is_expired(now))
+            .cloned()
+            .collect();
+        for m in matches {
+            let qos = m.qos.min(max_qos);
+            self.enqueue(cell, &m, qos, true, identifier.into_iter().collect(), ops);
+        }
+    }
+
+    /// Removes a subscription. Returns whether it existed.
+    pub(crate) fn unsubscribe(
+        &self,
+        cell: &Arc<SessionCell>,
+        wire: &str,
+        ops: &mut Vec<StoreOp>,
+    ) -> bool {
+        let (record, persistent) = {
+            let mut st = cell.lock();
+            (st.subscriptions.remove(wire), st.is_persistent())
+        };
+        let Some(record) = record else {
+            return false;
+        };
+        write(&self.shared.router).remove(
+            &record.filter.filter,
+            record.filter.share.as_ref(),
+            cell.id,
+        );
+        if persistent {
+            ops.push(StoreOp::DeleteSubscription {
+                client_id: cell.client_id.clone(),
+                filter: wire.to_owned(),
+            });
+        }
+        true
+    }
+
+    /// Detaches connection `conn_id` from its session after the network connection closed
+    /// (MQTT-3.1.2-8 will handling; MQTT-3.1.2-23 session expiry).
+    pub(crate) fn disconnected(
+        &self,
+        cell: &Arc<SessionCell>,
+        conn_id: u64,
+        publish_will: bool,
+        now: Timestamp,
+    ) {
+        let mut ops = Vec::new();
+        let mut will_now = None;
+        let mut end = false;
+        {
+            let mut st = cell.lock();
+            if st.attached.as_ref().map(|a| a.conn_id) != Some(conn_id) {
+                // Taken over: the new connection owns the session now.
+                return;
+            }
+            st.attached = None;
+            cell.set_online(false);
+            st.disconnected_at = Some(now);
+            let will = st.will.take();
+            // Messages in flight stay for redelivery; QoS 0 ones are dropped.
+            st.queue.retain(|p| p.qos != QoS::AtMostOnce);
+            if st.expiry_interval == 0 {
+                end = true;
+                if publish_will {
+                    will_now = will.map(|w| w.message);
+                }
+            } else {
+                ops.push(StoreOp::PutSession {
+                    client_id: cell.client_id.clone(),
+                    expiry_interval: st.expiry_interval,
+                    protocol_level: st.protocol.level(),
+                    disconnected_at: Some(now),
+                });
+                if publish_will && let Some(will) = will {
+                    let delay = will.delay_secs.min(st.expiry_interval);
+                    if delay == 0 {
+                        will_now = Some(will.message);
+                    } else {
+                        let due =
+                            now.saturating_add(std::time::Duration::from_secs(u64::from(delay)));
+                        st.pending_will = Some((due, will.message));
+                    }
+                }
+            }
+        }
+        if end {
+            self.end_session(cell, &mut ops);
+        }
+        if let Some(will) = will_now {
+            self.publish_will(&will, now);
+        }
+        self.submit(ops);
+    }
+
+    /// Removes a session from the registry and the router.
+    fn end_session(&self, cell: &Arc<SessionCell>, ops: &mut Vec<StoreOp>) {
+        {
+            let mut sessions = lock(&self.shared.sessions);
+            if sessions
+                .get(&cell.client_id)
+                .is_some_and(|c| Arc::ptr_eq(c, cell))
+            {
+                sessions.remove(&cell.client_id);
+            }
+        }
+        let subs: Vec<(u64, SubRecord)> = {
+            let mut st = cell.lock();
+            st.ended = true;
+            if st.is_persistent() {
+                ops.push(StoreOp::DeleteSession {
+                    client_id: cell.client_id.clone(),
+                });
+            }
+            st.queue.clear();
+            st.inflight.clear();
+            st.subscriptions
+                .drain()
+                .map(|(_, s)| (cell.id, s))
+                .collect()
+        };
+        self.unroute(subs);
+    }
+
+    /// Periodic work: expires sessions (MQTT-4.1.0-?), publishes wills whose delay passed.
+    /// Call about once a second.
+    pub fn tick(&self, now: Timestamp) {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions)
+            .values()
+            .filter(|c| !c.is_online())
+            .cloned()
+            .collect();
+        let mut ops = Vec::new();
+        for cell in cells {
+            let (expired, will) = {
+                let mut st = cell.lock();
+                if st.attached.is_some() {
+                    continue;
+                }
+                let expired = st.disconnected_at.is_some_and(|at| {
+                    now.saturating_since(at).as_secs() >= u64::from(st.expiry_interval)
+                        && st.expiry_interval != u32::MAX
+                });
+                let due = st.pending_will.as_ref().is_some_and(|(due, _)| *due <= now);
+                let will = if due || expired {
+                    st.pending_will.take().map(|(_, w)| w)
+                } else {
+                    None
+                };
+                (expired, will)
+            };
+            if let Some(will) = will {
+                self.publish_will(&will, now);
+            }
+            if expired {
+                self.shared
+                    .stats
+                    .sessions_expired
+                    .fetch_add(1, Ordering::Relaxed);
+                self.end_session(&cell, &mut ops);
+            }
+        }
+        self.submit(ops);
+        self.expire_retained(now);
+    }
+
+    fn expire_retained(&self, now: Timestamp) {
+        let expired: Vec<TopicName> = read(&self.shared.retained)
+            .iter()
+            .filter(|(_, m)| m.is_expired(now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut retained = write(&self.shared.retained);
+        for topic in expired {
+            if retained.get(&topic).is_some_and(|m| m.is_expired(now)) {
+                retained.remove(&topic);
+                ops.push(StoreOp::DeleteRetained {
+                    topic: topic.as_str().to_owned(),
+                });
+            }
+        }
+        drop(retained);
+        self.submit(ops);
+    }
+
+    /// Asks every connected client to go (hub shutdown), with `reason`.
+    pub fn kick_all(&self, reason: ReasonCode) {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
+        for cell in cells {
+            let mut st = cell.lock();
+            if let Some(a) = st.attached.as_mut() {
+                a.kick = Some(reason);
+                a.waker.wake();
+            }
+        }
+    }
+
+    /// Rebuilds persistent sessions and retained messages from storage at start-up. Damaged
+    /// entries are skipped and counted in the returned number.
+    pub fn restore(&self, snapshot: Snapshot, now: Timestamp) -> usize {
+        let mut skipped = 0;
+        for (topic, stored) in snapshot.retained {
+            match (TopicName::parse(&topic), Message::from_stored(&stored)) {
+                (Ok(t), Some((m, _, _))) if !m.is_expired(now) => {
+                    write(&self.shared.retained).insert(t, m);
+                }
+                (Ok(_), Some(_)) => {}
+                _ => skipped += 1,
+            }
+        }
+        for loaded in snapshot.sessions {
+            let protocol = if loaded.protocol_level == 5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V311
+            };
+            let mut st = SessionState::new(protocol, loaded.expiry_interval);
+            // A session that was connected when the hub stopped counts as disconnected now.
+            st.disconnected_at = Some(loaded.disconnected_at.unwrap_or(now));
+            let cell_id = self.next_id();
+            let mut subs = Vec::new();
+            for s in loaded.subscriptions {
+                let Ok(filter) = SubscriptionFilter::parse(&s.filter) else {
+                    skipped += 1;
+                    continue;
+                };
+                let Some(options) = decode_options(s.options) else {
+                    skipped += 1;
+                    continue;
+                };
+                subs.push((s.filter, filter, options, s.identifier));
+            }
+            for (seq, state, stored) in loaded.outbound {
+                let Some((message, qos, retain)) = Message::from_stored(&stored) else {
+                    skipped += 1;
+                    continue;
+                };
+                st.next_seq = st.next_seq.max(seq + 1);
+                let pending = Pending {
+                    seq,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids: Vec::new(),
+                    stored: true,
+                };
+                match state {
+                    OutboundState::Queued => st.queue.push_back(pending),
+                    OutboundState::Sent(id) | OutboundState::Released(id) => {
+                        let Some(packet_id) = moat_mqtt::PacketId::new(id) else {
+                            st.queue.push_back(pending);
+                            continue;
+                        };
+                        st.packet_ids.mark(id);
+                        st.inflight.push_back(Inflight {
+                            pending,
+                            packet_id,
+                            released: matches!(state, OutboundState::Released(_)),
+                        });
+                    }
+                }
+            }
+            st.inbound_qos2.extend(loaded.inbound_qos2);
+            let cell = SessionCell::new(cell_id, loaded.client_id.clone(), st);
+            for (wire, filter, options, identifier) in subs {
+                let authorized = auth::trusted(filter);
+                let mut ignored = Vec::new();
+                self.subscribe(&cell, wire, authorized, options, identifier, &mut ignored);
+            }
+            lock(&self.shared.sessions).insert(loaded.client_id, cell);
+        }
+        skipped
+    }
+}
+
+/// The subscription options byte (MQTT-3.8.3.1).
+pub(crate) fn encode_options(o: SubscriptionOptions) -> u8 {
+    o.qos.as_u8()
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | (o.retain_handling.as_u8() << 4)
+}
+
+pub(crate) fn decode_options(b: u8) -> Option<SubscriptionOptions> {
+    use moat_mqtt::RetainHandling;
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(b & 0b11)?,
+        no_local: b & 0b100 != 0,
+        retain_as_published: b & 0b1000 != 0,
+        retain_handling: match (b >> 4) & 0b11 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendAtSubscribeIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        },
+    })
+}

@@ -1,0 +1,834 @@
+//! The per-connection protocol state machine, from an accepted CONNECT to the close.
+//!
+//! ```text
+//!   Broker::connect ──▶ Connection ──handle()/poll_outbound()──▶ … ──Err(Close)──▶ closed()
+//! ```
+//! `handle` takes one decoded packet and appends responses to an [`Outbox`]; acknowledgements
+//! of durable work carry the commit sequence they must wait for, and everything behind them
+//! waits too, so packets leave in the order they were produced. `poll_outbound` moves queued
+//! messages into flight within the client's Receive Maximum. Both return [`Close`] when the
+//! connection must end; the driver then sends DISCONNECT (MQTT 5) if [`Close::notify_peer`]
+//! and calls [`Connection::closed`].
+
+use moat_mqtt::{
+    AckProperties, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion, PubResponse,
+    Publish, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp, TopicName};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::ReasonCode;
+use crate::auth::{self, Principal};
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::persist::{OutboundState, StoreOp};
+use crate::session::{Inflight, SessionCell};
+
+/// Most messages moved into the outbox by one [`Connection::poll_outbound`] call, so that one
+/// busy subscriber cannot monopolise its driver between reads.
+const POLL_BUDGET: usize = 256;
+
+/// Why a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    /// The client sent DISCONNECT; `will` is true for reason 0x04 (Disconnect with Will).
+    ClientDisconnect {
+        /// Whether the will is still published.
+        will: bool,
+    },
+    /// The client broke the protocol or a limit.
+    Violation,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The hub ended the connection (shutdown, administrative action).
+    Kicked,
+    /// The network connection failed or the keep alive expired.
+    Lost,
+}
+
+/// A decision to end the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// Reason code for the DISCONNECT sent to an MQTT 5 client.
+    pub reason: ReasonCode,
+    /// What happened.
+    pub kind: CloseKind,
+}
+
+impl Close {
+    /// A protocol or limit violation by the client.
+    pub fn violation(reason: ReasonCode) -> Self {
+        Self {
+            reason,
+            kind: CloseKind::Violation,
+        }
+    }
+
+    /// The network connection was lost, or keep alive expired.
+    pub fn lost(reason: ReasonCode) -> Self {
+        Self {
+            reason,
+            kind: CloseKind::Lost,
+        }
+    }
+
+    /// Whether the server should send DISCONNECT before closing (MQTT 5 only).
+    pub fn notify_peer(&self) -> bool {
+        !matches!(self.kind, CloseKind::ClientDisconnect { .. })
+            && !(self.kind == CloseKind::Lost && self.reason == ReasonCode::UnspecifiedError)
+    }
+
+    /// Whether the will message is published (MQTT-3.1.2-8, -10).
+    pub fn publishes_will(&self) -> bool {
+        !matches!(self.kind, CloseKind::ClientDisconnect { will: false })
+    }
+}
+
+/// Packets waiting to be written, each gated on a durability commit sequence.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: VecDeque<(u64, Packet)>,
+    gate: u64,
+    pending_acks: usize,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `packet`, to be sent once commit `commit` is durable (0: no wait). A packet
+    /// never overtakes one appended before it.
+    pub fn push(&mut self, packet: Packet, commit: u64) {
+        self.gate = self.gate.max(commit);
+        if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+            self.pending_acks += 1;
+        }
+        self.items.push_back((self.gate, packet));
+    }
+
+    /// The next packet whose commit is durable given `committed`.
+    pub fn pop_ready(&mut self, committed: u64) -> Option<Packet> {
+        if self
+            .items
+            .front()
+            .is_some_and(|(gate, _)| *gate <= committed)
+        {
+            let (_, packet) = self.items.pop_front()?;
+            if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+                self.pending_acks -= 1;
+            }
+            Some(packet)
+        } else {
+            None
+        }
+    }
+
+    /// The commit sequence the first packet waits for, if it waits.
+    pub fn blocked_on(&self, committed: u64) -> Option<u64> {
+        self.items
+            .front()
+            .map(|(gate, _)| *gate)
+            .filter(|gate| *gate > committed)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Packets waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    broker: Broker,
+    cell: Arc<SessionCell>,
+    conn_id: u64,
+    principal: Principal,
+    client_id: ClientId,
+    protocol: ProtocolVersion,
+    keep_alive: u16,
+    client_receive_maximum: u16,
+    client_max_packet_size: u32,
+    client_topic_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, TopicName>,
+    outbound_aliases: HashMap<TopicName, u16>,
+    resend: bool,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        broker: Broker,
+        cell: Arc<SessionCell>,
+        conn_id: u64,
+        principal: Principal,
+        client_id: ClientId,
+        protocol: ProtocolVersion,
+        keep_alive: u16,
+        props: &ConnectProperties,
+        session_present: bool,
+    ) -> Self {
+        let cfg = broker.config();
+        let v5 = protocol == ProtocolVersion::V5;
+        Self {
+            client_receive_maximum: if v5 {
+                props.receive_maximum.unwrap_or(u16::MAX)
+            } else {
+                cfg.max_inflight_outbound
+            },
+            client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            client_topic_alias_maximum: if v5 {
+                props
+                    .topic_alias_maximum
+                    .unwrap_or(0)
+                    .min(cfg.max_outbound_topic_aliases)
+            } else {
+                0
+            },
+            broker,
+            cell,
+            conn_id,
+            principal,
+            client_id,
+            protocol,
+            keep_alive,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            resend: session_present,
+        }
+    }
+
+    /// The session's client identifier (assigned or as sent).
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// Who is connected.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The protocol level.
+    pub fn protocol(&self) -> ProtocolVersion {
+        self.protocol
+    }
+
+    /// The decoder limits for this connection's packets.
+    pub fn decode_limits(&self) -> moat_mqtt::Limits {
+        moat_mqtt::Limits {
+            max_packet_size: self.broker.config().max_packet_size,
+            ..moat_mqtt::Limits::default()
+        }
+    }
+
+    /// How long the connection may stay silent before it is closed: 1.5 × the granted keep
+    /// alive (MQTT-3.1.2-24).
+    pub fn keep_alive_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.keep_alive) * 1500)
+    }
+
+    fn v5(&self) -> bool {
+        self.protocol == ProtocolVersion::V5
+    }
+
+    fn ack(&self, packet_id: PacketId, reason: ReasonCode) -> PubResponse {
+        PubResponse {
+            packet_id,
+            // 3.1.1 acknowledgements carry no reason code.
+            reason_code: if self.v5() {
+                reason
+            } else {
+                ReasonCode::Success
+            },
+            properties: AckProperties::default(),
+        }
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle(
+        &mut self,
+        packet: Packet,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now, out),
+            Packet::PubAck(r) => {
+                self.on_puback(r.packet_id);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.on_pubrec(r, out);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                self.on_pubrel(r.packet_id, out);
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                self.on_pubcomp(r.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s, now, out),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u, out);
+                Ok(())
+            }
+            Packet::PingReq => {
+                out.push(Packet::PingResp, 0);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(&d)),
+            // MQTT-3.1.0-2: a second CONNECT is a protocol error. Enhanced authentication is
+            // not offered, so AUTH is one too (MQTT-4.12.0-1). Server-to-client packets from
+            // a client are protocol errors.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(Close::violation(ReasonCode::ProtocolError)),
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        mut p: Publish,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(), Close> {
+        let cfg = self.broker.config();
+        // Receive Maximum (MQTT-3.3.4-9): unacknowledged QoS 1/2 PUBLISHes from the client.
+        if p.qos != QoS::AtMostOnce {
+            let limit = if self.v5() {
+                usize::from(cfg.receive_maximum)
+            } else {
+                usize::from(u16::MAX)
+            };
+            let unacked = out.pending_acks + self.cell.lock().inbound_qos2.len();
+            if unacked >= limit {
+                return Err(Close::violation(ReasonCode::ReceiveMaximumExceeded));
+            }
+        }
+        // Topic aliases (MQTT-3.3.2-7 .. -12).
+        let topic = match (p.topic.take(), p.properties.topic_alias.take()) {
+            (topic, Some(alias)) => {
+                if alias == 0 || alias > cfg.topic_alias_maximum {
+                    return Err(Close::violation(ReasonCode::TopicAliasInvalid));
+                }
+                match topic {
+                    Some(t) => {
+                        self.inbound_aliases.insert(alias, t.clone());
+                        t
+                    }
+                    None => match self.inbound_aliases.get(&alias) {
+                        Some(t) => t.clone(),
+                        None => return Err(Close::violation(ReasonCode::ProtocolError)),
+                    },
+                }
+            }
+            (Some(t), None) => t,
+            (None, None) => return Err(Close::violation(ReasonCode::ProtocolError)),
+        };
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        let reply = |conn: &Self, reason: ReasonCode, out: &mut Outbox, commit: u64| {
+            if let Some(id) = packet_id {
+                let ack = conn.ack(id, reason);
+                match qos {
+                    QoS::AtLeastOnce => out.push(Packet::PubAck(ack), commit),
+                    QoS::ExactlyOnce => out.push(Packet::PubRec(ack), commit),
+                    QoS::AtMostOnce => {}
+                }
+            }
+        };
+        if !self
+            .broker
+            .topic_within_limits(topic.len(), topic.level_count())
+        {
+            reply(self, ReasonCode::TopicNameInvalid, out, 0);
+            return Ok(());
+        }
+        // QoS 2 duplicate of a message already received: acknowledge, do not route again
+        // (MQTT-4.3.3, method B).
+        if qos == QoS::ExactlyOnce
+            && let Some(id) = packet_id
+            && self.cell.lock().inbound_qos2.contains(&id.get())
+        {
+            reply(self, ReasonCode::Success, out, 0);
+            return Ok(());
+        }
+        let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
+        let Some(authorized) = auth::check_publish(
+            self.broker.shared.authorizer.as_ref(),
+            &self.principal,
+            &topic,
+            message,
+        ) else {
+            self.broker
+                .stats()
+                .publish_denied
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic = %topic, "publish denied");
+            reply(self, ReasonCode::NotAuthorized, out, 0);
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        if qos == QoS::ExactlyOnce
+            && let Some(id) = packet_id
+        {
+            let mut st = self.cell.lock();
+            st.inbound_qos2.insert(id.get());
+            if st.is_persistent() {
+                ops.push(StoreOp::PutInboundQos2 {
+                    client_id: self.client_id.clone(),
+                    packet_id: id.get(),
+                });
+            }
+        }
+        let outcome = self.broker.route(authorized, ops, now);
+        let reason = if outcome.matched == 0 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        reply(self, reason, out, outcome.commit);
+        Ok(())
+    }
+
+    fn on_puback(&mut self, id: PacketId) {
+        let mut st = self.cell.lock();
+        let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == id && f.pending.qos == QoS::AtLeastOnce)
+        else {
+            return;
+        };
+        let Some(done) = st.inflight.remove(pos) else {
+            return;
+        };
+        st.packet_ids.release(id.get());
+        drop(st);
+        self.forget(&done);
+    }
+
+    fn forget(&self, done: &Inflight) {
+        if done.pending.stored {
+            self.broker.submit(vec![StoreOp::DeleteOutbound {
+                client_id: self.client_id.clone(),
+                seq: done.pending.seq,
+            }]);
+        }
+    }
+
+    fn on_pubrec(&mut self, r: PubResponse, out: &mut Outbox) {
+        let mut st = self.cell.lock();
+        let pos = st
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == r.packet_id && f.pending.qos == QoS::ExactlyOnce);
+        let Some(pos) = pos else {
+            drop(st);
+            out.push(
+                Packet::PubRel(self.ack(r.packet_id, ReasonCode::PacketIdentifierNotFound)),
+                0,
+            );
+            return;
+        };
+        // A failure code ends the flow (MQTT-4.3.3 / 4.9).
+        if r.reason_code.is_error() {
+            if let Some(done) = st.inflight.remove(pos) {
+                st.packet_ids.release(r.packet_id.get());
+                drop(st);
+                self.forget(&done);
+            }
+            return;
+        }
+        let entry = &mut st.inflight[pos];
+        let first = !entry.released;
+        entry.released = true;
+        let stored = entry.pending.stored;
+        let seq = entry.pending.seq;
+        drop(st);
+        if first && stored {
+            self.broker.submit(vec![StoreOp::SetOutboundState {
+                client_id: self.client_id.clone(),
+                seq,
+                state: OutboundState::Released(r.packet_id.get()),
+            }]);
+        }
+        out.push(Packet::PubRel(PubResponse::success(r.packet_id)), 0);
+    }
+
+    fn on_pubcomp(&mut self, id: PacketId) {
+        let mut st = self.cell.lock();
+        let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == id && f.released)
+        else {
+            return;
+        };
+        let Some(done) = st.inflight.remove(pos) else {
+            return;
+        };
+        st.packet_ids.release(id.get());
+        drop(st);
+        self.forget(&done);
+    }
+
+    fn on_pubrel(&mut self, id: PacketId, out: &mut Outbox) {
+        let (found, persistent) = {
+            let mut st = self.cell.lock();
+            (st.inbound_qos2.remove(&id.get()), st.is_persistent())
+        };
+        let mut commit = 0;
+        if found && persistent {
+            commit = self.broker.submit(vec![StoreOp::DeleteInboundQos2 {
+                client_id: self.client_id.clone(),
+                packet_id: id.get(),
+            }]);
+        }
+        let reason = if found {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        out.push(Packet::PubComp(self.ack(id, reason)), commit);
+    }
+
+    fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(), Close> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut ops = Vec::new();
+        let max_subscriptions = self.broker.config().max_subscriptions;
+        for (wire, options) in s.filters {
+            let Ok(filter) = SubscriptionFilter::parse(&wire) else {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            if !self
+                .broker
+                .topic_within_limits(filter.filter.len(), filter.filter.level_count())
+            {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
+            if filter.share.is_some() && options.no_local {
+                return Err(Close::violation(ReasonCode::ProtocolError));
+            }
+            let topic_filter = filter.filter.clone();
+            let shared = filter.share.is_some();
+            let Some(authorized) = auth::check_subscribe(
+                self.broker.shared.authorizer.as_ref(),
+                &self.principal,
+                &topic_filter,
+                filter,
+            ) else {
+                self.broker
+                    .stats()
+                    .subscribe_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(filter = %wire, "subscribe denied");
+                codes.push(ReasonCode::NotAuthorized);
+                continue;
+            };
+            {
+                let st = self.cell.lock();
+                if !st.subscriptions.contains_key(&wire)
+                    && st.subscriptions.len() >= max_subscriptions
+                {
+                    codes.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
+            }
+            let existed = self.broker.subscribe(
+                &self.cell,
+                wire,
+                authorized,
+                options,
+                s.subscription_identifier,
+                &mut ops,
+            );
+            let send = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            // Retained messages are not sent for shared subscriptions (MQTT-4.8.2).
+            if send && !shared {
+                self.broker.send_retained(
+                    &self.cell,
+                    &topic_filter,
+                    options.qos,
+                    s.subscription_identifier,
+                    now,
+                    &mut ops,
+                );
+            }
+            codes.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+        }
+        let commit = self.broker.submit(ops);
+        out.push(
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: AckProperties::default(),
+                reason_codes: codes,
+            }),
+            commit,
+        );
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe, out: &mut Outbox) {
+        let mut ops = Vec::new();
+        let codes = u
+            .filters
+            .iter()
+            .map(|wire| {
+                if SubscriptionFilter::parse(wire).is_err() {
+                    ReasonCode::TopicFilterInvalid
+                } else if self.broker.unsubscribe(&self.cell, wire, &mut ops) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        let commit = self.broker.submit(ops);
+        out.push(
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: AckProperties::default(),
+                reason_codes: codes,
+            }),
+            commit,
+        );
+    }
+
+    fn on_disconnect(&mut self, d: &Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            let mut st = self.cell.lock();
+            // MQTT-3.14.2-2: a session created with expiry 0 cannot be given one now.
+            if st.expiry_interval == 0 && expiry != 0 {
+                return Close::violation(ReasonCode::ProtocolError);
+            }
+            st.expiry_interval = expiry.min(self.broker.config().max_session_expiry_secs());
+        }
+        Close {
+            reason: ReasonCode::Success,
+            kind: CloseKind::ClientDisconnect {
+                will: d.reason_code == ReasonCode::DisconnectWithWill,
+            },
+        }
+    }
+
+    /// Moves queued messages into the outbox within the client's Receive Maximum, and
+    /// reports whether the hub wants this connection closed. Returns `Ok(true)` when more
+    /// messages are ready than one call moves.
+    pub fn poll_outbound(&mut self, now: Timestamp, out: &mut Outbox) -> Result<bool, Close> {
+        let window = usize::from(
+            self.client_receive_maximum
+                .min(self.broker.config().max_inflight_outbound)
+                .max(1),
+        );
+        let mut ops = Vec::new();
+        let cell = self.cell.clone();
+        let mut st = cell.lock();
+        match &st.attached {
+            Some(a) if a.conn_id == self.conn_id => {
+                if let Some(reason) = a.kick {
+                    return Err(Close {
+                        reason,
+                        kind: CloseKind::Kicked,
+                    });
+                }
+            }
+            _ => {
+                return Err(Close {
+                    reason: ReasonCode::SessionTakenOver,
+                    kind: CloseKind::TakenOver,
+                });
+            }
+        }
+        if self.resend {
+            // MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP set) and PUBREL, in order,
+            // with their original packet identifiers.
+            self.resend = false;
+            let inflight: Vec<Inflight> = st.inflight.iter().cloned().collect();
+            for f in &inflight {
+                if f.released {
+                    out.push(Packet::PubRel(PubResponse::success(f.packet_id)), 0);
+                } else if let Some(publish) =
+                    self.build_publish(&f.pending, Some(f.packet_id), true, now)
+                {
+                    out.push(Packet::Publish(publish), 0);
+                }
+            }
+        }
+        let mut budget = POLL_BUDGET;
+        while budget > 0 {
+            let Some(front) = st.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(pending) = st.queue.pop_front() else {
+                break;
+            };
+            budget -= 1;
+            if pending.message.is_expired(now) {
+                cfg_stat(&self.broker)
+                    .dropped_expired
+                    .fetch_add(1, Ordering::Relaxed);
+                if pending.stored {
+                    ops.push(StoreOp::DeleteOutbound {
+                        client_id: self.client_id.clone(),
+                        seq: pending.seq,
+                    });
+                }
+                continue;
+            }
+            let packet_id = if pending.qos == QoS::AtMostOnce {
+                None
+            } else {
+                st.packet_ids.allocate()
+            };
+            let Some(publish) = self.build_publish(&pending, packet_id, false, now) else {
+                // Larger than the client accepts (MQTT-3.1.2-25): dropped as if delivered.
+                if let Some(id) = packet_id {
+                    st.packet_ids.release(id.get());
+                }
+                if pending.stored {
+                    ops.push(StoreOp::DeleteOutbound {
+                        client_id: self.client_id.clone(),
+                        seq: pending.seq,
+                    });
+                }
+                continue;
+            };
+            if let Some(packet_id) = packet_id {
+                if pending.stored {
+                    ops.push(StoreOp::SetOutboundState {
+                        client_id: self.client_id.clone(),
+                        seq: pending.seq,
+                        state: OutboundState::Sent(packet_id.get()),
+                    });
+                }
+                st.inflight.push_back(Inflight {
+                    pending,
+                    packet_id,
+                    released: false,
+                });
+            }
+            out.push(Packet::Publish(publish), 0);
+            cfg_stat(&self.broker)
+                .messages_out
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let more = budget == 0
+            && st
+                .queue
+                .front()
+                .is_some_and(|f| f.qos == QoS::AtMostOnce || st.inflight.len() < window);
+        drop(st);
+        self.broker.submit(ops);
+        Ok(more)
+    }
+
+    /// Builds the PUBLISH for one delivery, assigning an outbound topic alias when the
+    /// client accepts them. `None` if the packet would exceed the client's Maximum Packet
+    /// Size.
+    fn build_publish(
+        &mut self,
+        pending: &crate::session::Pending,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now: Timestamp,
+    ) -> Option<Publish> {
+        let m = &pending.message;
+        let v5 = self.v5();
+        let mut properties = if v5 {
+            let mut p = m.properties.clone();
+            p.message_expiry_interval = m.remaining_expiry(now);
+            p.subscription_identifiers = pending.subscription_ids.clone();
+            p
+        } else {
+            moat_mqtt::PublishProperties::default()
+        };
+        let mut topic = Some(m.topic.clone());
+        let mut new_alias = None;
+        if self.client_topic_alias_maximum > 0 {
+            if let Some(&alias) = self.outbound_aliases.get(&m.topic) {
+                properties.topic_alias = Some(alias);
+                topic = None;
+            } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
+                let alias = u16::try_from(self.outbound_aliases.len() + 1).unwrap_or(u16::MAX);
+                properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+        }
+        let publish = Publish {
+            dup,
+            qos: pending.qos,
+            retain: pending.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        };
+        let packet = Packet::Publish(publish);
+        let len = moat_mqtt::encoded_len(&packet, self.protocol);
+        if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(self.client_max_packet_size) {
+            cfg_stat(&self.broker)
+                .dropped_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(m.topic.clone(), alias);
+        }
+        match packet {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Ends the connection: detaches it from its session, publishes or schedules the will,
+    /// and ends the session if its expiry interval is 0.
+    pub fn closed(self, close: &Close, now: Timestamp) {
+        self.broker
+            .disconnected(&self.cell, self.conn_id, close.publishes_will(), now);
+    }
+
+    /// The DISCONNECT to send for `close`, if the protocol allows one (MQTT 5 only).
+    pub fn disconnect_packet(&self, close: &Close) -> Option<Packet> {
+        (self.v5() && close.notify_peer())
+            .then(|| Packet::Disconnect(Disconnect::with_reason(close.reason)))
+    }
+}
+
+fn cfg_stat(broker: &Broker) -> &crate::Stats {
+    broker.stats()
+}

@@ -1,0 +1,130 @@
+//! An application message as the broker holds it: decoded once, shared by reference count
+//! across every session it is delivered to.
+
+use bytes::{Bytes, BytesMut};
+use moat_mqtt::{Limits, Packet, ProtocolVersion, Publish, PublishProperties};
+use moat_types::{QoS, Timestamp, TopicName};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::persist::StoredMessage;
+
+/// A published message. Topic and payload are slices of the publisher's read buffer.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name (aliases already resolved).
+    pub topic: TopicName,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS the publisher used.
+    pub qos: QoS,
+    /// RETAIN flag the publisher used.
+    pub retain: bool,
+    /// MQTT 5 properties to forward (no topic alias, no subscription identifiers).
+    pub properties: PublishProperties,
+    /// Absolute expiry from the Message Expiry Interval.
+    pub expires_at: Option<Timestamp>,
+    /// The publishing session, for No Local (MQTT-3.8.3-3).
+    pub origin: Option<u64>,
+    stored: OnceLock<Bytes>,
+}
+
+impl Message {
+    /// Builds a message from a decoded PUBLISH whose topic is resolved.
+    pub fn new(
+        topic: TopicName,
+        publish: Publish,
+        now: Timestamp,
+        origin: Option<u64>,
+    ) -> Arc<Self> {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| now.saturating_add(Duration::from_secs(u64::from(secs))));
+        Arc::new(Self {
+            topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            origin,
+            stored: OnceLock::new(),
+        })
+    }
+
+    /// Whether the message has expired at `now` (MQTT-3.3.2-5).
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The Message Expiry Interval to forward at `now`: the remaining lifetime, rounded up
+    /// (MQTT-3.3.2-6).
+    pub fn remaining_expiry(&self, now: Timestamp) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let ms = at.as_millis().saturating_sub(now.as_millis());
+            u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// The message as stored, for a delivery at `qos` with `retain`.
+    pub fn to_stored(&self, qos: QoS, retain: bool) -> StoredMessage {
+        let encoded = self
+            .stored
+            .get_or_init(|| {
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: Some(self.topic.clone()),
+                    packet_id: None,
+                    properties: PublishProperties {
+                        // The absolute expiry is stored beside the encoding.
+                        message_expiry_interval: None,
+                        ..self.properties.clone()
+                    },
+                    payload: self.payload.clone(),
+                };
+                let mut buf = BytesMut::new();
+                moat_mqtt::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf);
+                buf.freeze()
+            })
+            .clone();
+        StoredMessage {
+            encoded,
+            qos: qos.as_u8(),
+            retain,
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// Rebuilds a message from storage. `None` if the stored bytes do not decode (a damaged
+    /// row is skipped, not trusted).
+    pub fn from_stored(stored: &StoredMessage) -> Option<(Arc<Self>, QoS, bool)> {
+        let mut buf = BytesMut::from(&stored.encoded[..]);
+        let limits = Limits {
+            max_packet_size: Limits::PROTOCOL_MAX_PACKET_SIZE,
+            ..Limits::default()
+        };
+        let Ok(Some(Packet::Publish(publish))) =
+            moat_mqtt::decode(&mut buf, ProtocolVersion::V5, &limits)
+        else {
+            return None;
+        };
+        let topic = publish.topic.clone()?;
+        let qos = QoS::from_u8(stored.qos)?;
+        let message = Arc::new(Self {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: stored.retain,
+            properties: publish.properties,
+            expires_at: stored.expires_at,
+            origin: None,
+            stored: OnceLock::from(stored.encoded.clone()),
+        });
+        Some((message, qos, stored.retain))
+    }
+}

@@ -1,0 +1,272 @@
+//! The subscription trie: topic filter levels → subscribers.
+//!
+//! Literal levels are hash-map children; `+` and `#` have their own slots. Matching a topic
+//! walks at most one literal child and one `+` child per level and collects `#` subscribers
+//! on the way, so its cost depends on the topic's depth and the wildcard fan-out, not on the
+//! number of subscriptions. Shared subscriptions (`$share/group/filter`) hang off the same
+//! node as a group whose members take turns (MQTT-4.8.2).
+//! The oracle in tests is [`moat_types::naive_matches`].
+
+use bytes::Bytes;
+use moat_mqtt::SubscriptionOptions;
+use moat_types::{ShareGroup, TopicFilter, TopicName};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::session::SessionCell;
+
+/// One subscription as routed.
+#[derive(Clone, Debug)]
+pub(crate) struct Subscriber {
+    pub session: Arc<SessionCell>,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct SharedGroup {
+    name: Option<ShareGroup>,
+    members: Vec<Subscriber>,
+    cursor: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Leaf {
+    direct: Vec<Subscriber>,
+    shared: Vec<SharedGroup>,
+}
+
+impl Leaf {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.shared.is_empty()
+    }
+
+    fn insert(&mut self, share: Option<&ShareGroup>, sub: Subscriber) {
+        let id = sub.session.id;
+        let list = match share {
+            None => &mut self.direct,
+            Some(group) => {
+                let pos = match self
+                    .shared
+                    .iter()
+                    .position(|g| g.name.as_ref() == Some(group))
+                {
+                    Some(pos) => pos,
+                    None => {
+                        self.shared.push(SharedGroup {
+                            name: Some(group.clone()),
+                            ..SharedGroup::default()
+                        });
+                        self.shared.len() - 1
+                    }
+                };
+                &mut self.shared[pos].members
+            }
+        };
+        match list.iter_mut().find(|s| s.session.id == id) {
+            Some(existing) => *existing = sub,
+            None => list.push(sub),
+        }
+    }
+
+    fn remove(&mut self, share: Option<&ShareGroup>, session_id: u64) -> bool {
+        match share {
+            None => {
+                let before = self.direct.len();
+                self.direct.retain(|s| s.session.id != session_id);
+                before != self.direct.len()
+            }
+            Some(group) => {
+                let Some(pos) = self
+                    .shared
+                    .iter()
+                    .position(|g| g.name.as_ref() == Some(group))
+                else {
+                    return false;
+                };
+                let members = &mut self.shared[pos].members;
+                let before = members.len();
+                members.retain(|s| s.session.id != session_id);
+                let removed = before != members.len();
+                if members.is_empty() {
+                    self.shared.swap_remove(pos);
+                }
+                removed
+            }
+        }
+    }
+
+    fn collect(&self, out: &mut Vec<Subscriber>) {
+        out.extend(self.direct.iter().cloned());
+        for group in &self.shared {
+            if let Some(member) = group.pick() {
+                out.push(member.clone());
+            }
+        }
+    }
+}
+
+impl SharedGroup {
+    /// Round robin over the members, preferring one whose session is online.
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.session.is_online())
+            .or_else(|| self.members.get(start % n))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Bytes, Node>,
+    plus: Option<Box<Node>>,
+    hash: Option<Box<Leaf>>,
+    leaf: Leaf,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.leaf.is_empty()
+    }
+}
+
+/// The subscription index.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    root: Node,
+    count: usize,
+}
+
+fn split_levels(filter: &TopicFilter) -> Vec<Bytes> {
+    let bytes = Bytes::copy_from_slice(filter.as_bytes());
+    let mut levels = Vec::new();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            levels.push(bytes.slice(start..i));
+            start = i + 1;
+        }
+    }
+    levels.push(bytes.slice(start..));
+    levels
+}
+
+impl Router {
+    /// Adds or replaces the subscription of `sub.session` for this filter and group.
+    pub fn insert(&mut self, filter: &TopicFilter, share: Option<&ShareGroup>, sub: Subscriber) {
+        let mut node = &mut self.root;
+        let levels = split_levels(filter);
+        let last = levels.len() - 1;
+        for (i, level) in levels.into_iter().enumerate() {
+            match &level[..] {
+                b"#" if i == last => {
+                    node.hash
+                        .get_or_insert_with(Box::default)
+                        .insert(share, sub);
+                    self.count += 1;
+                    return;
+                }
+                b"+" => node = node.plus.get_or_insert_with(Box::default),
+                _ => node = node.children.entry(level).or_default(),
+            }
+        }
+        node.leaf.insert(share, sub);
+        self.count += 1;
+    }
+
+    /// Removes the subscription of `session_id` for this filter and group; prunes empty
+    /// nodes. Returns whether one existed.
+    pub fn remove(
+        &mut self,
+        filter: &TopicFilter,
+        share: Option<&ShareGroup>,
+        session_id: u64,
+    ) -> bool {
+        let levels = split_levels(filter);
+        let removed = Self::remove_at(&mut self.root, &levels, share, session_id);
+        if removed {
+            self.count = self.count.saturating_sub(1);
+        }
+        removed
+    }
+
+    fn remove_at(
+        node: &mut Node,
+        levels: &[Bytes],
+        share: Option<&ShareGroup>,
+        session_id: u64,
+    ) -> bool {
+        let Some((level, rest)) = levels.split_first() else {
+            return node.leaf.remove(share, session_id);
+        };
+        match &level[..] {
+            b"#" if rest.is_empty() => {
+                let Some(hash) = node.hash.as_mut() else {
+                    return false;
+                };
+                let removed = hash.remove(share, session_id);
+                if hash.is_empty() {
+                    node.hash = None;
+                }
+                removed
+            }
+            b"+" => {
+                let Some(plus) = node.plus.as_mut() else {
+                    return false;
+                };
+                let removed = Self::remove_at(plus, rest, share, session_id);
+                if plus.is_empty() {
+                    node.plus = None;
+                }
+                removed
+            }
+            _ => {
+                let Some(child) = node.children.get_mut(&level[..]) else {
+                    return false;
+                };
+                let removed = Self::remove_at(child, rest, share, session_id);
+                if child.is_empty() {
+                    node.children.remove(&level[..]);
+                }
+                removed
+            }
+        }
+    }
+
+    /// Appends every subscription matching `topic` to `out` (one member per shared group).
+    pub fn collect(&self, topic: &TopicName, out: &mut Vec<Subscriber>) {
+        let levels: Vec<&[u8]> = topic.levels().collect();
+        Self::collect_at(&self.root, &levels, topic.is_dollar(), out);
+    }
+
+    fn collect_at(node: &Node, levels: &[&[u8]], at_dollar_root: bool, out: &mut Vec<Subscriber>) {
+        // MQTT-4.7.2-1: wildcards in the first level do not match `$` topics.
+        if !at_dollar_root && let Some(hash) = &node.hash {
+            hash.collect(out);
+        }
+        let Some((level, rest)) = levels.split_first() else {
+            node.leaf.collect(out);
+            return;
+        };
+        if let Some(child) = node.children.get(*level) {
+            Self::collect_at(child, rest, false, out);
+        }
+        if !at_dollar_root && let Some(plus) = &node.plus {
+            Self::collect_at(plus, rest, false, out);
+        }
+    }
+
+    /// Number of subscriptions held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+}

@@ -1,0 +1,200 @@
+//! Session state (MQTT-4.1): what the hub keeps for a client id across connections.
+
+use moat_mqtt::{PacketId, ProtocolVersion, SubscriptionOptions};
+use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::message::Message;
+use crate::{ReasonCode, Wake};
+
+/// A session shared between the registry, the router and at most one live connection.
+#[derive(Debug)]
+pub(crate) struct SessionCell {
+    /// Unique for the life of the process; the router's key.
+    pub id: u64,
+    pub client_id: ClientId,
+    online: AtomicBool,
+    state: Mutex<SessionState>,
+}
+
+impl SessionCell {
+    pub fn new(id: u64, client_id: ClientId, state: SessionState) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            client_id,
+            online: AtomicBool::new(false),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Whether a connection is attached (a hint for shared-subscription picks).
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Locks the state. A poisoned lock means a panic elsewhere already broke an invariant
+    /// of this session only; its data is still memory-safe, so it is used as is.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A subscription as the session records it. Options and identifier are kept so that the
+/// policy engine can re-evaluate live subscriptions.
+#[derive(Clone, Debug)]
+#[allow(dead_code)]
+pub(crate) struct SubRecord {
+    pub filter: SubscriptionFilter,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// A message waiting to be sent.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub stored: bool,
+}
+
+/// A QoS 1/2 message sent and not yet fully acknowledged.
+#[derive(Clone, Debug)]
+pub(crate) struct Inflight {
+    pub pending: Pending,
+    pub packet_id: PacketId,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    pub released: bool,
+}
+
+/// The live connection a session is attached to.
+pub(crate) struct Attached {
+    pub conn_id: u64,
+    pub waker: Arc<dyn Wake>,
+    /// Set when the hub wants that connection closed (takeover, administrative action).
+    pub kick: Option<ReasonCode>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("conn_id", &self.conn_id)
+            .field("kick", &self.kick)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A will message waiting for its delay (MQTT-3.1.3.2.2).
+#[derive(Debug, Clone)]
+pub(crate) struct WillSpec {
+    pub message: Arc<Message>,
+    pub delay_secs: u32,
+}
+
+/// Packet identifiers in use towards the client: a bitmap allocated on first use so that an
+/// idle session costs nothing.
+#[derive(Debug, Default)]
+pub(crate) struct PacketIds {
+    bits: Option<Box<[u64; 1024]>>,
+    next: u16,
+}
+
+impl PacketIds {
+    fn is_set(&self, id: u16) -> bool {
+        self.bits
+            .as_ref()
+            .is_some_and(|b| b[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+    }
+
+    pub fn mark(&mut self, id: u16) {
+        let bits = self.bits.get_or_insert_with(|| Box::new([0; 1024]));
+        bits[usize::from(id / 64)] |= 1 << (id % 64);
+    }
+
+    pub fn release(&mut self, id: u16) {
+        if let Some(bits) = self.bits.as_mut() {
+            bits[usize::from(id / 64)] &= !(1 << (id % 64));
+        }
+    }
+
+    /// The next free identifier. The caller bounds in-flight messages far below 65,535, so
+    /// one is always free.
+    pub fn allocate(&mut self) -> Option<PacketId> {
+        for _ in 0..=u16::MAX {
+            self.next = self.next.wrapping_add(1);
+            if self.next == 0 {
+                self.next = 1;
+            }
+            if !self.is_set(self.next) {
+                self.mark(self.next);
+                return PacketId::new(self.next);
+            }
+        }
+        None
+    }
+}
+
+/// Everything a session owns. Guarded by [`SessionCell::lock`].
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// Session Expiry Interval in seconds (0: ends with the connection).
+    pub expiry_interval: u32,
+    pub protocol: ProtocolVersion,
+    /// Keyed by the filter as sent (with any `$share/` prefix).
+    pub subscriptions: HashMap<String, SubRecord>,
+    pub queue: VecDeque<Pending>,
+    pub inflight: VecDeque<Inflight>,
+    pub packet_ids: PacketIds,
+    pub inbound_qos2: HashSet<u16>,
+    pub next_seq: u64,
+    pub attached: Option<Attached>,
+    pub disconnected_at: Option<Timestamp>,
+    /// The will of the attached connection.
+    pub will: Option<WillSpec>,
+    /// A will waiting for its delay after the connection closed.
+    pub pending_will: Option<(Timestamp, Arc<Message>)>,
+    /// Set when the session is removed from the registry; late deliveries are ignored.
+    pub ended: bool,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    pub fn new(protocol: ProtocolVersion, expiry_interval: u32) -> Self {
+        Self {
+            expiry_interval,
+            protocol,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            packet_ids: PacketIds::default(),
+            inbound_qos2: HashSet::new(),
+            next_seq: 1,
+            attached: None,
+            disconnected_at: None,
+            will: None,
+            pending_will: None,
+            ended: false,
+            dropped: 0,
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    /// Wakes the attached connection, if any.
+    pub fn wake(&self) {
+        if let Some(a) = &self.attached {
+            a.waker.wake();
+        }
+    }
+}

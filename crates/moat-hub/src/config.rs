@@ -1,0 +1,338 @@
+//! Hub configuration: an optional TOML file, overridden by command-line flags.
+//!
+//! Keys are the flag names in kebab-case; unknown keys and out-of-range values are rejected
+//! with the file name and line.
+
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use moat_broker::BrokerConfig;
+use moat_net::NetLimits;
+
+/// The default MQTT over TLS listener.
+pub const DEFAULT_MQTT_TLS_LISTEN: &str = "127.0.0.1:8883";
+/// The default HTTPS API listener.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8443";
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "moat-data";
+
+/// A configuration error, with where it was found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A combination of settings is not allowed.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn ranged<'de, D, T>(d: D, min: T, max: T, what: &str) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + std::fmt::Display + Copy,
+{
+    let v = T::deserialize(d)?;
+    if v < min || v > max {
+        return Err(serde::de::Error::custom(format!(
+            "{what} must be between {min} and {max}, got {v}"
+        )));
+    }
+    Ok(Some(v))
+}
+
+macro_rules! ranged_fn {
+    ($name:ident, $t:ty, $min:expr, $max:expr, $what:expr) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$t>, D::Error> {
+            ranged(d, $min, $max, $what)
+        }
+    };
+}
+
+ranged_fn!(keepalive, u16, 1, u16::MAX, "max-keepalive");
+ranged_fn!(packet_size, u32, 128, 268_435_460, "max-packet-size");
+ranged_fn!(queued, usize, 1, 10_000_000, "max-queued-messages");
+ranged_fn!(receive_max, u16, 1, u16::MAX, "receive-maximum");
+ranged_fn!(inflight, u16, 1, u16::MAX, "max-inflight-outbound");
+ranged_fn!(topic_len, usize, 1, 65_535, "max-topic-length");
+ranged_fn!(topic_levels, usize, 1, 1024, "max-topic-levels");
+ranged_fn!(subscriptions, usize, 1, 1_000_000, "max-subscriptions");
+ranged_fn!(alias_max, u16, 0, u16::MAX, "topic-alias-maximum");
+ranged_fn!(timeout_secs, u64, 1, 3600, "timeout");
+ranged_fn!(
+    expiry_secs,
+    u64,
+    0,
+    u64::from(u32::MAX),
+    "max-session-expiry-secs"
+);
+ranged_fn!(retained, usize, 0, 100_000_000, "max-retained-messages");
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsFile {
+    #[serde(default, deserialize_with = "packet_size")]
+    max_packet_size: Option<u32>,
+    #[serde(default, deserialize_with = "queued")]
+    max_queued_messages: Option<usize>,
+    #[serde(default, deserialize_with = "receive_max")]
+    receive_maximum: Option<u16>,
+    #[serde(default, deserialize_with = "inflight")]
+    max_inflight_outbound: Option<u16>,
+    #[serde(default, deserialize_with = "topic_len")]
+    max_topic_length: Option<usize>,
+    #[serde(default, deserialize_with = "topic_levels")]
+    max_topic_levels: Option<usize>,
+    #[serde(default, deserialize_with = "subscriptions")]
+    max_subscriptions: Option<usize>,
+    #[serde(default, deserialize_with = "alias_max")]
+    topic_alias_maximum: Option<u16>,
+    #[serde(default, deserialize_with = "timeout_secs")]
+    connect_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "timeout_secs")]
+    tls_handshake_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "expiry_secs")]
+    max_session_expiry_secs: Option<u64>,
+    #[serde(default, deserialize_with = "retained")]
+    max_retained_messages: Option<usize>,
+}
+
+/// The configuration file, and the same settings given as flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// MQTT over mutual TLS listener.
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over mutual TLS listener (path `/mqtt`).
+    pub mqtt_wss_listen: Option<SocketAddr>,
+    /// Plaintext MQTT listener: dangerous.
+    pub danger_mqtt_plaintext_listen: Option<SocketAddr>,
+    /// Accept anonymous clients on the plaintext listener: dangerous.
+    pub danger_allow_anonymous: Option<bool>,
+    /// Largest keep alive granted, seconds.
+    #[serde(default, deserialize_with = "keepalive")]
+    pub max_keepalive: Option<u16>,
+    /// HTTPS listener for `/metrics`, `/healthz` and later the API.
+    pub api_listen: Option<SocketAddr>,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub server_names: Option<Vec<String>>,
+    /// Limits.
+    pub limits: Option<LimitsFile>,
+}
+
+impl Settings {
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+
+    /// Applies `overrides` (from flags) on top of `self`.
+    pub fn merge(mut self, overrides: Settings) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if overrides.$f.is_some() { self.$f = overrides.$f; } )* };
+        }
+        take!(
+            data_dir,
+            mqtt_tls_listen,
+            mqtt_wss_listen,
+            danger_mqtt_plaintext_listen,
+            danger_allow_anonymous,
+            max_keepalive,
+            api_listen,
+            server_names,
+            limits
+        );
+        self
+    }
+
+    /// Resolves defaults and checks combinations.
+    pub fn resolve(self) -> Result<HubConfig, ConfigError> {
+        let allow_anonymous = self.danger_allow_anonymous.unwrap_or(false);
+        if allow_anonymous && self.danger_mqtt_plaintext_listen.is_none() {
+            return Err(ConfigError::Conflict(
+                "danger-allow-anonymous needs danger-mqtt-plaintext-listen: anonymous clients \
+                 are only ever accepted on the plaintext listener"
+                    .into(),
+            ));
+        }
+        let mut broker = BrokerConfig::default();
+        let mut net = NetLimits::default();
+        if let Some(ka) = self.max_keepalive {
+            broker.max_keep_alive = Duration::from_secs(u64::from(ka));
+        }
+        if let Some(l) = self.limits {
+            macro_rules! set {
+                ($($src:ident => $dst:expr),* $(,)?) => { $( if let Some(v) = l.$src { $dst = v; } )* };
+            }
+            set!(
+                max_packet_size => broker.max_packet_size,
+                max_queued_messages => broker.max_queued_messages,
+                receive_maximum => broker.receive_maximum,
+                max_inflight_outbound => broker.max_inflight_outbound,
+                max_topic_length => broker.max_topic_length,
+                max_topic_levels => broker.max_topic_levels,
+                max_subscriptions => broker.max_subscriptions,
+                topic_alias_maximum => broker.topic_alias_maximum,
+                max_retained_messages => broker.max_retained_messages,
+            );
+            if let Some(s) = l.connect_timeout_secs {
+                net.connect_timeout = Duration::from_secs(s);
+            }
+            if let Some(s) = l.tls_handshake_timeout_secs {
+                net.tls_handshake_timeout = Duration::from_secs(s);
+            }
+            if let Some(s) = l.max_session_expiry_secs {
+                broker.max_session_expiry = Duration::from_secs(s);
+            }
+        }
+        let parse = |s: &str| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Conflict(e.to_string()))
+        };
+        Ok(HubConfig {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            mqtt_tls_listen: match self.mqtt_tls_listen {
+                Some(a) => a,
+                None => parse(DEFAULT_MQTT_TLS_LISTEN)?,
+            },
+            mqtt_wss_listen: self.mqtt_wss_listen,
+            danger_mqtt_plaintext_listen: self.danger_mqtt_plaintext_listen,
+            danger_allow_anonymous: allow_anonymous,
+            api_listen: match self.api_listen {
+                Some(a) => a,
+                None => parse(DEFAULT_API_LISTEN)?,
+            },
+            server_names: self.server_names.unwrap_or_default(),
+            broker,
+            net,
+        })
+    }
+}
+
+/// The resolved configuration the hub runs with.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Data directory (CA, certificates, database).
+    pub data_dir: PathBuf,
+    /// MQTT over mutual TLS.
+    pub mqtt_tls_listen: SocketAddr,
+    /// MQTT over secure WebSocket, if enabled.
+    pub mqtt_wss_listen: Option<SocketAddr>,
+    /// Plaintext MQTT, if dangerously enabled.
+    pub danger_mqtt_plaintext_listen: Option<SocketAddr>,
+    /// Anonymous clients on the plaintext listener.
+    pub danger_allow_anonymous: bool,
+    /// HTTPS API.
+    pub api_listen: SocketAddr,
+    /// Extra server certificate names.
+    pub server_names: Vec<String>,
+    /// Broker limits.
+    pub broker: BrokerConfig,
+    /// Pre-MQTT deadlines.
+    pub net: NetLimits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("moat-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| ConfigError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Settings::from_file(&path)
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_line() {
+        let err = parse("max-keepalive = 60\n\nbogus = 1\n").expect_err("unknown key");
+        match err {
+            ConfigError::Invalid { line, message, .. } => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("bogus"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_line() {
+        let err = parse("[limits]\nreceive-maximum = 0\n").expect_err("zero");
+        match err {
+            ConfigError::Invalid { line, message, .. } => {
+                assert_eq!(line, 2, "{message}");
+                assert!(message.contains("receive-maximum"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse("mqtt-tls-listen = \"not an address\"\n"),
+            Err(ConfigError::Invalid { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn values_apply() {
+        let s = parse(
+            "max-keepalive = 30\n[limits]\nmax-packet-size = 4096\nconnect-timeout-secs = 3\n",
+        )
+        .expect("valid");
+        let c = s.resolve().expect("resolves");
+        assert_eq!(c.broker.max_keep_alive, Duration::from_secs(30));
+        assert_eq!(c.broker.max_packet_size, 4096);
+        assert_eq!(c.net.connect_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn anonymous_needs_plaintext() {
+        let s = Settings {
+            danger_allow_anonymous: Some(true),
+            ..Settings::default()
+        };
+        assert!(matches!(s.resolve(), Err(ConfigError::Conflict(_))));
+    }
+}

@@ -1,0 +1,176 @@
+//! Prometheus text exposition of the hub's counters. The catalogue is fixed; labels are
+//! bounded enums (no per-device or per-topic labels).
+
+use moat_broker::Broker;
+use moat_net::{HandshakeFailure, NetStats};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Renders every metric in the Prometheus text format (version 0.0.4).
+pub fn render(broker: &Broker, net: &NetStats) -> String {
+    let s = broker.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "moat_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        load(&net.accepted),
+    );
+    metric(
+        &mut out,
+        "moat_connections_open",
+        "gauge",
+        "Connections currently open.",
+        load(&net.open),
+    );
+    metric(
+        &mut out,
+        "moat_sessions",
+        "gauge",
+        "Sessions held, connected or not.",
+        broker.session_count() as u64,
+    );
+    metric(
+        &mut out,
+        "moat_subscriptions",
+        "gauge",
+        "Subscriptions held.",
+        broker.subscription_count() as u64,
+    );
+    metric(
+        &mut out,
+        "moat_retained_messages",
+        "gauge",
+        "Retained messages held.",
+        broker.retained_count() as u64,
+    );
+    metric(
+        &mut out,
+        "moat_mqtt_connects_total",
+        "counter",
+        "CONNECTs accepted.",
+        load(&s.connects),
+    );
+    metric(
+        &mut out,
+        "moat_mqtt_connects_denied_total",
+        "counter",
+        "CONNECTs refused as not authorized.",
+        load(&s.connect_denied),
+    );
+    metric(
+        &mut out,
+        "moat_mqtt_takeovers_total",
+        "counter",
+        "Session takeovers.",
+        load(&s.takeovers),
+    );
+    metric(
+        &mut out,
+        "moat_messages_in_total",
+        "counter",
+        "Messages accepted for routing.",
+        load(&s.messages_in),
+    );
+    metric(
+        &mut out,
+        "moat_messages_out_total",
+        "counter",
+        "PUBLISH packets sent to clients.",
+        load(&s.messages_out),
+    );
+    metric(
+        &mut out,
+        "moat_bytes_in_total",
+        "counter",
+        "Bytes read from clients.",
+        load(&net.bytes_in),
+    );
+    metric(
+        &mut out,
+        "moat_bytes_out_total",
+        "counter",
+        "Bytes written to clients.",
+        load(&net.bytes_out),
+    );
+    metric(
+        &mut out,
+        "moat_publish_denied_total",
+        "counter",
+        "Publishes refused by policy.",
+        load(&s.publish_denied),
+    );
+    metric(
+        &mut out,
+        "moat_subscribe_denied_total",
+        "counter",
+        "Subscriptions refused by policy.",
+        load(&s.subscribe_denied),
+    );
+    metric(
+        &mut out,
+        "moat_wills_published_total",
+        "counter",
+        "Will messages published.",
+        load(&s.wills),
+    );
+    metric(
+        &mut out,
+        "moat_sessions_expired_total",
+        "counter",
+        "Sessions removed at expiry.",
+        load(&s.sessions_expired),
+    );
+    metric(
+        &mut out,
+        "moat_protocol_errors_total",
+        "counter",
+        "Connections closed for a protocol violation.",
+        load(&net.protocol_errors),
+    );
+    metric(
+        &mut out,
+        "moat_keep_alive_timeouts_total",
+        "counter",
+        "Connections closed by keep alive.",
+        load(&net.keep_alive_timeouts),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moat_messages_dropped_total Messages dropped, by reason.\n# TYPE moat_messages_dropped_total counter"
+    );
+    for (reason, c) in [
+        ("queue_full", &s.dropped_queue_full),
+        ("expired", &s.dropped_expired),
+        ("too_large", &s.dropped_too_large),
+        ("retained_full", &s.retained_dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "moat_messages_dropped_total{{reason=\"{reason}\"}} {}",
+            load(c)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP moat_handshake_failures_total Connections that failed before MQTT began, by reason.\n# TYPE moat_handshake_failures_total counter"
+    );
+    for why in HandshakeFailure::ALL {
+        let _ = writeln!(
+            out,
+            "moat_handshake_failures_total{{reason=\"{}\"}} {}",
+            why.label(),
+            net.failures(why)
+        );
+    }
+    out
+}

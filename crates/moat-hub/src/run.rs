@@ -1,0 +1,338 @@
+//! Start-up, the running hub, and shutdown.
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use moat_broker::{Broker, NamespaceAuthorizer, ReasonCode};
+use moat_net::{Listener, ListenerKind, NetStats};
+use moat_pki::CertificateAuthority;
+use moat_store::SqliteStore;
+use moat_types::{DeviceId, Timestamp};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::HubConfig;
+
+/// Why the hub could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate authority failed.
+    #[error("certificate authority: {0}")]
+    Pki(#[from] moat_pki::PkiError),
+    /// The store failed to open.
+    #[error("store: {0}")]
+    Store(#[from] moat_store::StoreError),
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] moat_net::TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The arguments were invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The bound addresses, reported once every listener is up.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// MQTT over mutual TLS.
+    pub mqtt_tls: SocketAddr,
+    /// MQTT over secure WebSocket.
+    pub mqtt_wss: Option<SocketAddr>,
+    /// Plaintext MQTT.
+    pub mqtt_plaintext: Option<SocketAddr>,
+    /// HTTPS API.
+    pub api: SocketAddr,
+}
+
+fn prepare_dir(path: &Path) -> Result<(), HubError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| HubError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn load_ca(data_dir: &Path) -> Result<CertificateAuthority, HubError> {
+    prepare_dir(data_dir)?;
+    let (ca, created) = CertificateAuthority::load_or_create(&data_dir.join("pki"), now())?;
+    if created {
+        tracing::info!(dir = %data_dir.join("pki").display(), "created a new root and issuing CA");
+    }
+    Ok(ca)
+}
+
+/// Issues a device key and certificate into `out`: `ID.crt` (leaf and issuing CA), `ID.key`
+/// (0600) and `ca.crt` (the root to trust).
+pub fn add_device(
+    data_dir: &Path,
+    id: &DeviceId,
+    out: &Path,
+    validity: Duration,
+) -> Result<(), HubError> {
+    let ca = load_ca(data_dir)?;
+    let issued = ca.issue_device_certificate(id, validity, now())?;
+    prepare_dir(out)?;
+    let io = |source| HubError::DataDir {
+        path: out.to_owned(),
+        source,
+    };
+    moat_pki::write_private_file(&out.join(format!("{id}.key")), issued.key_pem.as_bytes())
+        .map_err(io)?;
+    std::fs::write(out.join(format!("{id}.crt")), issued.cert_pem.as_bytes()).map_err(io)?;
+    std::fs::write(out.join("ca.crt"), ca.root_cert_pem().as_bytes()).map_err(io)?;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, HubError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HubError::Bind { addr, source })
+}
+
+/// Runs the hub until `shutdown` resolves. `on_ready` is called once all listeners are bound.
+pub async fn run(
+    config: HubConfig,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), HubError> {
+    let ca = load_ca(&config.data_dir)?;
+    let server = ca.issue_server_certificate(&config.server_names, now())?;
+    let roots = [ca.root_cert_der()];
+    let mqtt_tls = moat_net::server_config(
+        server.chain.clone(),
+        server.key_der.clone_key(),
+        &roots,
+        &[],
+    )?;
+
+    let (store, snapshot) = SqliteStore::open(&config.data_dir.join("moat.db"))?;
+    let store = Arc::new(store);
+    let broker = Broker::new(
+        config.broker.clone(),
+        Arc::new(NamespaceAuthorizer),
+        store.clone(),
+    );
+    let skipped = broker.restore(snapshot, Timestamp::now());
+    if skipped > 0 {
+        tracing::warn!(skipped, "skipped damaged entries while restoring state");
+    }
+    tracing::info!(
+        sessions = broker.session_count(),
+        retained = broker.retained_count(),
+        "state restored"
+    );
+
+    // Forward commit progress to the connection drivers; a failed commit stops the hub
+    // accepting work (fail-stop: nothing unacknowledged is ever claimed durable).
+    let (committed_tx, committed_rx) = watch::channel(0u64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut progress = store.committed();
+    let forward_broker = broker.clone();
+    let forward_stop = stop_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let p = *progress.borrow_and_update();
+            committed_tx.send_replace(p.committed);
+            if let Some(seq) = p.failed {
+                tracing::error!(seq, "durable store failed; refusing further work");
+                forward_broker.kick_all(ReasonCode::ServerUnavailable);
+                let _ = forward_stop.send(true);
+                return;
+            }
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let net = Arc::new(NetStats::default());
+    let mut listeners = Vec::new();
+    let tls = bind(config.mqtt_tls_listen).await?;
+    let tls_addr = tls.local_addr().map_err(|source| HubError::Bind {
+        addr: config.mqtt_tls_listen,
+        source,
+    })?;
+    listeners.push(Listener {
+        tcp: tls,
+        kind: ListenerKind::MqttTls(mqtt_tls),
+    });
+    let mut wss_addr = None;
+    if let Some(addr) = config.mqtt_wss_listen {
+        let wss = moat_net::server_config(
+            server.chain.clone(),
+            server.key_der.clone_key(),
+            &roots,
+            &[b"http/1.1"],
+        )?;
+        let l = bind(addr).await?;
+        wss_addr = l.local_addr().ok();
+        listeners.push(Listener {
+            tcp: l,
+            kind: ListenerKind::MqttWss(wss),
+        });
+    }
+    let mut plain_addr = None;
+    if let Some(addr) = config.danger_mqtt_plaintext_listen {
+        let l = bind(addr).await?;
+        plain_addr = l.local_addr().ok();
+        tracing::warn!(
+            %addr,
+            anonymous = config.danger_allow_anonymous,
+            "DANGER: plaintext MQTT listener enabled: traffic on it is neither encrypted nor authenticated"
+        );
+        listeners.push(Listener {
+            tcp: l,
+            kind: ListenerKind::DangerPlaintext {
+                allow_anonymous: config.danger_allow_anonymous,
+            },
+        });
+    }
+    let api = bind(config.api_listen).await?;
+    let api_addr = api.local_addr().map_err(|source| HubError::Bind {
+        addr: config.api_listen,
+        source,
+    })?;
+    let api_tls =
+        moat_net::server_config_no_client_auth(server.chain.clone(), server.key_der.clone_key())?;
+
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(moat_net::serve(
+            l,
+            broker.clone(),
+            config.net,
+            net.clone(),
+            committed_rx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(serve_api(
+        api,
+        api_tls,
+        broker.clone(),
+        net.clone(),
+        stop_rx.clone(),
+    )));
+    let tick_broker = broker.clone();
+    let mut tick_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => tick_broker.tick(Timestamp::now()),
+                _ = tick_stop.wait_for(|s| *s) => return,
+            }
+        }
+    }));
+
+    on_ready(&Ready {
+        mqtt_tls: tls_addr,
+        mqtt_wss: wss_addr,
+        mqtt_plaintext: plain_addr,
+        api: api_addr,
+    });
+
+    let mut stopped = stop_rx.clone();
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        _ = stopped.wait_for(|s| *s) => {}
+    }
+    let _ = stop_tx.send(true);
+    broker.kick_all(ReasonCode::ServerShuttingDown);
+    // Give connections a moment to send DISCONNECT and flush; bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while net.open.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    drop(broker);
+    match Arc::try_unwrap(store) {
+        Ok(store) => {
+            store.close()?;
+        }
+        Err(_) => tracing::warn!("store still in use at shutdown; relying on its drop to flush"),
+    }
+    Ok(())
+}
+
+async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    broker: Broker,
+    net: Arc<NetStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = crate::metrics::render(&broker, &net);
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        body,
+                    )
+                }
+            }),
+        );
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

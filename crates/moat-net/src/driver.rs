@@ -1,0 +1,238 @@
+//! The per-connection task: CONNECT deadline, then a loop that reads packets into the
+//! broker's [`Connection`], writes what its [`Outbox`] releases, and enforces keep alive.
+
+use bytes::BytesMut;
+use moat_broker::{Broker, Close, CloseKind, ConnectOutcome, Connection, Outbox, Principal, Wake};
+use moat_mqtt::{ConnAck, ConnAckProperties, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use moat_types::Timestamp;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::NetStats;
+use crate::listener::NetLimits;
+use crate::stats::HandshakeFailure;
+use crate::transport::Transport;
+
+/// The highest durable commit sequence, published by the storage layer.
+pub type Committed = watch::Receiver<u64>;
+
+/// A read buffer larger than this is released when it empties, so that an idle connection
+/// does not keep a burst-sized buffer.
+const MAX_IDLE_READ_BUFFER: usize = 64 * 1024;
+
+struct NotifyWaker(Notify);
+
+impl Wake for NotifyWaker {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Everything a connection task needs from the listener.
+#[derive(Clone)]
+pub(crate) struct DriverContext {
+    pub broker: Broker,
+    pub limits: NetLimits,
+    pub stats: Arc<NetStats>,
+    pub committed: Committed,
+}
+
+/// Runs one MQTT connection to its end.
+pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: DriverContext) {
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut wbuf = BytesMut::new();
+    let decode_limits = moat_mqtt::Limits {
+        max_packet_size: ctx.broker.config().max_packet_size,
+        ..moat_mqtt::Limits::default()
+    };
+
+    // CONNECT must arrive before the deadline (MQTT-3.1.4-1 allows closing otherwise).
+    let deadline = Instant::now() + ctx.limits.connect_timeout;
+    let connect = loop {
+        match moat_mqtt::decode_connect(&mut rbuf, &decode_limits) {
+            Ok(Some(Packet::Connect(c))) => break c,
+            Ok(Some(_)) => {
+                ctx.stats.fail(HandshakeFailure::BadConnect);
+                io.close().await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                ctx.stats.fail(HandshakeFailure::BadConnect);
+                if e == DecodeError::UnsupportedProtocolVersion {
+                    // MQTT-3.1.2-2: CONNACK 0x01 (3.1.1 form), then close.
+                    let connack = Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::UnsupportedProtocolVersion,
+                        properties: ConnAckProperties::default(),
+                    });
+                    moat_mqtt::encode(&connack, ProtocolVersion::V311, &mut wbuf);
+                    let _ = io.write_all_from(&mut wbuf).await;
+                }
+                tracing::debug!(error = %e, "bad CONNECT");
+                io.close().await;
+                return;
+            }
+        }
+        match tokio::time::timeout_at(deadline, io.read_into(&mut rbuf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(_) => return,
+            Err(_) => {
+                ctx.stats.fail(HandshakeFailure::ConnectTimeout);
+                io.close().await;
+                return;
+            }
+        }
+    };
+
+    let protocol = connect.protocol;
+    let notify = Arc::new(NotifyWaker(Notify::new()));
+    let outcome = ctx.broker.connect(
+        *connect,
+        principal.clone(),
+        notify.clone(),
+        Timestamp::now(),
+    );
+    let (mut conn, connack, commit) = match outcome {
+        ConnectOutcome::Refused { connack, reason } => {
+            tracing::info!(%principal, ?reason, "connection refused");
+            moat_mqtt::encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
+            let _ = io.write_all_from(&mut wbuf).await;
+            io.close().await;
+            return;
+        }
+        ConnectOutcome::Accepted {
+            connection,
+            connack,
+            commit,
+        } => (connection, connack, commit),
+    };
+    let span = tracing::info_span!("mqtt", client = %conn.client_id(), %principal);
+    async move {
+        tracing::debug!(session_present = connack.session_present, "connected");
+        let mut outbox = Outbox::new();
+        outbox.push(Packet::ConnAck(connack), commit);
+        let close = session(
+            &mut io,
+            &mut conn,
+            &mut outbox,
+            &mut rbuf,
+            &mut wbuf,
+            &notify,
+            &ctx,
+        )
+        .await;
+        match close.kind {
+            CloseKind::Violation => {
+                ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            CloseKind::Lost if close.reason == ReasonCode::KeepAliveTimeout => {
+                ctx.stats
+                    .keep_alive_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        tracing::debug!(reason = ?close.reason, kind = ?close.kind, "closing");
+        if let Some(packet) = conn.disconnect_packet(&close) {
+            wbuf.clear();
+            moat_mqtt::encode(&packet, conn.protocol(), &mut wbuf);
+            let n = wbuf.len();
+            if io.write_all_from(&mut wbuf).await.is_ok() {
+                ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        io.close().await;
+        conn.closed(&close, Timestamp::now());
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The connected phase. Returns why it ended.
+async fn session<T: Transport>(
+    io: &mut T,
+    conn: &mut Connection,
+    outbox: &mut Outbox,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    notify: &NotifyWaker,
+    ctx: &DriverContext,
+) -> Close {
+    let limits = conn.decode_limits();
+    let protocol = conn.protocol();
+    let keep_alive = conn.keep_alive_timeout();
+    let mut committed = ctx.committed.clone();
+    let mut last_heard = Instant::now();
+    loop {
+        // Move what is ready into the write buffer and write it.
+        loop {
+            let more = match conn.poll_outbound(Timestamp::now(), outbox) {
+                Ok(more) => more,
+                Err(close) => return close,
+            };
+            let done = *committed.borrow();
+            while let Some(packet) = outbox.pop_ready(done) {
+                moat_mqtt::encode(&packet, protocol, wbuf);
+            }
+            if !wbuf.is_empty() {
+                let n = wbuf.len();
+                if io.write_all_from(wbuf).await.is_err() {
+                    return Close::lost(ReasonCode::UnspecifiedError);
+                }
+                ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if !more {
+                break;
+            }
+        }
+        let waiting_commit = outbox.blocked_on(*committed.borrow()).is_some();
+        let deadline = last_heard + keep_alive;
+        tokio::select! {
+            read = io.read_into(rbuf) => {
+                match read {
+                    Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
+                    Ok(n) => {
+                        ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        last_heard = Instant::now();
+                    }
+                }
+                let now = Timestamp::now();
+                loop {
+                    match moat_mqtt::decode(rbuf, protocol, &limits) {
+                        Ok(Some(packet)) => {
+                            if let Err(close) = conn.handle(packet, now, outbox) {
+                                return close;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "decode error");
+                            return Close::violation(e.reason_code());
+                        }
+                    }
+                }
+                if rbuf.is_empty() && rbuf.capacity() > MAX_IDLE_READ_BUFFER {
+                    *rbuf = BytesMut::new();
+                }
+            }
+            () = notify.0.notified() => {}
+            changed = committed.changed(), if waiting_commit => {
+                if changed.is_err() {
+                    return Close {
+                        reason: ReasonCode::ServerUnavailable,
+                        kind: CloseKind::Kicked,
+                    };
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Close::lost(ReasonCode::KeepAliveTimeout);
+            }
+        }
+    }
+}

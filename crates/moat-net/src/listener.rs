@@ -1,0 +1,189 @@
+//! Accept loops. Each accepted socket gets its own task, so TLS handshakes run off the
+//! accept loop and spread over the runtime's worker threads (all cores).
+
+use moat_broker::{Broker, Principal};
+use rustls::ServerConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::driver::{self, Committed, DriverContext};
+use crate::stats::{HandshakeFailure, NetStats};
+use crate::transport::Stream;
+use crate::ws;
+
+/// Deadlines and bounds of the pre-MQTT phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetLimits {
+    /// Longest a TLS handshake (and, for WebSocket, the upgrade) may take. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Longest from the end of the handshake to a complete CONNECT. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum ListenerKind {
+    /// MQTT over mutual TLS.
+    MqttTls(Arc<ServerConfig>),
+    /// MQTT over WebSocket over mutual TLS, path `/mqtt`.
+    MqttWss(Arc<ServerConfig>),
+    /// MQTT over plain TCP: only with an explicit `--danger-...` option. Without
+    /// `allow_anonymous` every CONNECT is refused (there are no credentials to check yet).
+    DangerPlaintext {
+        /// Accept clients without credentials, unrestricted.
+        allow_anonymous: bool,
+    },
+}
+
+impl std::fmt::Debug for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MqttTls(_) => "MqttTls",
+            Self::MqttWss(_) => "MqttWss",
+            Self::DangerPlaintext { .. } => "DangerPlaintext",
+        })
+    }
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// The protocol stack on it.
+    pub kind: ListenerKind,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: Listener,
+    broker: Broker,
+    limits: NetLimits,
+    stats: Arc<NetStats>,
+    committed: Committed,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ctx = DriverContext {
+        broker,
+        limits,
+        stats,
+        committed,
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.tcp.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let kind = listener.kind.clone();
+        let span = tracing::debug_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+                handle(tcp, peer, kind, ctx.clone()).await;
+                ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: DriverContext) {
+    match kind {
+        ListenerKind::DangerPlaintext { allow_anonymous } => {
+            let principal = if allow_anonymous {
+                Principal::Anonymous
+            } else {
+                Principal::Unauthenticated
+            };
+            driver::run(Stream(tcp), principal, ctx).await;
+        }
+        ListenerKind::MqttTls(config) => {
+            let Some((tls, principal)) = handshake(tcp, config, &ctx).await else {
+                return;
+            };
+            driver::run(Stream(tls), principal, ctx).await;
+        }
+        ListenerKind::MqttWss(config) => {
+            let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
+            let Some((tls, principal)) = handshake(tcp, config, &ctx).await else {
+                return;
+            };
+            let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
+            match tokio::time::timeout_at(deadline, ws::accept(tls, max)).await {
+                Ok(Ok(ws)) => driver::run(ws, principal, ctx).await,
+                Ok(Err(e)) => {
+                    ctx.stats.fail(HandshakeFailure::WebSocket);
+                    tracing::debug!(%peer, error = %e, "websocket upgrade refused");
+                }
+                Err(_) => ctx.stats.fail(HandshakeFailure::Timeout),
+            }
+        }
+    }
+}
+
+/// The TLS handshake and the identity it proves.
+async fn handshake(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    ctx: &DriverContext,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Principal)> {
+    let accept = TlsAcceptor::from(config).accept(tcp);
+    let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            ctx.stats.fail(HandshakeFailure::Tls);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            ctx.stats.fail(HandshakeFailure::Timeout);
+            return None;
+        }
+    };
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first());
+    // The verifier requires a client certificate, so a missing one is unreachable; it is
+    // still handled as a failure rather than trusted.
+    let Some(leaf) = leaf else {
+        ctx.stats.fail(HandshakeFailure::Identity);
+        return None;
+    };
+    match moat_pki::device_id_from_certificate(leaf) {
+        Ok(id) => Some((tls, Principal::Device(id))),
+        Err(e) => {
+            ctx.stats.fail(HandshakeFailure::Identity);
+            tracing::info!(error = %e, "certificate names no valid device");
+            None
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! A byte transport the driver reads MQTT from: a TCP or TLS stream, or WebSocket binary
+//! messages carrying an MQTT byte stream (MQTT-6.0.0).
+
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What the connection driver needs from a transport.
+pub(crate) trait Transport: Send {
+    /// Appends received bytes to `buf`; `Ok(0)` at end of stream. Cancel-safe: if the
+    /// future is dropped, no bytes are lost.
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes and flushes all of `data`, leaving it empty.
+    fn write_all_from(
+        &mut self,
+        data: &mut BytesMut,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the write side politely.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A plain byte stream (TCP or TLS).
+pub(crate) struct Stream<S>(pub S);
+
+/// Bytes reserved in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Stream<S> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.0.read_buf(buf).await
+    }
+
+    async fn write_all_from(&mut self, data: &mut BytesMut) -> io::Result<()> {
+        self.0.write_all(data).await?;
+        data.clear();
+        self.0.flush().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
