@@ -61,6 +61,10 @@ const STATEMENT_CACHE_CAPACITY: usize = 32;
 /// faster than those limits allow; a bounded channel would make `submit` block, which the
 /// trait forbids.
 ///
+/// Operations for a session should follow its `PutSession` (in the same or an earlier batch).
+/// They never fail otherwise, but rows of a session that is not stored are purged at the next
+/// open.
+///
 /// Dropping the store flushes and joins the writer like [`SqliteStore::close`], blocking the
 /// current thread until the last transaction is durable.
 #[derive(Debug)]
@@ -78,6 +82,8 @@ struct Submitter {
     next_seq: u64,
     /// `None` once the store is shutting down.
     sender: Option<mpsc::Sender<Batch>>,
+    /// Whether the loss of the writer was logged (once is enough).
+    reported_writer_gone: bool,
 }
 
 impl SqliteStore {
@@ -88,13 +94,12 @@ impl SqliteStore {
     /// all), is corrupt, is from a newer Moat, or is held by another process.
     pub fn open(path: &Path) -> Result<(SqliteStore, Snapshot), StoreError> {
         create_private_file(path)?;
-        let sql_error = |e| StoreError::from_sqlite(path, e);
         // No SQLITE_OPEN_URI: the path is a file name, never a `file:` URI with options.
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(sql_error)?;
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
         schema::configure(&conn, path)?;
         schema::migrate(&mut conn, path)?;
         let snapshot = load::snapshot(&conn).map_err(|e| StoreError::from_sqlite(path, e))?;
@@ -115,6 +120,7 @@ impl SqliteStore {
             submitter: Mutex::new(Submitter {
                 next_seq: 1,
                 sender: Some(sender),
+                reported_writer_gone: false,
             }),
             progress: progress_rx,
             writer: Some(writer),
@@ -140,9 +146,10 @@ impl SqliteStore {
             .sender
             .as_ref()
             .is_some_and(|sender| sender.send(Batch { seq, ops }).is_ok());
-        if !sent {
+        if !sent && !submitter.reported_writer_gone {
             // The writer is gone (it panicked); waiters see the progress channel closed.
-            tracing::error!(path = %self.path.display(), seq, "store writer is gone; submission dropped");
+            submitter.reported_writer_gone = true;
+            tracing::error!(path = %self.path.display(), seq, "store writer is gone; submissions are dropped");
         }
         seq
     }
@@ -194,6 +201,9 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        if self.writer.is_none() {
+            return; // closed already
+        }
         match self.shut_down() {
             Ok(CommitProgress {
                 failed: Some(first_failed),

@@ -30,16 +30,26 @@ fn batch(i: u64) -> Vec<StoreOp> {
 
 /// How far the child's submissions may run ahead of its commits.
 const MAX_IN_FLIGHT: u64 = 2_000;
+/// Kill-and-reopen rounds: each child continues where the file left off, so recovery is
+/// followed by more writes and more kills.
+const ROUNDS: usize = 3;
 
 /// The child's side: runs only when re-executed by `acknowledged_commits_survive_sigkill`.
-/// One thread submits without pause; another prints every committed sequence number it sees.
-/// Outbound message `i` is commit `i + 1` (commit 1 is the session).
+/// Continues the outbound queue of session `crash` from what the file holds; one thread
+/// submits without pause, another prints the highest message index that is durable.
 #[test]
 fn crash_child() {
     let Some(db) = std::env::var_os(CHILD_DB) else {
         return;
     };
-    let (store, _) = SqliteStore::open(db.as_ref()).expect("open");
+    let (store, snapshot) = SqliteStore::open(db.as_ref()).expect("open");
+    let base = snapshot
+        .sessions
+        .iter()
+        .find(|s| s.client_id == client("crash"))
+        .map_or(0, |s| s.outbound.len() as u64);
+    // Commit 1 is the session; commit k + 1 holds message base + k.
+    let durable_index = move |committed: u64| base + committed.saturating_sub(1);
     let mut reporter_progress = store.committed();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -49,7 +59,7 @@ fn crash_child() {
             while reporter_progress.changed().await.is_ok() {
                 let committed = reporter_progress.borrow_and_update().committed;
                 // A line of its own: the test harness may have left its own line open.
-                println!("\ndurable {committed}");
+                println!("\ndurable {}", durable_index(committed));
             }
         });
     });
@@ -59,7 +69,7 @@ fn crash_child() {
     let mut progress = store.committed();
     store.submit(vec![put_session("crash")]);
     let started = Instant::now();
-    let mut i = 0;
+    let mut i = base;
     while started.elapsed() < CHILD_LIFETIME {
         i += 1;
         let seq = store.submit(batch(i));
@@ -87,6 +97,39 @@ fn acknowledged_commits_survive_sigkill() {
         return; // we are the child
     }
     let dir = TempDir::new("crash");
+    for round in 1..=ROUNDS {
+        let reported = run_child_and_kill(&dir);
+        let (store, snapshot) = SqliteStore::open(&dir.db()).expect("reopen after crash");
+        store.close().expect("close");
+        let session = snapshot
+            .sessions
+            .iter()
+            .find(|s| s.client_id == client("crash"))
+            .expect("session survived");
+        let present = session.outbound.len() as u64;
+        assert!(
+            present >= reported,
+            "round {round}: {present} messages in the file, {reported} were reported durable"
+        );
+        assert!(
+            session
+                .outbound
+                .iter()
+                .map(|(seq, _, _)| *seq)
+                .eq(1..=present),
+            "round {round}: the file holds a prefix of the submissions"
+        );
+        for (seq, state, stored) in &session.outbound {
+            assert_eq!(*state, OutboundState::Queued);
+            assert_eq!(*stored, message((seq % 251) as u8));
+        }
+        eprintln!("round {round}: {reported} messages reported durable, {present} in the file");
+    }
+}
+
+/// Runs a child on the store, kills it with SIGKILL once it has reported progress a few
+/// times, and returns the last message index it reported durable.
+fn run_child_and_kill(dir: &TempDir) -> u64 {
     let exe = std::env::current_exe().expect("test binary");
     let mut child = KillOnDrop(
         Command::new(exe)
@@ -102,8 +145,8 @@ fn acknowledged_commits_survive_sigkill() {
     let mut reports = 0;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("child output");
-        if let Some(i) = line.strip_prefix("durable ") {
-            reported = i.parse::<u64>().expect("number");
+        if let Some(index) = line.strip_prefix("durable ") {
+            reported = index.parse::<u64>().expect("number");
             reports += 1;
             if reports == REPORTS_BEFORE_KILL {
                 break;
@@ -115,30 +158,5 @@ fn acknowledged_commits_survive_sigkill() {
     child.0.kill().expect("kill");
     let status = child.0.wait().expect("wait");
     assert!(!status.success());
-
-    let (store, snapshot) = SqliteStore::open(&dir.db()).expect("reopen after crash");
-    store.close().expect("close");
-    let session = snapshot
-        .sessions
-        .iter()
-        .find(|s| s.client_id == client("crash"))
-        .expect("session survived");
-    let seqs: Vec<u64> = session.outbound.iter().map(|(seq, _, _)| *seq).collect();
-    let present = seqs.len() as u64;
-    // Commit `reported` covers the session and messages 1..reported.
-    assert!(
-        present + 1 >= reported,
-        "{present} messages in the file, commit {reported} was reported durable"
-    );
-    assert!(
-        seqs.iter().copied().eq(1..=present),
-        "the file holds a prefix of the submissions"
-    );
-    for (seq, state, stored) in &session.outbound {
-        assert_eq!(*state, OutboundState::Queued);
-        assert_eq!(*stored, message((seq % 251) as u8));
-    }
-    eprintln!(
-        "killed after commit {reported} was reported durable; {present} messages in the file"
-    );
+    reported
 }
