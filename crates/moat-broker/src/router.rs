@@ -270,3 +270,120 @@ impl Router {
         self.count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionState;
+    use moat_mqtt::ProtocolVersion;
+    use moat_types::{ClientId, naive_matches};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn cell(id: u64) -> Arc<SessionCell> {
+        let client = ClientId::parse(&format!("c{id}")).expect("client id");
+        SessionCell::new(id, client, SessionState::new(ProtocolVersion::V5, 0))
+    }
+
+    fn sub(cell: &Arc<SessionCell>) -> Subscriber {
+        Subscriber {
+            session: cell.clone(),
+            options: SubscriptionOptions::default(),
+            identifier: None,
+        }
+    }
+
+    fn level() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("a"), Just("b"), Just(""), Just("$s"), Just("c")]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5)
+            .prop_map(|l| l.join("/"))
+            .prop_filter("non-empty", |t| !t.is_empty())
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![level(), Just("+")], 0..4),
+            any::<bool>(),
+        )
+            .prop_filter_map("non-empty", |(mut levels, hash)| {
+                if hash {
+                    levels.push("#");
+                }
+                let f = levels.join("/");
+                (!f.is_empty()).then_some(f)
+            })
+    }
+
+    proptest! {
+        /// The trie agrees with the naive matcher on every topic, after inserts and removes.
+        #[test]
+        fn trie_agrees_with_naive_matcher(
+            filters in prop::collection::vec(filter(), 1..24),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            topics in prop::collection::vec(topic(), 1..16),
+        ) {
+            let mut router = Router::default();
+            let cells: Vec<_> = (0..filters.len() as u64).map(cell).collect();
+            let mut live: Vec<(u64, String)> = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                let tf = TopicFilter::parse(f).expect("generated filters are valid");
+                router.insert(&tf, None, sub(&cells[i]));
+                live.push((i as u64, f.clone()));
+            }
+            for r in removals {
+                if live.is_empty() { break; }
+                let (id, f) = live.remove(r.index(live.len()));
+                let tf = TopicFilter::parse(&f).expect("valid");
+                prop_assert!(router.remove(&tf, None, id));
+            }
+            prop_assert_eq!(router.len(), live.len());
+            for t in &topics {
+                let tn = TopicName::parse(t).expect("generated topics are valid");
+                let mut out = Vec::new();
+                router.collect(&tn, &mut out);
+                let got: BTreeSet<u64> = out.iter().map(|s| s.session.id).collect();
+                let want: BTreeSet<u64> = live
+                    .iter()
+                    .filter(|(_, f)| naive_matches(f.as_bytes(), t.as_bytes()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                prop_assert_eq!(got.len(), out.len(), "one entry per matching subscription");
+                prop_assert_eq!(got, want, "topic {}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn shared_groups_take_turns() {
+        let mut router = Router::default();
+        let group = moat_types::SubscriptionFilter::parse("$share/g/a/+").expect("valid");
+        let (c1, c2) = (cell(1), cell(2));
+        c1.set_online(true);
+        c2.set_online(true);
+        router.insert(&group.filter, group.share.as_ref(), sub(&c1));
+        router.insert(&group.filter, group.share.as_ref(), sub(&c2));
+        let topic = TopicName::parse("a/x").expect("topic");
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            router.collect(&topic, &mut out);
+            assert_eq!(out.len(), 1, "one member per group");
+            picks.push(out[0].session.id);
+        }
+        assert_eq!(picks.iter().filter(|&&id| id == 1).count(), 2);
+        assert_eq!(picks.iter().filter(|&&id| id == 2).count(), 2);
+        // An offline member is skipped while another is online.
+        c1.set_online(false);
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            router.collect(&topic, &mut out);
+            assert_eq!(out[0].session.id, 2);
+        }
+        assert!(router.remove(&group.filter, group.share.as_ref(), 1));
+        assert!(router.remove(&group.filter, group.share.as_ref(), 2));
+        assert_eq!(router.len(), 0);
+    }
+}
