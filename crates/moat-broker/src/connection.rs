@@ -77,8 +77,12 @@ impl Close {
 
     /// Whether the server should send DISCONNECT before closing (MQTT 5 only).
     pub fn notify_peer(&self) -> bool {
-        !matches!(self.kind, CloseKind::ClientDisconnect { .. })
-            && !(self.kind == CloseKind::Lost && self.reason == ReasonCode::UnspecifiedError)
+        match self.kind {
+            CloseKind::ClientDisconnect { .. } => false,
+            // A lost socket can take no DISCONNECT; an expired keep alive still may.
+            CloseKind::Lost => self.reason == ReasonCode::KeepAliveTimeout,
+            CloseKind::Violation | CloseKind::TakenOver | CloseKind::Kicked => true,
+        }
     }
 
     /// Whether the will message is published (MQTT-3.1.2-8, -10).

@@ -15,6 +15,7 @@ use crate::transport::Transport;
 /// The request path MQTT is served on.
 pub const WS_PATH: &str = "/mqtt";
 
+#[allow(clippy::result_large_err)]
 fn refuse(status: StatusCode) -> ErrorResponse {
     let mut response = ErrorResponse::new(None);
     *response.status_mut() = status;
@@ -30,6 +31,8 @@ where
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(max_message);
     config.max_frame_size = Some(max_message);
+    // The callback's signature is tungstenite's; its error type is what the library takes.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != WS_PATH {
             return Err(refuse(StatusCode::NOT_FOUND));
