@@ -1,1 +1,299 @@
-fn main() {}
+//! `moat-bench`: Moat and Debian's Mosquitto side by side, on loopback, in one run.
+//!
+//! Owns: starting both brokers on free high ports (never 1883), a load-generating MQTT client
+//! on the workspace codec, the scenarios of issue 2's "How we know", and the table of both
+//! figures and their ratio. Does not own: any broker logic; it only drives the `moat` binary
+//! and `/usr/sbin/mosquitto` as a user would.
+//!
+//! Every scenario runs against a freshly started broker, first Mosquitto then Moat, with the
+//! same client code and settings. Counts and durations are flags; the defaults keep `all`
+//! within about five minutes. Both brokers are killed at the end of each scenario.
+
+mod brokers;
+mod client;
+mod pki;
+mod procfs;
+mod report;
+mod scenarios;
+mod stamp;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::brokers::{BrokerKind, BrokerSetup};
+use crate::report::ScenarioReport;
+use crate::scenarios::{Scenario, Settings};
+
+/// Open files the harness asks for: 10,000 idle connections are 10,000 descriptors in the
+/// harness and as many in the broker, which inherits the limit.
+const NOFILE_LIMIT: u64 = 65_536;
+
+/// Runs Moat and Mosquitto through the same MQTT workloads and prints both figures side by side.
+#[derive(Debug, Parser)]
+#[command(name = "moat-bench")]
+struct Cli {
+    /// Scenarios to run.
+    #[arg(value_enum, default_value = "all")]
+    scenarios: Vec<Scenario>,
+
+    /// Brokers to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "mosquitto,moat"
+    )]
+    brokers: Vec<BrokerKind>,
+
+    /// The Mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
+
+    /// The Moat binary (default: target/release/moat of this workspace).
+    #[arg(long)]
+    moat: Option<PathBuf>,
+
+    /// Load before each throughput window (and before latency sampling).
+    #[arg(long, default_value = "2s", value_parser = stats::parse_duration)]
+    warmup: Duration,
+
+    /// Measuring window of the throughput scenarios.
+    #[arg(long, default_value = "10s", value_parser = stats::parse_duration)]
+    window: Duration,
+
+    /// Publishers in the fan-in scenarios.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+
+    /// Unacknowledged QoS 1 messages each fan-in publisher keeps in flight.
+    #[arg(long, default_value_t = 100)]
+    qos1_window: usize,
+
+    /// Subscribers in the fan-out scenario.
+    #[arg(long, default_value_t = 100)]
+    fan_out_subscribers: usize,
+
+    /// Paced publish rate of the latency scenario, in messages per second.
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u32,
+
+    /// Sampled duration of the latency scenario, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = stats::parse_duration)]
+    latency_duration: Duration,
+
+    /// Devices in the mutual-TLS namespace scenario.
+    #[arg(long, default_value_t = 8)]
+    devices: usize,
+
+    /// Idle plaintext connections.
+    #[arg(long, default_value_t = 10_000)]
+    idle_tcp: usize,
+
+    /// Idle mutual-TLS connections (each needs its own device certificate).
+    #[arg(long, default_value_t = 2_000)]
+    idle_tls: usize,
+
+    /// Full mutual-TLS handshakes to time.
+    #[arg(long, default_value_t = 2_000)]
+    handshakes: usize,
+
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 4)]
+    handshake_concurrency: usize,
+
+    /// Connections being opened at once in the idle scenarios.
+    #[arg(long, default_value_t = 32)]
+    connect_concurrency: usize,
+
+    /// Worker threads of the client runtime.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+
+    /// Print a Markdown block for BENCHMARKS.md instead of the text tables.
+    #[arg(long)]
+    markdown: bool,
+
+    /// Keep the scratch directories (configurations, certificates, broker logs).
+    #[arg(long)]
+    keep_scratch: bool,
+}
+
+impl Cli {
+    fn settings(&self) -> Settings {
+        Settings {
+            warmup: self.warmup,
+            window: self.window,
+            publishers: self.publishers,
+            payload_size: self.payload,
+            qos1_window: self.qos1_window.max(1),
+            fan_out_subscribers: self.fan_out_subscribers,
+            latency_rate: self.latency_rate,
+            latency_duration: self.latency_duration,
+            devices: self.devices,
+            idle_tcp: self.idle_tcp,
+            idle_tls: self.idle_tls,
+            handshakes: self.handshakes,
+            handshake_concurrency: self.handshake_concurrency,
+            connect_concurrency: self.connect_concurrency,
+        }
+    }
+
+    fn scenarios(&self) -> Vec<Scenario> {
+        let mut chosen: Vec<Scenario> = if self.scenarios.contains(&Scenario::All) {
+            Scenario::EACH.to_vec()
+        } else {
+            self.scenarios.clone()
+        };
+        chosen.dedup();
+        chosen
+    }
+
+    fn moat_binary(&self) -> PathBuf {
+        self.moat.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/moat")
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let settings = cli.settings();
+    let scenarios = cli.scenarios();
+    let needs_tls = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::SecureNamespaces | Scenario::IdleTls | Scenario::Handshakes
+        )
+    });
+    let devices = if needs_tls {
+        settings.devices_needed()
+    } else {
+        0
+    };
+
+    // Before any broker is spawned, so that they inherit it. Each side holds one
+    // descriptor per idle connection, plus a margin for everything else.
+    let needed = settings.idle_tcp.max(settings.idle_tls) as u64 + 1024;
+    match procfs::raise_nofile_limit(NOFILE_LIMIT) {
+        Ok(limit) if limit >= needed => {}
+        Ok(limit) => eprintln!(
+            "warning: open-files limit is {limit}, the idle scenarios need {needed}; \
+             run `ulimit -n {NOFILE_LIMIT}` (as root) first"
+        ),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+
+    let mut setups = Vec::new();
+    for kind in &cli.brokers {
+        eprintln!("preparing {kind} ({devices} device certificates)...");
+        let setup = match kind {
+            BrokerKind::Mosquitto => {
+                BrokerSetup::mosquitto(&cli.mosquitto, devices, cli.keep_scratch)
+            }
+            BrokerKind::Moat => BrokerSetup::moat(&cli.moat_binary(), devices, cli.keep_scratch),
+        };
+        match setup {
+            Ok(setup) => setups.push(setup),
+            Err(e) => eprintln!("warning: skipping {kind}: {e}"),
+        }
+    }
+    if setups.is_empty() {
+        return Err("no broker could be prepared".to_owned());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the client runtime: {e}"))?;
+
+    let mut reports = Vec::new();
+    for scenario in scenarios {
+        let title = scenario.title(&settings);
+        let mut runs = Vec::new();
+        for setup in &setups {
+            eprintln!("{title}: {} ...", setup.kind);
+            let outcome = setup.start().and_then(|broker| {
+                let outcome =
+                    runtime.block_on(scenarios::run(scenario, &broker, &setup.pki, &settings));
+                drop(broker);
+                outcome
+            });
+            if let Err(e) = &outcome {
+                eprintln!("  {} failed: {e}", setup.kind);
+            }
+            runs.push((setup.kind, outcome));
+        }
+        reports.push(ScenarioReport { title, runs });
+    }
+    drop(runtime);
+
+    if cli.markdown {
+        println!("{}", header_markdown(&setups));
+        println!("{}", report::markdown(&reports));
+    } else {
+        println!("{}", header_text(&setups));
+        println!("{}", report::text(&reports));
+    }
+    Ok(())
+}
+
+/// Facts a reader needs to judge the figures: machine, versions, command.
+fn environment(setups: &[BrokerSetup]) -> Vec<(String, String)> {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let mut facts = vec![
+        ("machine".to_owned(), format!("{cpus} CPUs, {model}")),
+        (
+            "command".to_owned(),
+            std::env::args().collect::<Vec<_>>().join(" "),
+        ),
+    ];
+    for setup in setups {
+        facts.push((setup.kind.to_string(), setup.version()));
+    }
+    facts
+}
+
+fn header_text(setups: &[BrokerSetup]) -> String {
+    environment(setups)
+        .into_iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn header_markdown(setups: &[BrokerSetup]) -> String {
+    environment(setups)
+        .into_iter()
+        .map(|(k, v)| format!("- {k}: `{v}`"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}

@@ -1,0 +1,857 @@
+//! The scenarios of issue 2's "How we know", each run with the same client code against
+//! whichever broker it is given.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moat_mqtt::{Packet, PacketId, PubResponse};
+use moat_types::{QoS, TopicName};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use crate::brokers::RunningBroker;
+use crate::client::{self, Connection, Reader};
+use crate::pki::ClientPki;
+use crate::procfs;
+use crate::stamp::{Burst, GapCounter, Stamp};
+use crate::stats::LatencySummary;
+
+/// Which scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below, in this order.
+    All,
+    /// 4 publishers → 1 wildcard subscriber, QoS 0, plaintext.
+    FanInQos0,
+    /// 4 publishers → 1 wildcard subscriber, QoS 1 with a window of in-flight messages.
+    FanInQos1,
+    /// 1 publisher → 100 subscribers of one topic, QoS 0, plaintext.
+    FanOut,
+    /// Paced publisher, 1 subscriber: publish-to-delivery latency.
+    Latency,
+    /// Mutual TLS, one certificate per device, each publishing into its own namespace and
+    /// subscribed to it.
+    SecureNamespaces,
+    /// Idle plaintext connections: broker memory per connection.
+    IdleTcp,
+    /// Idle mutual-TLS connections: broker memory per connection.
+    IdleTls,
+    /// Full mutual-TLS handshakes + CONNECT/CONNACK: broker CPU per handshake.
+    Handshakes,
+}
+
+impl Scenario {
+    /// Every concrete scenario, in run order.
+    pub const EACH: [Scenario; 8] = [
+        Self::FanInQos0,
+        Self::FanInQos1,
+        Self::FanOut,
+        Self::Latency,
+        Self::SecureNamespaces,
+        Self::IdleTcp,
+        Self::IdleTls,
+        Self::Handshakes,
+    ];
+
+    /// A short human title.
+    pub fn title(self, settings: &Settings) -> String {
+        match self {
+            Self::All => "all".to_owned(),
+            Self::FanInQos0 => format!(
+                "fan-in QoS 0 ({} pub → 1 sub on a wildcard, {} B)",
+                settings.publishers, settings.payload_size
+            ),
+            Self::FanInQos1 => format!(
+                "fan-in QoS 1 ({} pub → 1 sub on a wildcard, {} B, window {})",
+                settings.publishers, settings.payload_size, settings.qos1_window
+            ),
+            Self::FanOut => format!(
+                "fan-out QoS 0 (1 pub → {} subs, {} B)",
+                settings.fan_out_subscribers, settings.payload_size
+            ),
+            Self::Latency => format!(
+                "latency QoS 0 ({} msg/s paced, 1 sub)",
+                settings.latency_rate
+            ),
+            Self::SecureNamespaces => format!(
+                "mutual TLS, {} devices each pub+sub in devices/{{id}}/#, QoS 0",
+                settings.devices
+            ),
+            Self::IdleTcp => format!("{} idle plaintext connections", settings.idle_tcp),
+            Self::IdleTls => format!("{} idle mutual-TLS connections", settings.idle_tls),
+            Self::Handshakes => format!(
+                "{} full mutual-TLS handshakes + CONNECT ({} at a time)",
+                settings.handshakes, settings.handshake_concurrency
+            ),
+        }
+    }
+}
+
+/// Counts, durations and sizes of the scenarios.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Load before measuring starts.
+    pub warmup: Duration,
+    /// Measuring window of the throughput scenarios.
+    pub window: Duration,
+    /// Publishers in fan-in.
+    pub publishers: usize,
+    /// Payload bytes of every message.
+    pub payload_size: usize,
+    /// Unacknowledged QoS 1 messages each publisher keeps in flight.
+    pub qos1_window: usize,
+    /// Subscribers in fan-out.
+    pub fan_out_subscribers: usize,
+    /// Messages per second in the latency scenario.
+    pub latency_rate: u32,
+    /// Measured duration of the latency scenario (after the warm-up).
+    pub latency_duration: Duration,
+    /// Devices in the mutual-TLS namespace scenario.
+    pub devices: usize,
+    /// Idle plaintext connections.
+    pub idle_tcp: usize,
+    /// Idle mutual-TLS connections.
+    pub idle_tls: usize,
+    /// Handshakes in the handshake scenario.
+    pub handshakes: usize,
+    /// Handshakes in progress at once.
+    pub handshake_concurrency: usize,
+    /// Connections being opened at once in the idle scenarios.
+    pub connect_concurrency: usize,
+}
+
+impl Settings {
+    /// How many device certificates the selected scenarios need.
+    pub fn devices_needed(&self) -> usize {
+        self.devices
+            .max(self.idle_tls)
+            .max(self.handshake_concurrency)
+    }
+}
+
+/// Which direction of a figure is good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    /// More is better (throughput).
+    Higher,
+    /// Less is better (latency, CPU, memory).
+    Lower,
+    /// Context only (client CPU, delivery ratio).
+    Neither,
+}
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// What was measured.
+    pub metric: &'static str,
+    /// Unit, as printed.
+    pub unit: &'static str,
+    /// The value.
+    pub value: f64,
+    /// Which way is good.
+    pub better: Better,
+}
+
+impl Figure {
+    fn new(metric: &'static str, unit: &'static str, value: f64, better: Better) -> Self {
+        Self {
+            metric,
+            unit,
+            value,
+            better,
+        }
+    }
+}
+
+/// What a scenario produced on one broker.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Figures, in display order.
+    pub figures: Vec<Figure>,
+    /// Remarks worth printing under the table (a failed sanity check, say).
+    pub notes: Vec<String>,
+}
+
+impl From<Vec<Figure>> for Outcome {
+    fn from(figures: Vec<Figure>) -> Self {
+        Self {
+            figures,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Runs `scenario` against `broker`.
+pub async fn run(
+    scenario: Scenario,
+    broker: &RunningBroker,
+    pki: &ClientPki,
+    settings: &Settings,
+) -> Result<Outcome, String> {
+    match scenario {
+        Scenario::All => Err("`all` is not a single scenario".to_owned()),
+        Scenario::FanInQos0 => fan_in(broker, settings, QoS::AtMostOnce)
+            .await
+            .map(Into::into),
+        Scenario::FanInQos1 => fan_in(broker, settings, QoS::AtLeastOnce)
+            .await
+            .map(Into::into),
+        Scenario::FanOut => fan_out(broker, settings).await.map(Into::into),
+        Scenario::Latency => latency(broker, settings).await.map(Into::into),
+        Scenario::SecureNamespaces => secure_namespaces(broker, pki, settings).await,
+        Scenario::IdleTcp => idle(broker, pki, settings, Transport::Tcp)
+            .await
+            .map(Into::into),
+        Scenario::IdleTls => idle(broker, pki, settings, Transport::Tls)
+            .await
+            .map(Into::into),
+        Scenario::Handshakes => handshakes(broker, pki, settings).await.map(Into::into),
+    }
+}
+
+/// Message counters shared by the load tasks and the measuring loop.
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    /// Messages received by subscribers.
+    delivered: Arc<AtomicU64>,
+    /// Messages missing from the sequences subscribers saw.
+    lost: Arc<AtomicU64>,
+    /// QoS 1 messages acknowledged to publishers.
+    acknowledged: Arc<AtomicU64>,
+}
+
+/// What the measuring loop reads at the start and the end of the window.
+#[derive(Clone, Copy, Debug)]
+struct Snapshot {
+    at: Instant,
+    delivered: u64,
+    lost: u64,
+    acknowledged: u64,
+    broker_cpu: Duration,
+    client_cpu: Duration,
+}
+
+impl Snapshot {
+    fn take(counters: &Counters, broker_pid: u32) -> Result<Self, String> {
+        Ok(Self {
+            at: Instant::now(),
+            delivered: counters.delivered.load(Ordering::Relaxed),
+            lost: counters.lost.load(Ordering::Relaxed),
+            acknowledged: counters.acknowledged.load(Ordering::Relaxed),
+            broker_cpu: procfs::cpu_time(broker_pid)?,
+            client_cpu: procfs::own_cpu_time()?,
+        })
+    }
+}
+
+/// Lets the load run for the warm-up, then measures over the window, then stops every task.
+/// A task that failed (the broker closed a connection, say) fails the scenario.
+async fn measure_throughput(
+    tasks: &mut JoinSet<Result<(), String>>,
+    counters: &Counters,
+    broker_pid: u32,
+    settings: &Settings,
+) -> Result<Vec<Figure>, String> {
+    tokio::time::sleep(settings.warmup).await;
+    let start = Snapshot::take(counters, broker_pid)?;
+    tokio::time::sleep(settings.window).await;
+    let end = Snapshot::take(counters, broker_pid)?;
+    stop(tasks).await?;
+
+    let seconds = end.at.duration_since(start.at).as_secs_f64();
+    let delivered = (end.delivered - start.delivered) as f64;
+    let lost = (end.lost - start.lost) as f64;
+    let acknowledged = (end.acknowledged - start.acknowledged) as f64;
+    let broker_cpu = (end.broker_cpu - start.broker_cpu).as_secs_f64();
+    let client_cpu = (end.client_cpu - start.client_cpu).as_secs_f64();
+    if delivered == 0.0 {
+        return Err("no message was delivered during the window".to_owned());
+    }
+    let mut figures = vec![
+        Figure::new("delivered", "msg/s", delivered / seconds, Better::Higher),
+        Figure::new(
+            "broker CPU per delivered msg",
+            "µs",
+            broker_cpu * 1e6 / delivered,
+            Better::Lower,
+        ),
+        Figure::new(
+            "lost (sequence gaps)",
+            "%",
+            100.0 * lost / (delivered + lost),
+            Better::Lower,
+        ),
+    ];
+    if end.acknowledged > 0 {
+        figures.push(Figure::new(
+            "PUBACKed to publishers",
+            "msg/s",
+            acknowledged / seconds,
+            Better::Neither,
+        ));
+    }
+    figures.extend([
+        Figure::new("broker CPU", "cores", broker_cpu / seconds, Better::Neither),
+        Figure::new("client CPU", "cores", client_cpu / seconds, Better::Neither),
+    ]);
+    Ok(figures)
+}
+
+/// Aborts every task and reports the first real failure among them.
+async fn stop(tasks: &mut JoinSet<Result<(), String>>) -> Result<(), String> {
+    tasks.abort_all();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                first_error.get_or_insert(format!("load task panicked: {e}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn topic(name: &str) -> Result<TopicName, String> {
+    TopicName::parse(name).map_err(|e| format!("topic {name}: {e}"))
+}
+
+/// Bytes per write of a QoS 0 flood: large enough that syscalls are not the limit.
+const BURST_BYTES: usize = 16 * 1024;
+
+/// Writes stamped bursts of QoS 0 messages for ever.
+async fn flood<W: AsyncWrite + Unpin>(mut io: W, mut burst: Burst) -> Result<(), String> {
+    loop {
+        io.write_all(burst.next())
+            .await
+            .map_err(|e| format!("publishing: {e}"))?;
+    }
+}
+
+/// Publishes QoS 1 messages keeping `window` of them unacknowledged; counts PUBACKs.
+async fn publish_windowed<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Connection<S>,
+    publisher: u32,
+    topic: TopicName,
+    payload_size: usize,
+    window: usize,
+    acknowledged: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let mut in_flight = 0;
+    let mut sequence = 0;
+    loop {
+        while in_flight < window {
+            let payload = Stamp {
+                publisher,
+                sequence,
+                sent: Duration::ZERO,
+            }
+            .payload(payload_size);
+            sequence += 1;
+            // Packet ids cycle through 1..=65535; the window is far smaller.
+            let packet_id = NonZeroU16::new((sequence % 65_535 + 1) as u16);
+            conn.queue(&client::publish(
+                &topic,
+                QoS::AtLeastOnce,
+                packet_id,
+                payload,
+            ));
+            in_flight += 1;
+        }
+        conn.flush().await?;
+        let mut acked = 0;
+        conn.read_batch(|packet| {
+            if matches!(packet, Packet::PubAck(_)) {
+                acked += 1;
+            }
+        })
+        .await?;
+        in_flight -= acked.min(in_flight);
+        acknowledged.fetch_add(acked as u64, Ordering::Relaxed);
+    }
+}
+
+/// Counts deliveries and sequence gaps of one batch of packets; collects what needs a PUBACK.
+fn tally(
+    packet: Packet,
+    gaps: &mut GapCounter,
+    received: &mut u64,
+    lost: &mut u64,
+    to_ack: &mut Vec<PacketId>,
+) {
+    if let Packet::Publish(publish) = packet {
+        *received += 1;
+        if let Some(stamp) = Stamp::read(&publish.payload) {
+            *lost += gaps.observe(&stamp);
+        }
+        if let Some(id) = publish.packet_id {
+            to_ack.push(id);
+        }
+    }
+}
+
+/// Counts PUBLISH packets and sequence gaps, acknowledging those that ask for it.
+async fn count_deliveries<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Connection<S>,
+    counters: Counters,
+) -> Result<(), String> {
+    let mut gaps = GapCounter::default();
+    let mut to_ack = Vec::new();
+    loop {
+        let (mut received, mut lost) = (0, 0);
+        conn.read_batch(|p| tally(p, &mut gaps, &mut received, &mut lost, &mut to_ack))
+            .await?;
+        counters.delivered.fetch_add(received, Ordering::Relaxed);
+        if lost > 0 {
+            counters.lost.fetch_add(lost, Ordering::Relaxed);
+        }
+        if !to_ack.is_empty() {
+            for id in to_ack.drain(..) {
+                conn.queue(&Packet::PubAck(PubResponse::success(id)));
+            }
+            conn.flush().await?;
+        }
+    }
+}
+
+/// As [`count_deliveries`] on the read half of a split connection (QoS 0 only).
+async fn count_deliveries_split<R: AsyncRead + Unpin>(
+    mut reader: Reader<R>,
+    counters: Counters,
+) -> Result<(), String> {
+    let mut gaps = GapCounter::default();
+    let mut to_ack = Vec::new();
+    loop {
+        let (mut received, mut lost) = (0, 0);
+        reader
+            .read_batch(|p| tally(p, &mut gaps, &mut received, &mut lost, &mut to_ack))
+            .await?;
+        counters.delivered.fetch_add(received, Ordering::Relaxed);
+        if lost > 0 {
+            counters.lost.fetch_add(lost, Ordering::Relaxed);
+        }
+        to_ack.clear();
+    }
+}
+
+async fn plaintext(
+    addr: SocketAddr,
+    client_id: &str,
+) -> Result<Connection<tokio::net::TcpStream>, String> {
+    Connection::open(client::tcp(addr).await?, client_id, 60).await
+}
+
+async fn fan_in(
+    broker: &RunningBroker,
+    settings: &Settings,
+    qos: QoS,
+) -> Result<Vec<Figure>, String> {
+    let counters = Counters::default();
+    let mut tasks = JoinSet::new();
+    let mut subscriber = plaintext(broker.plaintext, "bench-fan-in-sub").await?;
+    subscriber.subscribe("bench/fan-in/#", qos).await?;
+    tasks.spawn(count_deliveries(subscriber, counters.clone()));
+
+    for i in 0..settings.publishers {
+        let conn = plaintext(broker.plaintext, &format!("bench-fan-in-pub-{i}")).await?;
+        let topic = topic(&format!("bench/fan-in/{i}"))?;
+        let publisher = i as u32;
+        if qos == QoS::AtMostOnce {
+            let burst = Burst::new(publisher, &topic, settings.payload_size, BURST_BYTES);
+            tasks.spawn(flood(conn.into_parts().0, burst));
+        } else {
+            tasks.spawn(publish_windowed(
+                conn,
+                publisher,
+                topic,
+                settings.payload_size,
+                settings.qos1_window,
+                Arc::clone(&counters.acknowledged),
+            ));
+        }
+    }
+    measure_throughput(&mut tasks, &counters, broker.pid, settings).await
+}
+
+async fn fan_out(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
+    let counters = Counters::default();
+    let mut tasks = JoinSet::new();
+    for i in 0..settings.fan_out_subscribers {
+        let mut conn = plaintext(broker.plaintext, &format!("bench-fan-out-sub-{i}")).await?;
+        conn.subscribe("bench/fan-out", QoS::AtMostOnce).await?;
+        tasks.spawn(count_deliveries(conn, counters.clone()));
+    }
+    let conn = plaintext(broker.plaintext, "bench-fan-out-pub").await?;
+    let burst = Burst::new(
+        0,
+        &topic("bench/fan-out")?,
+        settings.payload_size,
+        BURST_BYTES,
+    );
+    tasks.spawn(flood(conn.into_parts().0, burst));
+    measure_throughput(&mut tasks, &counters, broker.pid, settings).await
+}
+
+async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
+    let rate = f64::from(settings.latency_rate.max(1));
+    let warmup_messages = (settings.warmup.as_secs_f64() * rate) as u64;
+    let total = warmup_messages + (settings.latency_duration.as_secs_f64() * rate).max(1.0) as u64;
+    let origin = Instant::now();
+
+    let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
+    subscriber
+        .subscribe("bench/latency", QoS::AtMostOnce)
+        .await?;
+    let deadline = tokio::time::Instant::now()
+        + settings.warmup
+        + settings.latency_duration
+        + Duration::from_secs(5);
+    let receiving = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total as usize);
+        let mut received = 0u64;
+        let mut last = 0;
+        while last + 1 < total {
+            let batch = subscriber.read_batch(|packet| {
+                if let Packet::Publish(publish) = packet
+                    && let Some(stamp) = Stamp::read(&publish.payload)
+                {
+                    // One clock reading per message: the time this task handles it.
+                    let now = origin.elapsed();
+                    received += 1;
+                    last = stamp.sequence;
+                    if stamp.sequence >= warmup_messages {
+                        samples.push(now.saturating_sub(stamp.sent));
+                    }
+                }
+            });
+            match tokio::time::timeout_at(deadline, batch).await {
+                Ok(result) => {
+                    result?;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok::<_, String>((samples, received))
+    });
+
+    let mut publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
+    let latency_topic = topic("bench/latency")?;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    for sequence in 0..total {
+        ticks.tick().await;
+        let stamp = Stamp {
+            publisher: 0,
+            sequence,
+            sent: origin.elapsed(),
+        };
+        publisher.queue(&client::publish(
+            &latency_topic,
+            QoS::AtMostOnce,
+            None,
+            stamp.payload(settings.payload_size),
+        ));
+        publisher.flush().await?;
+    }
+    let (mut samples, received) = receiving
+        .await
+        .map_err(|e| format!("latency subscriber: {e}"))??;
+    let summary = LatencySummary::of(&mut samples)
+        .ok_or_else(|| "no latency sample was received".to_owned())?;
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(vec![
+        Figure::new("p50 latency", "µs", micros(summary.p50), Better::Lower),
+        Figure::new("p99 latency", "µs", micros(summary.p99), Better::Lower),
+        Figure::new("max latency", "µs", micros(summary.max), Better::Lower),
+        Figure::new(
+            "lost",
+            "%",
+            100.0 * (total - received.min(total)) as f64 / total as f64,
+            Better::Lower,
+        ),
+    ])
+}
+
+/// What the namespace probe saw.
+#[derive(Debug, Default)]
+struct NamespaceProbe {
+    foreign_subscribe_granted: bool,
+    foreign_publish_delivered: bool,
+    foreign_subscription_delivered: bool,
+}
+
+/// Checks that the namespace rule is on: device A asks to subscribe to B's namespace and
+/// publishes into it, B publishes into its own; A must receive nothing and B nothing from A.
+/// A broker may refuse with a SUBACK failure, by dropping the message, or by closing the
+/// connection; all count as enforced.
+async fn probe_namespaces(
+    broker: &RunningBroker,
+    pki: &ClientPki,
+) -> Result<NamespaceProbe, String> {
+    let [a, b] = [&pki.devices[0], &pki.devices[1]];
+    let config_a = client::tls_config(&pki.ca, &a.chain, &a.key)?;
+    let config_b = client::tls_config(&pki.ca, &b.chain, &b.key)?;
+    let mut conn_b = Connection::open(client::tls(broker.tls, &config_b).await?, &b.id, 60).await?;
+    conn_b
+        .subscribe(&format!("devices/{}/#", b.id), QoS::AtMostOnce)
+        .await?;
+    let mut conn_a = Connection::open(client::tls(broker.tls, &config_a).await?, &a.id, 60).await?;
+    let mut probe = NamespaceProbe {
+        foreign_subscribe_granted: conn_a
+            .subscribe(&format!("devices/{}/#", b.id), QoS::AtMostOnce)
+            .await
+            .is_ok(),
+        ..NamespaceProbe::default()
+    };
+    let foreign = topic(&format!("devices/{}/from-a", b.id))?;
+    let own = topic(&format!("devices/{}/from-b", b.id))?;
+    conn_a.queue(&client::publish(
+        &foreign,
+        QoS::AtMostOnce,
+        None,
+        Bytes::from_static(b"a"),
+    ));
+    // A broker that closes the connection has refused; that is not a failure of the probe.
+    let _ = conn_a.flush().await;
+    conn_b.queue(&client::publish(
+        &own,
+        QoS::AtMostOnce,
+        None,
+        Bytes::from_static(b"b"),
+    ));
+    conn_b.flush().await?;
+    let window = Duration::from_millis(500);
+    let read_a = async {
+        let mut got = false;
+        while let Ok(Ok(packet)) = tokio::time::timeout(window, conn_a.next_packet()).await {
+            got |= matches!(packet, Packet::Publish(_));
+        }
+        got
+    };
+    let read_b = async {
+        let mut got = false;
+        while let Ok(Ok(packet)) = tokio::time::timeout(window, conn_b.next_packet()).await {
+            if let Packet::Publish(publish) = packet {
+                got |= publish.topic.as_ref() == Some(&foreign);
+            }
+        }
+        got
+    };
+    let (a_received, b_received_from_a) = tokio::join!(read_a, read_b);
+    probe.foreign_subscription_delivered = a_received;
+    probe.foreign_publish_delivered = b_received_from_a;
+    Ok(probe)
+}
+
+async fn secure_namespaces(
+    broker: &RunningBroker,
+    pki: &ClientPki,
+    settings: &Settings,
+) -> Result<Outcome, String> {
+    let devices = pki
+        .devices
+        .get(..settings.devices)
+        .ok_or_else(|| format!("only {} device certificates", pki.devices.len()))?;
+    let mut notes = Vec::new();
+    if devices.len() >= 2 {
+        let probe = probe_namespaces(broker, pki).await?;
+        let kind = broker.kind;
+        if probe.foreign_subscription_delivered || probe.foreign_publish_delivered {
+            notes.push(format!("{kind}: namespace rule NOT enforced: {probe:?}"));
+        } else if probe.foreign_subscribe_granted {
+            notes.push(format!(
+                "{kind}: a subscription to another device's namespace was granted in SUBACK, \
+                 but nothing from that namespace was delivered (enforced at delivery)"
+            ));
+        }
+    }
+    let counters = Counters::default();
+    let mut tasks = JoinSet::new();
+    for (index, device) in devices.iter().enumerate() {
+        let config = client::tls_config(&pki.ca, &device.chain, &device.key)?;
+        let stream = client::tls(broker.tls, &config).await?;
+        let mut conn = Connection::open(stream, &device.id, 60).await?;
+        conn.subscribe(&format!("devices/{}/#", device.id), QoS::AtMostOnce)
+            .await?;
+        let topic = topic(&format!("devices/{}/telemetry", device.id))?;
+        let burst = Burst::new(index as u32, &topic, settings.payload_size, BURST_BYTES);
+        let (io, buffered) = conn.into_parts();
+        let (read_half, write_half) = tokio::io::split(io);
+        tasks.spawn(count_deliveries_split(
+            Reader::new(read_half, buffered),
+            counters.clone(),
+        ));
+        tasks.spawn(flood(write_half, burst));
+    }
+    let figures = measure_throughput(&mut tasks, &counters, broker.pid, settings).await?;
+    Ok(Outcome { figures, notes })
+}
+
+/// Which listener the idle scenario connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Tls,
+}
+
+/// A connection held open and idle; only its stream is kept.
+enum IdleStream {
+    Tcp(#[allow(dead_code)] tokio::net::TcpStream),
+    Tls(#[allow(dead_code)] Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+async fn idle(
+    broker: &RunningBroker,
+    pki: &ClientPki,
+    settings: &Settings,
+    transport: Transport,
+) -> Result<Vec<Figure>, String> {
+    let count = match transport {
+        Transport::Tcp => settings.idle_tcp,
+        Transport::Tls => settings.idle_tls,
+    };
+    if transport == Transport::Tls && pki.devices.len() < count {
+        return Err(format!("only {} device certificates", pki.devices.len()));
+    }
+    let pki = Arc::new(pki.clone());
+    let rss_before = procfs::rss_bytes(broker.pid)?;
+    let cpu_before = procfs::cpu_time(broker.pid)?;
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..settings.connect_concurrency.max(1) {
+        let next = Arc::clone(&next);
+        let pki = Arc::clone(&pki);
+        let (plaintext_addr, tls_addr) = (broker.plaintext, broker.tls);
+        workers.spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, String>(held);
+                }
+                let stream = match transport {
+                    Transport::Tcp => {
+                        let stream = client::tcp(plaintext_addr).await?;
+                        let conn = Connection::open(stream, &format!("bench-idle-{i}"), 0).await?;
+                        IdleStream::Tcp(conn.into_parts().0)
+                    }
+                    Transport::Tls => {
+                        let device = &pki.devices[i];
+                        let config = client::tls_config(&pki.ca, &device.chain, &device.key)?;
+                        let stream = client::tls(tls_addr, &config).await?;
+                        let conn = Connection::open(stream, &device.id, 0).await?;
+                        IdleStream::Tls(Box::new(conn.into_parts().0))
+                    }
+                };
+                held.push(stream);
+            }
+        });
+    }
+    let mut held = Vec::with_capacity(count);
+    while let Some(joined) = workers.join_next().await {
+        let mut streams = joined.map_err(|e| format!("connecting task: {e}"))??;
+        held.append(&mut streams);
+    }
+    let connect_time = started.elapsed();
+    // Let the broker finish whatever it does after CONNACK before reading its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = procfs::rss_bytes(broker.pid)?;
+    let cpu_after = procfs::cpu_time(broker.pid)?;
+    drop(held);
+    let per_connection = rss_after.saturating_sub(rss_before) as f64 / count as f64;
+    Ok(vec![
+        Figure::new(
+            "broker RSS per connection",
+            "KiB",
+            per_connection / 1024.0,
+            Better::Lower,
+        ),
+        Figure::new(
+            "broker RSS with all connected",
+            "MiB",
+            rss_after as f64 / (1024.0 * 1024.0),
+            Better::Lower,
+        ),
+        Figure::new(
+            "broker CPU per connect",
+            "µs",
+            (cpu_after - cpu_before).as_secs_f64() * 1e6 / count as f64,
+            Better::Lower,
+        ),
+        Figure::new(
+            "connects",
+            "conn/s",
+            count as f64 / connect_time.as_secs_f64(),
+            Better::Neither,
+        ),
+    ])
+}
+
+async fn handshakes(
+    broker: &RunningBroker,
+    pki: &ClientPki,
+    settings: &Settings,
+) -> Result<Vec<Figure>, String> {
+    let workers_count = settings.handshake_concurrency.max(1);
+    if pki.devices.len() < workers_count {
+        return Err(format!("only {} device certificates", pki.devices.len()));
+    }
+    let total = settings.handshakes;
+    let next = Arc::new(AtomicUsize::new(0));
+    let broker_before = procfs::cpu_time(broker.pid)?;
+    let client_before = procfs::own_cpu_time()?;
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for device in &pki.devices[..workers_count] {
+        // One device per worker: a client id in use twice at once would be taken over.
+        let config = client::tls_config(&pki.ca, &device.chain, &device.key)?;
+        let id = device.id.clone();
+        let next = Arc::clone(&next);
+        let addr = broker.tls;
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let stream = client::tls(addr, &config).await?;
+                let conn = Connection::open(stream, &id, 0).await?;
+                conn.close().await?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.map_err(|e| format!("handshake task: {e}"))??;
+    }
+    let elapsed = started.elapsed();
+    // Let the broker tear the last connections down before reading its CPU time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker_cpu = procfs::cpu_time(broker.pid)? - broker_before;
+    let client_cpu = procfs::own_cpu_time()? - client_before;
+    Ok(vec![
+        Figure::new(
+            "broker CPU per handshake",
+            "µs",
+            broker_cpu.as_secs_f64() * 1e6 / total as f64,
+            Better::Lower,
+        ),
+        Figure::new(
+            "handshakes",
+            "1/s",
+            total as f64 / elapsed.as_secs_f64(),
+            Better::Higher,
+        ),
+        Figure::new(
+            "client CPU per handshake",
+            "µs",
+            client_cpu.as_secs_f64() * 1e6 / total as f64,
+            Better::Neither,
+        ),
+    ])
+}
