@@ -75,7 +75,7 @@ def main(args):
 
     step("client id different from the device id -> CONNACK 0x87 (Moat-only)")
     if not known_deviation(args, "Mosquitto does not tie the client id to the certificate"):
-        for client_id in (other, f"{dev}-x", ""):
+        for client_id in (other, f"{dev}-x"):
             c = PahoClient(args, device=dev, client_id=client_id)
             _, rc, _ = c.connect(expect_rc=None)
             check(rc.value == 0x87, f"client id {client_id!r} with {dev}'s certificate: CONNACK {rc.value:#04x}, "
@@ -85,6 +85,17 @@ def main(args):
         _, rc, _ = c.connect(expect_rc=None)
         check(rc.is_failure, f"3.1.1: client id {other!r} with {dev}'s certificate accepted")
         c.stop()
+
+    step("empty client id with a device certificate -> the hub assigns the device id (Moat-only)")
+    if not known_deviation(args, "Mosquitto assigns a random client id"):
+        # MQTT-3.1.3-6 lets the server choose the identifier; for a device the only
+        # identifier the identity rule accepts is its device id, so that is the one assigned.
+        c = PahoClient(args, device=dev, client_id="")
+        _, rc, props = c.connect(expect_rc=None)
+        check(rc.value == 0x00, f"empty client id with {dev}'s certificate: CONNACK {rc.value:#04x}")
+        assigned = getattr(props, "AssignedClientIdentifier", None)
+        check(assigned == dev, f"assigned client identifier {assigned!r}, expected {dev!r}")
+        c.disconnect()
 
 
 if __name__ == "__main__":
