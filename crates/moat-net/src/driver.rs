@@ -19,9 +19,9 @@ use crate::transport::Transport;
 /// The highest durable commit sequence, published by the storage layer.
 pub type Committed = watch::Receiver<u64>;
 
-/// A read buffer larger than this is released when it empties, so that an idle connection
+/// A write buffer larger than this is released after a write, so that an idle connection
 /// does not keep a burst-sized buffer.
-const MAX_IDLE_READ_BUFFER: usize = 64 * 1024;
+const MAX_IDLE_WRITE_BUFFER: usize = 16 * 1024;
 
 struct NotifyWaker(Notify);
 
@@ -42,7 +42,7 @@ pub(crate) struct DriverContext {
 
 /// Runs one MQTT connection to its end.
 pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: DriverContext) {
-    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
     let decode_limits = moat_mqtt::Limits {
         max_packet_size: ctx.broker.config().max_packet_size,
@@ -186,6 +186,9 @@ async fn session<T: Transport>(
                     return Close::lost(ReasonCode::UnspecifiedError);
                 }
                 ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                if wbuf.capacity() > MAX_IDLE_WRITE_BUFFER {
+                    *wbuf = BytesMut::new();
+                }
             }
             if !more {
                 break;
@@ -217,7 +220,9 @@ async fn session<T: Transport>(
                         }
                     }
                 }
-                if rbuf.is_empty() && rbuf.capacity() > MAX_IDLE_READ_BUFFER {
+                // An idle connection keeps no read buffer: the next read allocates one.
+                // (Decoded payloads still share the old allocation until delivered.)
+                if rbuf.is_empty() {
                     *rbuf = BytesMut::new();
                 }
             }
