@@ -8,17 +8,32 @@ use crate::{Limits, Packet, ProtocolVersion, decode, decode_connect, encode, enc
 
 const VERSIONS: [ProtocolVersion; 2] = [ProtocolVersion::V311, ProtocolVersion::V5];
 
+/// The defaults, and limits small enough for short fuzz inputs to reach every limit check.
+fn limit_sets() -> [Limits; 2] {
+    [
+        Limits::default(),
+        Limits {
+            max_packet_size: 64,
+            max_user_properties: 2,
+            max_filters_per_packet: 2,
+            max_subscription_identifiers: 1,
+        },
+    ]
+}
+
 /// Decodes `data` as a server would: CONNECT first and then packets of the negotiated
 /// version; then again as an established connection of each version. Checks that
-/// `Ok(None)` never consumes input.
+/// `Ok(None)` never consumes input. Runs once with the default limits and once with tiny
+/// ones.
 pub fn decode_stream(data: &[u8]) {
-    let limits = Limits::default();
-    let mut buf = BytesMut::from(data);
-    if let Ok(Some(Packet::Connect(connect))) = decode_connect(&mut buf, &limits) {
-        drain(&mut buf, connect.protocol, &limits);
-    }
-    for version in VERSIONS {
-        drain(&mut BytesMut::from(data), version, &limits);
+    for limits in limit_sets() {
+        let mut buf = BytesMut::from(data);
+        if let Ok(Some(Packet::Connect(connect))) = decode_connect(&mut buf, &limits) {
+            drain(&mut buf, connect.protocol, &limits);
+        }
+        for version in VERSIONS {
+            drain(&mut BytesMut::from(data), version, &limits);
+        }
     }
 }
 
@@ -36,14 +51,15 @@ fn drain(buf: &mut BytesMut, version: ProtocolVersion, limits: &Limits) {
     }
 }
 
-/// Decodes `data` for each version; every packet that decodes is encoded again, which must
+/// Decodes `data` for each version and limit set; every packet that decodes is encoded again, which must
 /// take exactly [`encoded_len`] bytes and decode to an equal packet.
 pub fn roundtrip(data: &[u8]) {
-    let limits = Limits::default();
-    for version in VERSIONS {
-        let mut buf = BytesMut::from(data);
-        while let Ok(Some(packet)) = decode(&mut buf, version, &limits) {
-            assert_roundtrip(&packet, version, &limits);
+    for limits in limit_sets() {
+        for version in VERSIONS {
+            let mut buf = BytesMut::from(data);
+            while let Ok(Some(packet)) = decode(&mut buf, version, &limits) {
+                assert_roundtrip(&packet, version, &limits);
+            }
         }
     }
 }

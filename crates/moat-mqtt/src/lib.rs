@@ -10,6 +10,19 @@
 //! payload is buffered or parsed.
 //!
 //! Trust boundary: every byte given to [`decode`] comes from an unauthenticated peer.
+//! Decoding never panics, never allocates more than the peer actually sent, and hands out
+//! topics, payloads and binary fields as slices of the read buffer (no copy). Semantic
+//! checks that need session state (a second CONNECT, topic alias resolution, wildcard and
+//! `$share` syntax in filters, client-sent Subscription Identifiers) are the broker's.
+//!
+//! The encoder trusts its (server-built) input but never panics; values a conforming peer
+//! would have to reject are clamped or left out, as listed in the `encode` module.
+//! [`encoded_len`] runs the encoder's own code against a byte counter, so it always agrees
+//! with [`encode`]; [`encode_publish`] serves the fan-out path without cloning the message.
+//!
+//! Module map: `decode` (framing and packet grammar), `properties` (MQTT 5 property
+//! rules, both directions), `reader`/`writer` (data types), `encode`, and `fuzz`
+//! (feature `fuzzing`: the bodies of the cargo-fuzz targets in `/fuzz`).
 
 #![forbid(unsafe_code)]
 

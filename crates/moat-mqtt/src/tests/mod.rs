@@ -1,5 +1,6 @@
 //! Codec tests: spec byte vectors, one test per decoding rule, and property tests.
 
+mod encoder;
 mod errors;
 mod roundtrip;
 mod seeds;
