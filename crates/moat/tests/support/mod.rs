@@ -718,8 +718,10 @@ impl Sub {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-d", "-F", "MSG %t %p"])
+        // stdbuf -oL: mosquitto_sub's -d lines go through stdio, block-buffered on a pipe;
+        // line buffering makes "Subscribed ..." visible the moment the SUBACK arrives.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-F", "MSG %t %p"])
             .args(mosquitto_args(hub, via, version, client_id))
             .args(extra)
             .stdin(Stdio::null())
