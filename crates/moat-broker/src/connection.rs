@@ -324,6 +324,10 @@ impl Connection {
                 return Err(Close::violation(ReasonCode::ReceiveMaximumExceeded));
             }
         }
+        // MQTT-3.3.4-6: a client never sends Subscription Identifiers in PUBLISH.
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::violation(ReasonCode::ProtocolError));
+        }
         // Topic aliases (MQTT-3.3.2-7 .. -12).
         let topic = match (p.topic.take(), p.properties.topic_alias.take()) {
             (topic, Some(alias)) => {
@@ -361,6 +365,14 @@ impl Connection {
             .topic_within_limits(topic.len(), topic.level_count())
         {
             reply(self, ReasonCode::TopicNameInvalid, out, 0);
+            return Ok(());
+        }
+        // MQTT-3.3.2.3.2: a payload declared UTF-8 must be UTF-8; the hub checks it so that
+        // subscribers can rely on the indicator.
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            reply(self, ReasonCode::PayloadFormatInvalid, out, 0);
             return Ok(());
         }
         // QoS 2 duplicate of a message already received: acknowledge, do not route again
