@@ -34,7 +34,13 @@ fn device_subscribes_over_mutual_tls_at_every_qos() {
     let hub = hub();
     let dev = Via::Device(hub.add_device("sensor-1"));
     for v in [Mqtt::V311, Mqtt::V5] {
-        let mut sub = Sub::start(&hub, &dev, v, None, &["-t", "devices/sensor-1/#", "-q", "2"]);
+        let mut sub = Sub::start(
+            &hub,
+            &dev,
+            v,
+            None,
+            &["-t", "devices/sensor-1/#", "-q", "2"],
+        );
         assert_eq!(sub.granted, vec![2], "{v:?}: SUBACK\n{}", sub.show());
         for qos in ["0", "1", "2"] {
             let topic = format!("devices/sensor-1/{v:?}/q{qos}");
@@ -51,7 +57,13 @@ fn device_publishes_over_mutual_tls_at_every_qos() {
     let hub = hub();
     let dev = Via::Device(hub.add_device("sensor-2"));
     for v in [Mqtt::V311, Mqtt::V5] {
-        let mut sub = Sub::start(&hub, &Via::Anonymous, v, Some(&unique("obs")), &["-t", "devices/sensor-2/#", "-q", "2"]);
+        let mut sub = Sub::start(
+            &hub,
+            &Via::Anonymous,
+            v,
+            Some(&unique("obs")),
+            &["-t", "devices/sensor-2/#", "-q", "2"],
+        );
         for qos in ["0", "1", "2"] {
             let topic = format!("devices/sensor-2/{v:?}/q{qos}");
             pub_ok(&hub, &dev, v, &topic, "reading", &["-q", qos]);
@@ -66,7 +78,14 @@ fn server_certificate_valid_for_localhost_and_127_0_0_1() {
     let creds = hub.add_device("sensor-3");
     // mosquitto_args uses -h localhost; repeat with the IP address (both are in the SAN).
     let dev = Via::Device(creds.clone());
-    pub_ok(&hub, &dev, Mqtt::V5, "devices/sensor-3/x", "by name", &["-q", "1"]);
+    pub_ok(
+        &hub,
+        &dev,
+        Mqtt::V5,
+        "devices/sensor-3/x",
+        "by name",
+        &["-q", "1"],
+    );
     let out = run_with_deadline(
         std::process::Command::new("mosquitto_pub")
             .args(["-d", "-V", "mqttv5", "-h", "127.0.0.1", "-p"])
@@ -77,14 +96,24 @@ fn server_certificate_valid_for_localhost_and_127_0_0_1() {
             .arg(&creds.cert)
             .arg("--key")
             .arg(&creds.key)
-            .args(["-i", "sensor-3", "-t", "devices/sensor-3/x", "-m", "by ip", "-q", "1"]),
+            .args([
+                "-i",
+                "sensor-3",
+                "-t",
+                "devices/sensor-3/x",
+                "-m",
+                "by ip",
+                "-q",
+                "1",
+            ]),
         EVENT_DEADLINE,
     );
     assert!(out.status.success(), "{}", show_output(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // 0x00 Success or 0x10 No matching subscribers (MQTT 5.0 3.4.2.1).
     assert!(
-        stdout.contains("received PUBACK (Mid: 1, RC:0)") || stdout.contains("received PUBACK (Mid: 1, RC:16)"),
+        stdout.contains("received PUBACK (Mid: 1, RC:0)")
+            || stdout.contains("received PUBACK (Mid: 1, RC:16)"),
         "{}",
         show_output(&out)
     );
@@ -97,14 +126,36 @@ fn retained_message_from_a_device_reaches_later_subscribers() {
     for v in [Mqtt::V311, Mqtt::V5] {
         let topic = format!("devices/sensor-4/{v:?}/state");
         pub_ok(&hub, &dev, v, &topic, "on", &["-q", "1", "-r"]);
-        let mut sub = Sub::start(&hub, &Via::Anonymous, v, Some(&unique("late")), &["-t", &topic, "-q", "1", "-C", "1", "-W", "10"]);
+        let mut sub = Sub::start(
+            &hub,
+            &Via::Anonymous,
+            v,
+            Some(&unique("late")),
+            &["-t", &topic, "-q", "1", "-C", "1", "-W", "10"],
+        );
         let (msgs, status) = sub.messages_until_exit();
         assert!(status.success(), "{}", sub.show());
-        assert_eq!(msgs, vec![(topic.clone(), "on".to_owned())], "{}", sub.show());
+        assert_eq!(
+            msgs,
+            vec![(topic.clone(), "on".to_owned())],
+            "{}",
+            sub.show()
+        );
         // The device itself gets it too (its own namespace).
-        let mut own = Sub::start(&hub, &dev, v, None, &["-t", &topic, "-q", "1", "-C", "1", "-W", "10"]);
+        let mut own = Sub::start(
+            &hub,
+            &dev,
+            v,
+            None,
+            &["-t", &topic, "-q", "1", "-C", "1", "-W", "10"],
+        );
         let (msgs, _) = own.messages_until_exit();
-        assert_eq!(msgs, vec![(topic.clone(), "on".to_owned())], "{}", own.show());
+        assert_eq!(
+            msgs,
+            vec![(topic.clone(), "on".to_owned())],
+            "{}",
+            own.show()
+        );
         // An empty retained message (-m "") deletes it again.
         pub_ok(&hub, &dev, v, &topic, "", &["-q", "1", "-r"]);
     }
@@ -117,8 +168,18 @@ fn client_id_other_than_the_device_id_is_refused() {
     hub.add_device("sensor-6");
     for (v, code) in [(Mqtt::V311, "CONNACK (5)"), (Mqtt::V5, "CONNACK (135)")] {
         for id in ["sensor-6", "sensor-5x", "SENSOR-5"] {
-            let out = mosquitto_pub(&hub, &dev, v, Some(id), &["-t", "devices/sensor-5/x", "-m", "x", "-q", "1"]);
-            assert!(!out.status.success(), "{v:?} client id {id:?} with sensor-5's certificate accepted\n{}", out.show());
+            let out = mosquitto_pub(
+                &hub,
+                &dev,
+                v,
+                Some(id),
+                &["-t", "devices/sensor-5/x", "-m", "x", "-q", "1"],
+            );
+            assert!(
+                !out.status.success(),
+                "{v:?} client id {id:?} with sensor-5's certificate accepted\n{}",
+                out.show()
+            );
             assert!(
                 out.stdout.contains(&format!("received {code}")),
                 "{v:?} client id {id:?}: expected {code} (not authorized)\n{}",
@@ -133,18 +194,58 @@ fn foreign_namespace_is_denied() {
     let hub = hub();
     let dev = Via::Device(hub.add_device("sensor-7"));
     let other = Via::Device(hub.add_device("sensor-8"));
-    let mut watcher = Sub::start(&hub, &Via::Anonymous, Mqtt::V5, Some(&unique("w")), &["-t", "devices/sensor-8/#", "-q", "1"]);
+    let mut watcher = Sub::start(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some(&unique("w")),
+        &["-t", "devices/sensor-8/#", "-q", "1"],
+    );
     for (v, denied) in [(Mqtt::V311, 0x80u8), (Mqtt::V5, 0x87u8)] {
-        for filter in ["devices/sensor-8/#", "devices/+/temp", "#", "devices/sensor-7x/#"] {
+        for filter in [
+            "devices/sensor-8/#",
+            "devices/+/temp",
+            "#",
+            "devices/sensor-7x/#",
+        ] {
             let mut sub = Sub::start(&hub, &dev, v, None, &["-t", filter, "-q", "1"]);
-            assert_eq!(sub.granted, vec![denied], "{v:?} filter {filter:?}: SUBACK\n{}", sub.show());
+            assert_eq!(
+                sub.granted,
+                vec![denied],
+                "{v:?} filter {filter:?}: SUBACK\n{}",
+                sub.show()
+            );
         }
         // Allowed and denied in one SUBSCRIBE: reason codes per filter.
-        let mut sub = Sub::start(&hub, &dev, v, None, &["-t", "devices/sensor-7/ok", "-t", "devices/sensor-8/no", "-q", "1"]);
-        assert_eq!(sub.granted, vec![1, denied], "{v:?}: mixed SUBSCRIBE\n{}", sub.show());
+        let mut sub = Sub::start(
+            &hub,
+            &dev,
+            v,
+            None,
+            &[
+                "-t",
+                "devices/sensor-7/ok",
+                "-t",
+                "devices/sensor-8/no",
+                "-q",
+                "1",
+            ],
+        );
+        assert_eq!(
+            sub.granted,
+            vec![1, denied],
+            "{v:?}: mixed SUBSCRIBE\n{}",
+            sub.show()
+        );
         drop(sub);
 
-        let out = mosquitto_pub(&hub, &dev, v, None, &["-t", "devices/sensor-8/x", "-m", "intrusion-q1", "-q", "1"]);
+        let out = mosquitto_pub(
+            &hub,
+            &dev,
+            v,
+            None,
+            &["-t", "devices/sensor-8/x", "-m", "intrusion-q1", "-q", "1"],
+        );
         if v == Mqtt::V5 {
             assert!(
                 out.stdout.contains("received PUBACK (Mid: 1, RC:135)"),
@@ -152,11 +253,28 @@ fn foreign_namespace_is_denied() {
                 out.show()
             );
         }
-        let out = mosquitto_pub(&hub, &dev, v, None, &["-t", "devices/sensor-8/x", "-m", "intrusion-q0"]);
-        assert!(out.status.success(), "denied QoS 0 publishes are dropped silently\n{}", out.show());
+        let out = mosquitto_pub(
+            &hub,
+            &dev,
+            v,
+            None,
+            &["-t", "devices/sensor-8/x", "-m", "intrusion-q0"],
+        );
+        assert!(
+            out.status.success(),
+            "denied QoS 0 publishes are dropped silently\n{}",
+            out.show()
+        );
     }
     // A legitimate message after the denied ones arrives first and alone.
-    pub_ok(&hub, &other, Mqtt::V5, "devices/sensor-8/marker", "legit", &["-q", "1"]);
+    pub_ok(
+        &hub,
+        &other,
+        Mqtt::V5,
+        "devices/sensor-8/marker",
+        "legit",
+        &["-q", "1"],
+    );
     watcher.expect("devices/sensor-8/marker", "legit");
     watcher.expect_no_message(QUIET);
 }
@@ -165,19 +283,42 @@ fn foreign_namespace_is_denied() {
 fn no_client_certificate_is_refused_at_tls() {
     let hub = hub();
     let creds = hub.add_device("sensor-9");
-    let mut watcher = Sub::start(&hub, &Via::Anonymous, Mqtt::V5, Some(&unique("w")), &["-t", "devices/sensor-9/#", "-q", "1"]);
+    let mut watcher = Sub::start(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some(&unique("w")),
+        &["-t", "devices/sensor-9/#", "-q", "1"],
+    );
     for v in [Mqtt::V311, Mqtt::V5] {
         let out = mosquitto_pub(
             &hub,
-            &Via::NoClientCert { ca: creds.ca.clone() },
+            &Via::NoClientCert {
+                ca: creds.ca.clone(),
+            },
             v,
             Some("sensor-9"),
             &["-t", "devices/sensor-9/x", "-m", "nocert", "-q", "1"],
         );
-        assert!(!out.status.success(), "{v:?}: connection without a client certificate accepted\n{}", out.show());
-        assert!(!out.stdout.contains("received CONNACK"), "{v:?}: got a CONNACK without a client certificate\n{}", out.show());
+        assert!(
+            !out.status.success(),
+            "{v:?}: connection without a client certificate accepted\n{}",
+            out.show()
+        );
+        assert!(
+            !out.stdout.contains("received CONNACK"),
+            "{v:?}: got a CONNACK without a client certificate\n{}",
+            out.show()
+        );
     }
-    pub_ok(&hub, &Via::Device(creds), Mqtt::V5, "devices/sensor-9/marker", "legit", &["-q", "1"]);
+    pub_ok(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        "devices/sensor-9/marker",
+        "legit",
+        &["-q", "1"],
+    );
     watcher.expect("devices/sensor-9/marker", "legit");
     watcher.expect_no_message(QUIET);
 }
@@ -189,19 +330,44 @@ fn certificate_from_another_ca_is_refused_at_tls() {
     let dir = hub.scratch("foreign-ca");
     // Same CN as a real device: only the issuer differs.
     let (cert, key) = foreign_ca_device(&dir, "sensor-10");
-    let mut watcher = Sub::start(&hub, &Via::Anonymous, Mqtt::V5, Some(&unique("w")), &["-t", "devices/sensor-10/#", "-q", "1"]);
+    let mut watcher = Sub::start(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some(&unique("w")),
+        &["-t", "devices/sensor-10/#", "-q", "1"],
+    );
     for v in [Mqtt::V311, Mqtt::V5] {
         let out = mosquitto_pub(
             &hub,
-            &Via::Files { cert: cert.clone(), key: key.clone(), ca: creds.ca.clone() },
+            &Via::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: creds.ca.clone(),
+            },
             v,
             Some("sensor-10"),
             &["-t", "devices/sensor-10/x", "-m", "forged", "-q", "1"],
         );
-        assert!(!out.status.success(), "{v:?}: certificate from a foreign CA accepted\n{}", out.show());
-        assert!(!out.stdout.contains("received CONNACK"), "{v:?}: got a CONNACK with a foreign certificate\n{}", out.show());
+        assert!(
+            !out.status.success(),
+            "{v:?}: certificate from a foreign CA accepted\n{}",
+            out.show()
+        );
+        assert!(
+            !out.stdout.contains("received CONNACK"),
+            "{v:?}: got a CONNACK with a foreign certificate\n{}",
+            out.show()
+        );
     }
-    pub_ok(&hub, &Via::Device(creds), Mqtt::V5, "devices/sensor-10/marker", "legit", &["-q", "1"]);
+    pub_ok(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        "devices/sensor-10/marker",
+        "legit",
+        &["-q", "1"],
+    );
     watcher.expect("devices/sensor-10/marker", "legit");
     watcher.expect_no_message(QUIET);
 }

@@ -348,7 +348,10 @@ impl Hub {
         let stderr = File::create(self.stderr_path()).expect("stderr file");
         let mut child = Command::new(moat_bin())
             .args(self.serve_args())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -429,7 +432,11 @@ impl Hub {
                 .arg(self.certs_dir()),
             EVENT_DEADLINE,
         );
-        assert!(out.status.success(), "moat device add {id} failed\n{}", show_output(&out));
+        assert!(
+            out.status.success(),
+            "moat device add {id} failed\n{}",
+            show_output(&out)
+        );
         let creds = DeviceCreds {
             id: id.to_owned(),
             cert: self.certs_dir().join(format!("{id}.crt")),
@@ -437,7 +444,11 @@ impl Hub {
             ca: self.ca_file(),
         };
         for f in [&creds.cert, &creds.key, &creds.ca] {
-            assert!(f.is_file(), "moat device add {id} did not write {}", f.display());
+            assert!(
+                f.is_file(),
+                "moat device add {id} did not write {}",
+                f.display()
+            );
         }
         creds
     }
@@ -579,9 +590,15 @@ pub fn run_script(hub: &Hub, script: &str, extra: &[&str]) {
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'paho'") {
-        panic!("paho-mqtt is not installed: python3 -m pip install 'paho-mqtt>=2,<3' (see .ci/run)");
+        panic!(
+            "paho-mqtt is not installed: python3 -m pip install 'paho-mqtt>=2,<3' (see .ci/run)"
+        );
     }
-    assert!(out.status.success(), "{script} failed\n{}", show_output(&out));
+    assert!(
+        out.status.success(),
+        "{script} failed\n{}",
+        show_output(&out)
+    );
     // Visible with --nocapture: which steps ran.
     println!("{}", String::from_utf8_lossy(&out.stdout));
 }
@@ -610,7 +627,11 @@ pub enum Via {
     /// Mutual TLS with a device's certificate; client id = device id unless overridden.
     Device(DeviceCreds),
     /// Mutual TLS with explicit files (e.g. a certificate from a foreign CA).
-    Files { cert: PathBuf, key: PathBuf, ca: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
     /// TLS that trusts the hub but presents no client certificate.
     NoClientCert { ca: PathBuf },
     /// The anonymous plaintext listener.
@@ -670,7 +691,11 @@ impl PubOutcome {
     /// The publish reached the broker and was acknowledged as a success (for QoS 1/2 `-d`
     /// shows the PUBACK/PUBCOMP; a v5 failure reason makes mosquitto_pub warn on stderr).
     pub fn assert_ok(&self) {
-        assert!(self.status.success(), "mosquitto_pub failed\n{}", self.show());
+        assert!(
+            self.status.success(),
+            "mosquitto_pub failed\n{}",
+            self.show()
+        );
         assert!(
             !self.stderr.contains("failed"),
             "mosquitto_pub reported a failure\n{}",
@@ -680,7 +705,13 @@ impl PubOutcome {
 }
 
 /// Runs `mosquitto_pub -d` with `extra` (topic, message, QoS, ...) to completion.
-pub fn mosquitto_pub(hub: &Hub, via: &Via, version: Mqtt, client_id: Option<&str>, extra: &[&str]) -> PubOutcome {
+pub fn mosquitto_pub(
+    hub: &Hub,
+    via: &Via,
+    version: Mqtt,
+    client_id: Option<&str>,
+    extra: &[&str],
+) -> PubOutcome {
     let out = run_with_deadline(
         Command::new("mosquitto_pub")
             .arg("-d")
@@ -710,7 +741,13 @@ pub struct Sub {
 impl Sub {
     /// Starts mosquitto_sub with `extra` (must include `-t FILTER`, may include `-q`, `-c`,
     /// `-C N`, `-W SECS`, `-x SECS`...) and waits for its SUBACK.
-    pub fn start(hub: &Hub, via: &Via, version: Mqtt, client_id: Option<&str>, extra: &[&str]) -> Sub {
+    pub fn start(
+        hub: &Hub,
+        via: &Via,
+        version: Mqtt,
+        client_id: Option<&str>,
+        extra: &[&str],
+    ) -> Sub {
         let stderr_path = hub.scratch("mosquitto_sub").join(format!(
             "{}.stderr",
             SystemTime::now()
@@ -765,7 +802,10 @@ impl Sub {
                 return;
             }
         }
-        panic!("mosquitto_sub saw no SUBACK within {EVENT_DEADLINE:?}\n{}", self.show());
+        panic!(
+            "mosquitto_sub saw no SUBACK within {EVENT_DEADLINE:?}\n{}",
+            self.show()
+        );
     }
 
     pub fn show(&self) -> String {
@@ -785,7 +825,10 @@ impl Sub {
                 return (t.to_owned(), p.to_owned());
             }
         }
-        panic!("mosquitto_sub got no message within {EVENT_DEADLINE:?}\n{}", self.show());
+        panic!(
+            "mosquitto_sub got no message within {EVENT_DEADLINE:?}\n{}",
+            self.show()
+        );
     }
 
     /// Like expect_message, and checks topic and payload.
@@ -822,7 +865,10 @@ impl Sub {
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     self.kill();
-                    panic!("mosquitto_sub did not exit within {EVENT_DEADLINE:?}\n{}", self.show());
+                    panic!(
+                        "mosquitto_sub did not exit within {EVENT_DEADLINE:?}\n{}",
+                        self.show()
+                    );
                 }
             }
         }
@@ -863,22 +909,51 @@ impl Drop for Sub {
 /// Makes a foreign CA and a device certificate (CN = `cn`) signed by it, with the openssl CLI.
 pub fn foreign_ca_device(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     let run = |args: &[&str]| {
-        let out = run_with_deadline(Command::new("openssl").args(args).current_dir(dir), EVENT_DEADLINE);
-        assert!(out.status.success(), "openssl {args:?}\n{}", show_output(&out));
+        let out = run_with_deadline(
+            Command::new("openssl").args(args).current_dir(dir),
+            EVENT_DEADLINE,
+        );
+        assert!(
+            out.status.success(),
+            "openssl {args:?}\n{}",
+            show_output(&out)
+        );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut a = vec!["req", "-x509"];
     a.extend(ec);
     a.extend([
-        "-keyout", "foreign-ca.key", "-out", "foreign-ca.crt", "-days", "2", "-subj",
-        "/CN=foreign root", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+        "-keyout",
+        "foreign-ca.key",
+        "-out",
+        "foreign-ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=foreign root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     run(&a);
     let subj = format!("/CN={cn}");
     let mut a = vec!["req"];
     a.extend(ec);
-    a.extend(["-keyout", "foreign-dev.key", "-out", "foreign-dev.csr", "-subj", &subj]);
+    a.extend([
+        "-keyout",
+        "foreign-dev.key",
+        "-out",
+        "foreign-dev.csr",
+        "-subj",
+        &subj,
+    ]);
     run(&a);
     fs::write(
         dir.join("client.ext"),
@@ -886,8 +961,20 @@ pub fn foreign_ca_device(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     )
     .expect("ext file");
     run(&[
-        "x509", "-req", "-in", "foreign-dev.csr", "-CA", "foreign-ca.crt", "-CAkey",
-        "foreign-ca.key", "-CAcreateserial", "-out", "foreign-dev.crt", "-days", "2", "-extfile",
+        "x509",
+        "-req",
+        "-in",
+        "foreign-dev.csr",
+        "-CA",
+        "foreign-ca.crt",
+        "-CAkey",
+        "foreign-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "foreign-dev.crt",
+        "-days",
+        "2",
+        "-extfile",
         "client.ext",
     ]);
     (dir.join("foreign-dev.crt"), dir.join("foreign-dev.key"))
@@ -904,10 +991,16 @@ pub fn hex(text: &str) -> Vec<u8> {
         .flat_map(|l| l.chars())
         .filter(|c| !c.is_whitespace())
         .collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits in {text:?}");
+    assert!(
+        digits.len() % 2 == 0,
+        "odd number of hex digits in {text:?}"
+    );
     (0..digits.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap_or_else(|e| panic!("bad hex {text:?}: {e}")))
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .unwrap_or_else(|e| panic!("bad hex {text:?}: {e}"))
+        })
         .collect()
 }
 
@@ -973,7 +1066,11 @@ impl Wire {
     pub fn connect(addr: SocketAddr) -> Wire {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
-        Wire { stream, buf: Vec::new(), eof: false }
+        Wire {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -1016,7 +1113,11 @@ impl Wire {
                 "wire mismatch\n  expected: {}\n  got:      {}{}",
                 to_hex(want),
                 to_hex(got),
-                if self.eof { " <connection closed>" } else { " <then nothing before the deadline>" }
+                if self.eof {
+                    " <connection closed>"
+                } else {
+                    " <then nothing before the deadline>"
+                }
             );
         }
         self.buf.drain(..want.len());
@@ -1041,7 +1142,11 @@ impl Wire {
                         break;
                     }
                 }
-                assert!(complete || i <= 4, "server sent a malformed remaining length: {}", to_hex(&self.buf));
+                assert!(
+                    complete || i <= 4,
+                    "server sent a malformed remaining length: {}",
+                    to_hex(&self.buf)
+                );
                 if complete && self.buf.len() >= i + len {
                     let first = self.buf[0];
                     let body = self.buf[i..i + len].to_vec();
@@ -1098,7 +1203,11 @@ impl Wire {
     pub fn expect_closed_within(&mut self, deadline: Duration) -> Ending {
         let end = Instant::now() + deadline;
         self.fill(usize::MAX, end);
-        assert!(self.eof, "connection still open after {deadline:?}; received {}", to_hex(&self.buf));
+        assert!(
+            self.eof,
+            "connection still open after {deadline:?}; received {}",
+            to_hex(&self.buf)
+        );
         if self.buf.is_empty() {
             return Ending::Closed;
         }
@@ -1110,7 +1219,11 @@ impl Wire {
             p.first,
             to_hex(&p.body)
         );
-        assert!(self.buf.is_empty(), "bytes after DISCONNECT: {}", to_hex(&self.buf));
+        assert!(
+            self.buf.is_empty(),
+            "bytes after DISCONNECT: {}",
+            to_hex(&self.buf)
+        );
         Ending::Disconnect(p.body.first().copied().unwrap_or(0))
     }
 
@@ -1130,7 +1243,8 @@ impl Wire {
         let p = self.expect_packet(2);
         assert!(p.body.len() >= 3, "short v5 CONNACK {}", to_hex(&p.body));
         assert_eq!(
-            p.body[1], reason,
+            p.body[1],
+            reason,
             "CONNACK reason {:#04x}, expected {reason:#04x}; body {}",
             p.body[1],
             to_hex(&p.body)
@@ -1153,7 +1267,11 @@ impl Props {
     pub fn parse(bytes: &[u8]) -> (Props, usize) {
         let (len, mut at) = read_varint(bytes);
         let end = at + len;
-        assert!(end <= bytes.len(), "property length {len} beyond the packet: {}", to_hex(bytes));
+        assert!(
+            end <= bytes.len(),
+            "property length {len} beyond the packet: {}",
+            to_hex(bytes)
+        );
         let mut out = Vec::new();
         while at < end {
             let id = bytes[at];
@@ -1182,12 +1300,16 @@ impl Props {
     }
 
     pub fn get(&self, id: u8) -> Option<&[u8]> {
-        self.0.iter().find(|(i, _)| *i == id).map(|(_, v)| v.as_slice())
+        self.0
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// A two- or four-byte integer property.
     pub fn int(&self, id: u8) -> Option<u32> {
-        self.get(id).map(|v| v.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)))
+        self.get(id)
+            .map(|v| v.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)))
     }
 }
 
