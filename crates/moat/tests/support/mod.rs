@@ -10,6 +10,7 @@
 // Each test file compiles this module separately and uses a different part of it.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -733,6 +734,9 @@ pub struct Sub {
     lines: Receiver<String>,
     /// Every stdout line so far (debug lines and messages), for failure reports.
     pub transcript: Vec<String>,
+    /// Messages read from stdout and not yet taken by an expectation (a resumed session's
+    /// queued messages may arrive before the SUBACK).
+    pending: VecDeque<(String, String)>,
     /// Granted QoS / reason codes from `Subscribed (mid: N): a, b` (decimal).
     pub granted: Vec<u8>,
     stderr_path: PathBuf,
@@ -771,6 +775,7 @@ impl Sub {
             child: Some(child),
             lines,
             transcript: Vec::new(),
+            pending: VecDeque::new(),
             granted: Vec::new(),
             stderr_path,
         };
@@ -782,10 +787,18 @@ impl Sub {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.lines.recv_timeout(left) {
             Ok(l) => {
-                self.transcript.push(l.clone());
+                self.record(&l);
                 Some(l)
             }
             Err(_) => None,
+        }
+    }
+
+    fn record(&mut self, line: &str) {
+        self.transcript.push(line.to_owned());
+        if let Some(msg) = line.strip_prefix("MSG ") {
+            let (t, p) = msg.split_once(' ').unwrap_or((msg, ""));
+            self.pending.push_back((t.to_owned(), p.to_owned()));
         }
     }
 
@@ -819,10 +832,12 @@ impl Sub {
     /// The next message as (topic, payload); fails after the deadline.
     pub fn expect_message(&mut self) -> (String, String) {
         let deadline = Instant::now() + EVENT_DEADLINE;
-        while let Some(line) = self.next_line(deadline) {
-            if let Some(msg) = line.strip_prefix("MSG ") {
-                let (t, p) = msg.split_once(' ').unwrap_or((msg, ""));
-                return (t.to_owned(), p.to_owned());
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return m;
+            }
+            if self.next_line(deadline).is_none() {
+                break;
             }
         }
         panic!(
@@ -845,12 +860,9 @@ impl Sub {
     /// No message within `quiet`.
     pub fn expect_no_message(&mut self, quiet: Duration) {
         let deadline = Instant::now() + quiet;
-        while let Some(line) = self.next_line(deadline) {
-            assert!(
-                !line.starts_with("MSG "),
-                "unexpected message {line:?}\n{}",
-                self.show()
-            );
+        while self.pending.is_empty() && self.next_line(deadline).is_some() {}
+        if let Some(m) = self.pending.front() {
+            panic!("unexpected message {m:?}\n{}", self.show());
         }
     }
 
@@ -861,7 +873,7 @@ impl Sub {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) => self.transcript.push(l),
+                Ok(l) => self.record(&l),
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     self.kill();
@@ -876,19 +888,10 @@ impl Sub {
         child.wait().expect("wait mosquitto_sub")
     }
 
-    /// All messages until mosquitto_sub exits (with -C N or -W SECS).
+    /// All messages not yet taken, until mosquitto_sub exits (with -C N or -W SECS).
     pub fn messages_until_exit(&mut self) -> (Vec<(String, String)>, ExitStatus) {
-        let from = self.transcript.len();
         let status = self.wait_exit();
-        let msgs = self.transcript[from..]
-            .iter()
-            .filter_map(|l| l.strip_prefix("MSG "))
-            .map(|m| {
-                let (t, p) = m.split_once(' ').unwrap_or((m, ""));
-                (t.to_owned(), p.to_owned())
-            })
-            .collect();
-        (msgs, status)
+        (self.pending.drain(..).collect(), status)
     }
 
     /// Kills mosquitto_sub without a DISCONNECT (the session stays, the will fires).
@@ -1349,6 +1352,18 @@ pub fn connect_v5(client_id: &str, keepalive: u16, props: &[u8]) -> Vec<u8> {
     body.extend(keepalive.to_be_bytes());
     body.extend(varint(props.len()));
     body.extend_from_slice(props);
+    body.extend(mstr(client_id.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// A v5 CONNECT with Clean Start as given and a Session Expiry Interval property (3.1.2.11.2).
+pub fn connect_v5_session(client_id: &str, clean_start: bool, session_expiry: u32) -> Vec<u8> {
+    let mut body = mstr(b"MQTT");
+    body.push(5);
+    body.push(if clean_start { 0x02 } else { 0x00 });
+    body.extend(60u16.to_be_bytes());
+    body.extend([5, 0x11]);
+    body.extend(session_expiry.to_be_bytes());
     body.extend(mstr(client_id.as_bytes()));
     packet(0x10, &body)
 }
