@@ -472,6 +472,7 @@ impl Broker {
             targets.sort_unstable_by_key(|s| s.session.id);
         }
         let mut matched = 0;
+        let mut woken = Vec::new();
         let mut i = 0;
         while i < targets.len() {
             let session_id = targets[i].session.id;
@@ -503,11 +504,17 @@ impl Broker {
                     &mut extra_ops,
                 ) {
                     matched += 1;
+                    woken.push(targets[i].session.clone());
                 }
             }
             i = j;
         }
+        // Wake subscribers only after the batch is submitted, so that whatever they do next
+        // (a DeleteOutbound after a PUBACK) is ordered after the PutOutbound it undoes.
         let commit = self.submit(extra_ops);
+        for cell in woken {
+            cell.lock().wake();
+        }
         RouteOutcome { matched, commit }
     }
 
@@ -539,7 +546,8 @@ impl Broker {
         retained.insert(topic, message.clone());
     }
 
-    /// Queues a message for one session. Returns whether it was accepted.
+    /// Queues a message for one session. Returns whether it was accepted. Does not wake the
+    /// connection: the caller does, after submitting `ops`.
     pub(crate) fn enqueue(
         &self,
         cell: &Arc<SessionCell>,
@@ -585,9 +593,6 @@ impl Broker {
             subscription_ids,
             stored,
         });
-        if online {
-            st.wake();
-        }
         true
     }
 
@@ -658,6 +663,7 @@ impl Broker {
             .filter(|m| filter.matches(&m.topic) && !m.is_expired(now))
             .cloned()
             .collect();
+        // The subscribing connection polls its queue after handling SUBSCRIBE; no wake.
         for m in matches {
             let qos = m.qos.min(max_qos);
             self.enqueue(cell, &m, qos, true, identifier.into_iter().collect(), ops);

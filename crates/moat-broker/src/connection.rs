@@ -477,14 +477,17 @@ impl Connection {
         let stored = entry.pending.stored;
         let seq = entry.pending.seq;
         drop(st);
+        let mut gate = 0;
         if first && stored {
-            self.broker.submit(vec![StoreOp::SetOutboundState {
+            // Released must be durable before PUBREL leaves, so that a restart resends
+            // PUBREL rather than the PUBLISH (MQTT-4.4.0-1).
+            gate = self.broker.submit(vec![StoreOp::SetOutboundState {
                 client_id: self.client_id.clone(),
                 seq,
                 state: OutboundState::Released(r.packet_id.get()),
             }]);
         }
-        out.push(Packet::PubRel(PubResponse::success(r.packet_id)), 0);
+        out.push(Packet::PubRel(PubResponse::success(r.packet_id)), gate);
     }
 
     fn on_pubcomp(&mut self, id: PacketId) {
@@ -744,13 +747,23 @@ impl Connection {
                 }
                 continue;
             };
+            let mut gate = 0;
             if let Some(packet_id) = packet_id {
                 if pending.stored {
-                    ops.push(StoreOp::SetOutboundState {
+                    let op = StoreOp::SetOutboundState {
                         client_id: self.client_id.clone(),
                         seq: pending.seq,
                         state: OutboundState::Sent(packet_id.get()),
-                    });
+                    };
+                    if pending.qos == QoS::ExactlyOnce {
+                        // Exactly once: the packet identifier must be durable before the
+                        // PUBLISH leaves, or a crash would resend it under a new one and
+                        // the receiver could not recognise the duplicate (MQTT-4.3.3).
+                        ops.push(op);
+                        gate = self.broker.submit(std::mem::take(&mut ops));
+                    } else {
+                        ops.push(op);
+                    }
                 }
                 st.inflight.push_back(Inflight {
                     pending,
@@ -758,7 +771,7 @@ impl Connection {
                     released: false,
                 });
             }
-            out.push(Packet::Publish(publish), 0);
+            out.push(Packet::Publish(publish), gate);
             cfg_stat(&self.broker)
                 .messages_out
                 .fetch_add(1, Ordering::Relaxed);

@@ -42,7 +42,8 @@ impl Leaf {
         self.direct.is_empty() && self.shared.is_empty()
     }
 
-    fn insert(&mut self, share: Option<&ShareGroup>, sub: Subscriber) {
+    /// Returns whether the subscription is new (not a replacement).
+    fn insert(&mut self, share: Option<&ShareGroup>, sub: Subscriber) -> bool {
         let id = sub.session.id;
         let list = match share {
             None => &mut self.direct,
@@ -65,8 +66,14 @@ impl Leaf {
             }
         };
         match list.iter_mut().find(|s| s.session.id == id) {
-            Some(existing) => *existing = sub,
-            None => list.push(sub),
+            Some(existing) => {
+                *existing = sub;
+                false
+            }
+            None => {
+                list.push(sub);
+                true
+            }
         }
     }
 
@@ -179,8 +186,9 @@ impl Router {
                 _ => node = node.children.entry(level).or_default(),
             }
         }
-        node.leaf.insert(share, sub);
-        self.count += 1;
+        if node.leaf.insert(share, sub) {
+            self.count += 1;
+        }
     }
 
     /// Removes the subscription of `session_id` for this filter and group; prunes empty
@@ -382,6 +390,9 @@ mod tests {
             router.collect(&topic, &mut out);
             assert_eq!(out[0].session.id, 2);
         }
+        // Re-subscribing replaces, it does not add.
+        router.insert(&group.filter, group.share.as_ref(), sub(&c1));
+        assert_eq!(router.len(), 2);
         assert!(router.remove(&group.filter, group.share.as_ref(), 1));
         assert!(router.remove(&group.filter, group.share.as_ref(), 2));
         assert_eq!(router.len(), 0);

@@ -110,6 +110,8 @@ pub struct LimitsFile {
     connect_timeout_secs: Option<u64>,
     #[serde(default, deserialize_with = "timeout_secs")]
     tls_handshake_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "timeout_secs")]
+    write_timeout_secs: Option<u64>,
     #[serde(default, deserialize_with = "expiry_secs")]
     max_session_expiry_secs: Option<u64>,
     #[serde(default, deserialize_with = "retained")]
@@ -215,6 +217,9 @@ impl Settings {
             }
             if let Some(s) = l.tls_handshake_timeout_secs {
                 net.tls_handshake_timeout = Duration::from_secs(s);
+            }
+            if let Some(s) = l.write_timeout_secs {
+                net.write_timeout = Duration::from_secs(s);
             }
             if let Some(s) = l.max_session_expiry_secs {
                 broker.max_session_expiry = Duration::from_secs(s);

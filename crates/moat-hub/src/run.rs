@@ -49,6 +49,12 @@ pub enum HubError {
     /// The arguments were invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The durable store failed while running; the hub stopped (fail-stop).
+    #[error("the durable store failed at commit {seq}; the hub stopped")]
+    StoreFailed {
+        /// First commit sequence that failed.
+        seq: u64,
+    },
 }
 
 /// The bound addresses, reported once every listener is up.
@@ -157,6 +163,7 @@ pub async fn run(
     // Forward commit progress to the connection drivers; a failed commit stops the hub
     // accepting work (fail-stop: nothing unacknowledged is ever claimed durable).
     let (committed_tx, committed_rx) = watch::channel(0u64);
+    let (failed_tx, failed_rx) = watch::channel(None::<u64>);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut progress = store.committed();
     let forward_broker = broker.clone();
@@ -167,6 +174,7 @@ pub async fn run(
             committed_tx.send_replace(p.committed);
             if let Some(seq) = p.failed {
                 tracing::error!(seq, "durable store failed; refusing further work");
+                failed_tx.send_replace(Some(seq));
                 forward_broker.kick_all(ReasonCode::ServerUnavailable);
                 let _ = forward_stop.send(true);
                 return;
@@ -278,15 +286,20 @@ pub async fn run(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for t in tasks {
+    for t in &tasks {
         t.abort();
     }
+    for t in tasks {
+        let _ = t.await;
+    }
     drop(broker);
-    match Arc::try_unwrap(store) {
-        Ok(store) => {
-            store.close()?;
-        }
-        Err(_) => tracing::warn!("store still in use at shutdown; relying on its drop to flush"),
+    // Connection tasks still finishing hold the broker (and so the store); the store then
+    // flushes and stops its writer when the last of them is dropped with the runtime.
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close()?;
+    }
+    if let Some(seq) = *failed_rx.borrow() {
+        return Err(HubError::StoreFailed { seq });
     }
     Ok(())
 }

@@ -182,8 +182,10 @@ async fn session<T: Transport>(
             }
             if !wbuf.is_empty() {
                 let n = wbuf.len();
-                if io.write_all_from(wbuf).await.is_err() {
-                    return Close::lost(ReasonCode::UnspecifiedError);
+                match tokio::time::timeout(ctx.limits.write_timeout, io.write_all_from(wbuf)).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
                 }
                 ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 if wbuf.capacity() > MAX_IDLE_WRITE_BUFFER {

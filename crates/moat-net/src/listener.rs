@@ -24,6 +24,9 @@ pub struct NetLimits {
     pub tls_handshake_timeout: Duration,
     /// Longest from the end of the handshake to a complete CONNECT. Default 10 s.
     pub connect_timeout: Duration,
+    /// Longest one write to a client may take; a client that stops reading is disconnected
+    /// after it. Default 30 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for NetLimits {
@@ -31,6 +34,7 @@ impl Default for NetLimits {
         Self {
             tls_handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

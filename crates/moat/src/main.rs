@@ -55,7 +55,7 @@ struct ServeArgs {
     #[arg(long)]
     danger_allow_anonymous: bool,
     /// Largest keep alive granted to clients, seconds [default: 300].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     max_keepalive: Option<u16>,
     /// HTTPS listener for /metrics and /healthz [default: 127.0.0.1:8443].
     #[arg(long)]
