@@ -31,6 +31,11 @@ use crate::session::{Inflight, SessionCell};
 /// busy subscriber cannot monopolise its driver between reads.
 const POLL_BUDGET: usize = 256;
 
+/// Most bytes the hub adds to a message it forwards (subscription identifiers for up to the
+/// subscription limit, topic alias, message expiry), used to skip measuring packets that
+/// cannot exceed the client's Maximum Packet Size.
+const OUTBOUND_HEADROOM: u64 = 64 * 1024;
+
 /// Why a connection ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseKind {
@@ -828,12 +833,20 @@ impl Connection {
             payload: m.payload.clone(),
         };
         let packet = Packet::Publish(publish);
-        let len = moat_mqtt::encoded_len(&packet, self.protocol);
-        if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(self.client_max_packet_size) {
-            cfg_stat(&self.broker)
-                .dropped_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            return None;
+        // A message accepted under our own packet limit, plus what the hub adds (subscription
+        // identifiers, an alias, the expiry interval), stays far below a client limit that is
+        // more than OUTBOUND_HEADROOM above ours; only closer limits need measuring.
+        let limit = self
+            .client_max_packet_size
+            .min(moat_mqtt::Limits::PROTOCOL_MAX_PACKET_SIZE);
+        if u64::from(limit) < u64::from(self.broker.config().max_packet_size) + OUTBOUND_HEADROOM {
+            let len = moat_mqtt::encoded_len(&packet, self.protocol);
+            if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(limit) {
+                cfg_stat(&self.broker)
+                    .dropped_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
         }
         if let Some(alias) = new_alias {
             self.outbound_aliases.insert(m.topic.clone(), alias);

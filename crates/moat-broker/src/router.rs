@@ -252,24 +252,34 @@ impl Router {
 
     /// Appends every subscription matching `topic` to `out` (one member per shared group).
     pub fn collect(&self, topic: &TopicName, out: &mut Vec<Subscriber>) {
-        let levels: Vec<&[u8]> = topic.levels().collect();
-        Self::collect_at(&self.root, &levels, topic.is_dollar(), out);
+        Self::collect_at(&self.root, Some(topic.as_bytes()), topic.is_dollar(), out);
     }
 
-    fn collect_at(node: &Node, levels: &[&[u8]], at_dollar_root: bool, out: &mut Vec<Subscriber>) {
+    /// `rest` is the unmatched tail of the topic (`None` once every level is consumed).
+    /// Splits lazily so that matching allocates nothing.
+    fn collect_at(
+        node: &Node,
+        rest: Option<&[u8]>,
+        at_dollar_root: bool,
+        out: &mut Vec<Subscriber>,
+    ) {
         // MQTT-4.7.2-1: wildcards in the first level do not match `$` topics.
         if !at_dollar_root && let Some(hash) = &node.hash {
             hash.collect(out);
         }
-        let Some((level, rest)) = levels.split_first() else {
+        let Some(rest) = rest else {
             node.leaf.collect(out);
             return;
         };
-        if let Some(child) = node.children.get(*level) {
-            Self::collect_at(child, rest, false, out);
+        let (level, next) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if let Some(child) = node.children.get(level) {
+            Self::collect_at(child, next, false, out);
         }
         if !at_dollar_root && let Some(plus) = &node.plus {
-            Self::collect_at(plus, rest, false, out);
+            Self::collect_at(plus, next, false, out);
         }
     }
 
