@@ -26,12 +26,24 @@ fn persistent_subscribe(hub: &Hub, dev: &Via, v: Mqtt, filter: &str, qos: &str) 
         args.extend(["-x", "3600"]);
     }
     let mut sub = Sub::start(hub, dev, v, None, &args);
-    assert_eq!(sub.granted, vec![qos.parse::<u8>().expect("qos")], "{}", sub.show());
+    assert_eq!(
+        sub.granted,
+        vec![qos.parse::<u8>().expect("qos")],
+        "{}",
+        sub.show()
+    );
     assert!(sub.wait_exit().success(), "{}", sub.show());
 }
 
 /// Resumes the device's session with mosquitto_sub and returns the first `n` messages.
-fn resume_and_collect(hub: &Hub, dev: &Via, v: Mqtt, filter: &str, qos: &str, n: usize) -> Vec<(String, String)> {
+fn resume_and_collect(
+    hub: &Hub,
+    dev: &Via,
+    v: Mqtt,
+    filter: &str,
+    qos: &str,
+    n: usize,
+) -> Vec<(String, String)> {
     let count = n.to_string();
     let mut args = vec!["-c", "-q", qos, "-t", filter, "-C", &count, "-W", "10"];
     if v == Mqtt::V5 {
@@ -39,7 +51,11 @@ fn resume_and_collect(hub: &Hub, dev: &Via, v: Mqtt, filter: &str, qos: &str, n:
     }
     let mut sub = Sub::start(hub, dev, v, None, &args);
     let (msgs, status) = sub.messages_until_exit();
-    assert!(status.success(), "mosquitto_sub did not get {n} messages\n{}", sub.show());
+    assert!(
+        status.success(),
+        "mosquitto_sub did not get {n} messages\n{}",
+        sub.show()
+    );
     msgs
 }
 
@@ -80,13 +96,21 @@ fn acknowledged_messages_survive_sigkill() {
         persistent_subscribe(&hub, &dev, v, &format!("{base}/#"), "2");
         // mosquitto_pub exits only after PUBACK (QoS 1) / PUBCOMP (QoS 2): acknowledged.
         for i in 0..5 {
-            publish_anon(&hub, v, &format!("{base}/q1"), &format!("m{i}"), &["-q", "1"]);
+            publish_anon(
+                &hub,
+                v,
+                &format!("{base}/q1"),
+                &format!("m{i}"),
+                &["-q", "1"],
+            );
         }
         publish_anon(&hub, v, &format!("{base}/q2"), "exactly-once", &["-q", "2"]);
         hub.kill9();
         hub.start_again();
         let msgs = resume_and_collect(&hub, &dev, v, &format!("{base}/#"), "2", 6);
-        let mut want: Vec<(String, String)> = (0..5).map(|i| (format!("{base}/q1"), format!("m{i}"))).collect();
+        let mut want: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("{base}/q1"), format!("m{i}")))
+            .collect();
         want.push((format!("{base}/q2"), "exactly-once".to_owned()));
         assert_eq!(msgs, want, "{v:?}: acknowledged messages after SIGKILL");
     }
@@ -97,13 +121,40 @@ fn retained_messages_survive_sigkill_and_deletions_stay_deleted() {
     let mut hub = hub();
     let dev = Via::Device(hub.add_device("lamp"));
     for (qos, topic) in [("1", "devices/lamp/q1"), ("2", "devices/lamp/q2")] {
-        mosquitto_pub(&hub, &dev, Mqtt::V5, None, &["-t", topic, "-m", "on", "-q", qos, "-r"]).assert_ok();
+        mosquitto_pub(
+            &hub,
+            &dev,
+            Mqtt::V5,
+            None,
+            &["-t", topic, "-m", "on", "-q", qos, "-r"],
+        )
+        .assert_ok();
     }
-    mosquitto_pub(&hub, &dev, Mqtt::V5, None, &["-t", "devices/lamp/gone", "-m", "x", "-q", "1", "-r"]).assert_ok();
-    mosquitto_pub(&hub, &dev, Mqtt::V5, None, &["-t", "devices/lamp/gone", "-m", "", "-q", "1", "-r"]).assert_ok();
+    mosquitto_pub(
+        &hub,
+        &dev,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/lamp/gone", "-m", "x", "-q", "1", "-r"],
+    )
+    .assert_ok();
+    mosquitto_pub(
+        &hub,
+        &dev,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/lamp/gone", "-m", "", "-q", "1", "-r"],
+    )
+    .assert_ok();
     hub.kill9();
     hub.start_again();
-    let mut sub = Sub::start(&hub, &Via::Anonymous, Mqtt::V5, Some(&unique("r")), &["-t", "devices/lamp/#", "-q", "1"]);
+    let mut sub = Sub::start(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some(&unique("r")),
+        &["-t", "devices/lamp/#", "-q", "1"],
+    );
     let mut got = vec![sub.expect_message(), sub.expect_message()];
     got.sort();
     assert_eq!(
@@ -142,7 +193,13 @@ fn expect_publish(w: &mut Wire) -> Publish {
         u16::from_be_bytes([p.body[at - 2], p.body[at - 1]])
     });
     let (_, used) = Props::parse(&p.body[at..]);
-    Publish { dup: p.first & 0x08 != 0, qos, topic, packet_id, payload: p.body[at + used..].to_vec() }
+    Publish {
+        dup: p.first & 0x08 != 0,
+        qos,
+        topic,
+        packet_id,
+        payload: p.body[at + used..].to_vec(),
+    }
 }
 
 /// Connects a v5 session; asserts Session Present.
@@ -160,7 +217,12 @@ fn subscribe(w: &mut Wire, filter: &str, qos: u8) {
     body.push(qos);
     w.send(&packet(0x82, &body));
     let suback = w.expect_packet(9);
-    assert_eq!(suback.body.last(), Some(&qos), "SUBACK {}", to_hex(&suback.body));
+    assert_eq!(
+        suback.body.last(),
+        Some(&qos),
+        "SUBACK {}",
+        to_hex(&suback.body)
+    );
 }
 
 fn ack(w: &mut Wire, kind: u8, id: u16) {
@@ -180,7 +242,10 @@ fn subscriptions_survive_sigkill_without_resubscribing() {
     let mut w = session(&hub, &id, false, true);
     publish_anon(&hub, Mqtt::V5, "durable/subs/x", "after-kill", &["-q", "1"]);
     let p = expect_publish(&mut w);
-    assert_eq!((p.topic.as_str(), p.payload.as_slice()), ("durable/subs/x", b"after-kill".as_slice()));
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("durable/subs/x", b"after-kill".as_slice())
+    );
 }
 
 #[test]
@@ -189,7 +254,13 @@ fn unacknowledged_delivery_is_resent_after_restart_and_sigkill() {
     let id = unique("inflight");
     let mut w = session(&hub, &id, true, false);
     subscribe(&mut w, "durable/inflight/#", 1);
-    publish_anon(&hub, Mqtt::V5, "durable/inflight/a", "hold-me", &["-q", "1"]);
+    publish_anon(
+        &hub,
+        Mqtt::V5,
+        "durable/inflight/a",
+        "hold-me",
+        &["-q", "1"],
+    );
     let first = expect_publish(&mut w);
     assert!(!first.dup && first.qos == 1, "{first:?}");
     w.shutdown(); // no PUBACK
@@ -200,8 +271,14 @@ fn unacknowledged_delivery_is_resent_after_restart_and_sigkill() {
     let mut w = session(&hub, &id, false, true);
     let again = expect_publish(&mut w);
     assert_eq!(again.payload, b"hold-me");
-    assert!(again.dup, "redelivery after restart without DUP=1: {again:?}");
-    assert_eq!(again.packet_id, first.packet_id, "redelivery with another packet id");
+    assert!(
+        again.dup,
+        "redelivery after restart without DUP=1: {again:?}"
+    );
+    assert_eq!(
+        again.packet_id, first.packet_id,
+        "redelivery with another packet id"
+    );
     w.shutdown(); // still no PUBACK
 
     // SIGKILL: the message was acknowledged to its publisher, so it must come again. (Whether
@@ -238,7 +315,11 @@ fn qos2_publisher_state_survives_sigkill_between_pubrec_and_pubrel() {
     p.send(&pkt_publish_qos2("durable/q2/x", 42, b"once"));
     let rec = p.expect_packet(5);
     assert_eq!(&rec.body[..2], &[0, 42], "PUBREC packet id");
-    assert!(rec.body.get(2).is_none_or(|r| *r < 0x80), "PUBREC reason {}", to_hex(&rec.body));
+    assert!(
+        rec.body.get(2).is_none_or(|r| *r < 0x80),
+        "PUBREC reason {}",
+        to_hex(&rec.body)
+    );
     p.shutdown();
     hub.kill9();
     hub.start_again();
@@ -255,7 +336,10 @@ fn qos2_publisher_state_survives_sigkill_between_pubrec_and_pubrel() {
     // The subscriber gets it exactly once.
     let mut s = session(&hub, &sub_id, false, true);
     let m = expect_publish(&mut s);
-    assert_eq!((m.topic.as_str(), m.payload.as_slice(), m.qos), ("durable/q2/x", b"once".as_slice(), 2));
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice(), m.qos),
+        ("durable/q2/x", b"once".as_slice(), 2)
+    );
     let id = m.packet_id.expect("qos 2");
     ack(&mut s, 5, id);
     let rel = s.expect_packet(6);

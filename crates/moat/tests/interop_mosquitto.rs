@@ -208,7 +208,7 @@ fn foreign_namespace_is_denied() {
             "#",
             "devices/sensor-7x/#",
         ] {
-            let mut sub = Sub::start(&hub, &dev, v, None, &["-t", filter, "-q", "1"]);
+            let sub = Sub::start(&hub, &dev, v, None, &["-t", filter, "-q", "1"]);
             assert_eq!(
                 sub.granted,
                 vec![denied],
@@ -217,7 +217,7 @@ fn foreign_namespace_is_denied() {
             );
         }
         // Allowed and denied in one SUBSCRIBE: reason codes per filter.
-        let mut sub = Sub::start(
+        let sub = Sub::start(
             &hub,
             &dev,
             v,

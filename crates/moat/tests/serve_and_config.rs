@@ -1,0 +1,302 @@
+//! `moat serve` with zero configuration, `moat device add`, and the optional TOML config file
+//! (issue 2, point 2; contract for scripts): the data directory with a root and an issuing CA
+//! is created on first use, device credentials work at once, config keys equal the flags, and
+//! unknown keys or bad values are rejected with file:line and exit code 2.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use support::*;
+
+fn pem_certs(path: &std::path::Path) -> usize {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn first_serve_creates_the_data_directory_and_cas() {
+    let hub = Hub::start(HubOptions::new());
+    let pki = hub.data_dir().join("pki");
+    assert!(pki.is_dir(), "no {}", pki.display());
+    let files: Vec<_> = fs::read_dir(&pki)
+        .expect("pki dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let crts = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .count();
+    assert!(
+        crts >= 2,
+        "expected a root and an issuing CA certificate in {}: {files:?}",
+        pki.display()
+    );
+    // Private keys readable by the owner only (DESIGN.md "key files 0600").
+    for key in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+    {
+        assert_eq!(
+            mode(key),
+            0o600,
+            "{} has mode {:o}",
+            key.display(),
+            mode(key)
+        );
+    }
+}
+
+#[test]
+fn device_credentials_chain_to_the_root() {
+    let hub = Hub::start(HubOptions::new());
+    let creds = hub.add_device("meter-1");
+    assert_eq!(
+        pem_certs(&creds.cert),
+        2,
+        "ID.crt must hold the leaf and the issuing CA"
+    );
+    assert_eq!(pem_certs(&creds.ca), 1, "ca.crt must hold the root only");
+    assert_eq!(mode(&creds.key), 0o600, "device key mode");
+    let out = run_with_deadline(
+        Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&creds.ca)
+            .arg("-untrusted")
+            .arg(&creds.cert)
+            .arg(&creds.cert),
+        EVENT_DEADLINE,
+    );
+    assert!(
+        out.status.success(),
+        "openssl verify\n{}",
+        show_output(&out)
+    );
+    let out = run_with_deadline(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&creds.cert),
+        EVENT_DEADLINE,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("meter-1"),
+        "device id not in the certificate subject\n{}",
+        show_output(&out)
+    );
+    // The device connects at once.
+    mosquitto_pub(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/meter-1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+}
+
+#[test]
+fn device_add_before_the_first_serve_creates_the_ca() {
+    let mut hub = Hub::prepare(HubOptions::new());
+    assert!(!hub.data_dir().exists());
+    let creds = hub.add_device("early-1");
+    hub.start_again();
+    mosquitto_pub(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/early-1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    // And while the server runs.
+    let late = hub.add_device("late-1");
+    mosquitto_pub(
+        &hub,
+        &Via::Device(late),
+        Mqtt::V311,
+        None,
+        &["-t", "devices/late-1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+}
+
+#[test]
+fn device_add_rejects_ids_that_are_not_device_ids() {
+    let hub = Hub::start(HubOptions::new());
+    for bad in ["", "a/b", "a+b", "#", "../x", ".hidden", &"x".repeat(65)] {
+        let out = run_with_deadline(
+            Command::new(moat_bin())
+                .args(["device", "add", bad, "--data-dir"])
+                .arg(hub.data_dir())
+                .arg("--out")
+                .arg(hub.scratch("bad-ids")),
+            EVENT_DEADLINE,
+        );
+        assert!(
+            !out.status.success(),
+            "device id {bad:?} accepted\n{}",
+            show_output(&out)
+        );
+    }
+}
+
+#[test]
+fn config_file_keys_equal_the_flags() {
+    let hub = Hub::start(HubOptions::new().config_only(
+        "mqtt-tls-listen = \"127.0.0.1:0\"\n\
+         api-listen = \"127.0.0.1:0\"\n\
+         mqtt-wss-listen = \"127.0.0.1:0\"\n\
+         danger-mqtt-plaintext-listen = \"127.0.0.1:0\"\n\
+         danger-allow-anonymous = true\n\
+         max-keepalive = 7\n\
+         \n\
+         [limits]\n\
+         receive-maximum = 3\n\
+         max-packet-size = 4096\n",
+    ));
+    assert!(
+        hub.addrs.mqtt_wss.is_some() && hub.addrs.mqtt_plaintext.is_some(),
+        "{:?}",
+        hub.addrs
+    );
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5("cfg", 600, &[]));
+    let (_, props) = w.expect_connack_v5(0);
+    assert_eq!(
+        props.int(0x13),
+        Some(7),
+        "Server Keep Alive from max-keepalive = 7"
+    );
+    assert_eq!(props.int(0x21), Some(3), "Receive Maximum from [limits]");
+    assert_eq!(
+        props.int(0x27),
+        Some(4096),
+        "Maximum Packet Size from [limits]"
+    );
+}
+
+#[test]
+fn plaintext_listener_without_allow_anonymous_admits_nobody() {
+    let hub = Hub::start(HubOptions::new().config_only(
+        "mqtt-tls-listen = \"127.0.0.1:0\"\n\
+         api-listen = \"127.0.0.1:0\"\n\
+         danger-mqtt-plaintext-listen = \"127.0.0.1:0\"\n",
+    ));
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5("anon", 60, &[]));
+    // Deny by default: no credentials are possible on plaintext, so CONNACK >= 0x80 or close.
+    if let Some(p) = w.read_packet() {
+        assert_eq!(
+            p.kind(),
+            2,
+            "expected CONNACK, got {:02x} {}",
+            p.first,
+            to_hex(&p.body)
+        );
+        assert!(
+            p.body[1] >= 0x80,
+            "anonymous client admitted without --danger-allow-anonymous"
+        );
+        w.expect_closed();
+    }
+}
+
+/// Runs `moat serve` with a config file; it must exit 2 naming `moat.toml:{line}`.
+fn assert_config_rejected(toml: &str, line: usize, what: &str) {
+    let dir = TempDir::new("cfg");
+    let file = dir.path().join("moat.toml");
+    // Listeners on port 0 so that a validator that lets the file through cannot take real ports.
+    let text = format!("mqtt-tls-listen = \"127.0.0.1:0\"\napi-listen = \"127.0.0.1:0\"\n{toml}");
+    fs::write(&file, &text).expect("write");
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&file),
+        EVENT_DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit code\n{}",
+        show_output(&out)
+    );
+    let at = format!("moat.toml:{}", line + 2);
+    assert!(
+        stderr.contains(&at),
+        "{what}: stderr does not name {at}\n--- file\n{text}\n{}",
+        show_output(&out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed on stdout\n{}",
+        show_output(&out)
+    );
+}
+
+#[test]
+fn config_errors_name_file_and_line() {
+    assert_config_rejected(
+        "\nmqtt-tls-listn = \"127.0.0.1:0\"\n",
+        2,
+        "misspelt top-level key",
+    );
+    assert_config_rejected(
+        "max-keepalive = 60\n[limits]\nmax-packet-sise = 1024\n",
+        3,
+        "unknown key in [limits]",
+    );
+    assert_config_rejected("[unknown-table]\nx = 1\n", 1, "unknown table");
+    assert_config_rejected("max-keepalive = \"sixty\"\n", 1, "string for a number");
+    assert_config_rejected("max-keepalive = 70000\n", 1, "keep alive above 65535");
+    assert_config_rejected("mqtt-wss-listen = \"localhost:port\"\n", 1, "bad address");
+    assert_config_rejected("danger-allow-anonymous = \"yes\"\n", 1, "string for a bool");
+    assert_config_rejected(
+        "[limits]\nreceive-maximum = 0\n",
+        2,
+        "receive maximum 0 (MQTT 5.0 3.2.2.3.3)",
+    );
+    assert_config_rejected("[limits]\nmax-packet-size = -5\n", 2, "negative size");
+    assert_config_rejected(
+        "[limits]\nconnect-timeout-secs = \"1s\"\n",
+        2,
+        "string for a duration",
+    );
+}
+
+#[test]
+fn unreadable_config_file_exits_2() {
+    let dir = TempDir::new("cfg");
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("missing.toml"))
+            .args([
+                "--mqtt-tls-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ]),
+        EVENT_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.toml"),
+        "{}",
+        show_output(&out)
+    );
+}
