@@ -14,6 +14,31 @@ import ssl
 from mqtt_interop import PahoClient, check, run, step, unique
 
 
+def upgrade(args, device, path, protocol):
+    """A hand-made WebSocket upgrade over mutual TLS; returns (status, lower-cased headers)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.cafile)
+    ctx.load_cert_chain(f"{args.certdir}/{device}.crt", f"{args.certdir}/{device}.key")
+    with socket.create_connection((args.host, args.wss_port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=args.host) as t:
+            t.sendall(f"GET {path} HTTP/1.1\r\nHost: {args.host}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+    check(bool(head) and head[0].startswith("HTTP/1.1 "), f"not an HTTP answer: {data[:200]!r}")
+    status = int(head[0].split()[1])
+    headers = {}
+    for line in head[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
 def main(args):
     if args.wss_port is None:
         raise SystemExit("websocket.py needs --wss-port")
@@ -44,6 +69,12 @@ def main(args):
     c.connect()
     c.publish(f"devices/{args.device_ids[1]}/x", b"nope", qos=1, expect_rc=0x87)
     c.disconnect()
+
+    step("the upgrade answer selects subprotocol mqtt (MQTT 5.0 6.0: MQTT-6.0.0-3/-4)")
+    status, headers = upgrade(args, dev, "/mqtt", "mqtt")
+    check(status == 101, f"WSS upgrade on /mqtt answered {status}")
+    check(headers.get("sec-websocket-protocol") == "mqtt",
+          f"Sec-WebSocket-Protocol in the answer: {headers.get('sec-websocket-protocol')!r}, expected 'mqtt'")
 
     step("WSS without a client certificate is refused at the TLS handshake")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.cafile)

@@ -357,3 +357,60 @@ fn pkt_publish_qos2(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
     body.extend_from_slice(payload);
     packet(0x34, &body)
 }
+
+#[test]
+fn session_queue_is_bounded_and_keeps_the_oldest() {
+    // Issue 2 point 5 and README "Bounded queues": at most max-queued-messages per session
+    // beyond its in-flight window; when full, new messages are dropped and counted in
+    // moat_messages_dropped_total{reason="queue_full"}; the oldest are kept.
+    let hub = Hub::start(
+        HubOptions::new()
+            .plaintext_anonymous()
+            .config("[limits]\nmax-queued-messages = 3\n"),
+    );
+    let dev = Via::Device(hub.add_device("backlog"));
+    persistent_subscribe(&hub, &dev, Mqtt::V5, "devices/backlog/#", "1");
+    for i in 0..10 {
+        // Every publish is still acknowledged: the publisher is not punished for a full queue.
+        publish_anon(
+            &hub,
+            Mqtt::V5,
+            "devices/backlog/m",
+            &format!("m{i}"),
+            &["-q", "1"],
+        );
+    }
+    let mut sub = Sub::start(
+        &hub,
+        &dev,
+        Mqtt::V5,
+        None,
+        &[
+            "-c",
+            "-x",
+            "3600",
+            "-q",
+            "1",
+            "-t",
+            "devices/backlog/#",
+            "-W",
+            "3",
+        ],
+    );
+    let (msgs, _) = sub.messages_until_exit();
+    let payloads: Vec<&str> = msgs.iter().map(|(_, p)| p.as_str()).collect();
+    let kept = payloads.len();
+    assert!(
+        (3..10).contains(&kept),
+        "{kept} of 10 queued messages delivered with max-queued-messages = 3\n{}",
+        sub.show()
+    );
+    let want: Vec<String> = (0..kept).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, want, "the oldest messages must be the ones kept");
+    let dropped = hub.metric("moat_messages_dropped_total{reason=\"queue_full\"}");
+    assert_eq!(
+        dropped,
+        Some((10 - kept) as f64),
+        "queue_full drops in /metrics"
+    );
+}

@@ -378,3 +378,27 @@ fn plaintext_listener_is_off_unless_asked_for() {
     assert_eq!(hub.addrs.mqtt_plaintext, None);
     assert_eq!(hub.addrs.mqtt_wss, None);
 }
+
+#[test]
+fn silent_tls_clients_do_not_block_handshakes() {
+    // Issue 2 point 7: handshakes run off the accept loop. Connections that open TCP and never
+    // send a ClientHello must not delay a real client.
+    let hub = hub();
+    let dev = Via::Device(hub.add_device("sensor-11"));
+    let silent: Vec<Wire> = (0..50).map(|_| Wire::connect(hub.tls_addr())).collect();
+    let started = std::time::Instant::now();
+    pub_ok(
+        &hub,
+        &dev,
+        Mqtt::V5,
+        "devices/sensor-11/x",
+        "through",
+        &["-q", "1"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a real client took {:?} with 50 silent TLS connections open",
+        started.elapsed()
+    );
+    drop(silent);
+}

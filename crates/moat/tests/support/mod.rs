@@ -517,6 +517,36 @@ impl Hub {
         self.spawn();
     }
 
+    /// GET `path` on the API listener over HTTPS (verifying the server against the hub's CA),
+    /// with python3's urllib so the tests need no HTTP client crate.
+    pub fn api_get(&self, path: &str) -> String {
+        const GET: &str = "import ssl, sys, urllib.request\n\
+            ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+            sys.stdout.write(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10).read().decode())\n";
+        // The CA file exists once a device was added; issue a throwaway one if needed.
+        if !self.ca_file().is_file() {
+            self.add_device("api-reader");
+        }
+        let url = format!("https://localhost:{}{path}", self.addrs.api.port());
+        let out = run_with_deadline(
+            Command::new("python3")
+                .args(["-B", "-c", GET, &url])
+                .arg(self.ca_file()),
+            EVENT_DEADLINE,
+        );
+        assert!(out.status.success(), "GET {url}\n{}", show_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of one sample in /metrics, e.g. `moat_messages_dropped_total{reason="queue_full"}`;
+    /// None if the sample is absent.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.api_get("/metrics").lines().find_map(|l| {
+            let rest = l.strip_prefix(sample)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+    }
+
     /// The common command line of the interop scripts in tests/interop/.
     pub fn script_args(&self) -> Vec<String> {
         let mut args = vec![
