@@ -20,13 +20,13 @@ mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
 use crate::brokers::{BrokerKind, BrokerSetup};
 use crate::report::ScenarioReport;
-use crate::scenarios::{Scenario, Settings};
+use crate::scenarios::{Better, Figure, Scenario, Settings};
 
 /// Open files the harness asks for: 10,000 idle connections are 10,000 descriptors in the
 /// harness and as many in the broker, which inherits the limit.
@@ -52,6 +52,11 @@ struct Cli {
     /// The Mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
+
+    /// An extra global line for the generated mosquitto.conf (repeatable), for example
+    /// `--mosquitto-option "set_tcp_nodelay true"`. The default is Debian's defaults.
+    #[arg(long)]
+    mosquitto_option: Vec<String>,
 
     /// The Moat binary (default: target/release/moat of this workspace).
     #[arg(long)]
@@ -97,8 +102,9 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     idle_tcp: usize,
 
-    /// Idle mutual-TLS connections (each needs its own device certificate).
-    #[arg(long, default_value_t = 2_000)]
+    /// Idle mutual-TLS connections (each needs its own device certificate, and issuing
+    /// them is the slowest part of the setup).
+    #[arg(long, default_value_t = 1_000)]
     idle_tls: usize,
 
     /// Full mutual-TLS handshakes to time.
@@ -106,7 +112,7 @@ struct Cli {
     handshakes: usize,
 
     /// Handshakes in progress at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     handshake_concurrency: usize,
 
     /// Connections being opened at once in the idle scenarios.
@@ -205,9 +211,12 @@ fn run(cli: &Cli) -> Result<(), String> {
     for kind in &cli.brokers {
         eprintln!("preparing {kind} ({devices} device certificates)...");
         let setup = match kind {
-            BrokerKind::Mosquitto => {
-                BrokerSetup::mosquitto(&cli.mosquitto, devices, cli.keep_scratch)
-            }
+            BrokerKind::Mosquitto => BrokerSetup::mosquitto(
+                &cli.mosquitto,
+                devices,
+                &cli.mosquitto_option,
+                cli.keep_scratch,
+            ),
             BrokerKind::Moat => BrokerSetup::moat(&cli.moat_binary(), devices, cli.keep_scratch),
         };
         match setup {
@@ -217,6 +226,14 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     if setups.is_empty() {
         return Err("no broker could be prepared".to_owned());
+    }
+
+    match procfs::load_average() {
+        Ok(load) if load > 0.5 => eprintln!(
+            "warning: load average is {load:.2}: other processes share the CPUs, \
+             so the figures will be skewed (see \"CPU of other processes\")"
+        ),
+        _ => {}
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -232,8 +249,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         for setup in &setups {
             eprintln!("{title}: {} ...", setup.kind);
             let outcome = setup.start().and_then(|broker| {
-                let outcome =
+                let background = Background::start(broker.pid)?;
+                let mut outcome =
                     runtime.block_on(scenarios::run(scenario, &broker, &setup.pki, &settings));
+                if let Ok(outcome) = &mut outcome {
+                    outcome.figures.push(Figure::new(
+                        "CPU of other processes",
+                        "cores",
+                        background.finish()?,
+                        Better::Neither,
+                    ));
+                }
                 drop(broker);
                 outcome
             });
@@ -256,6 +282,37 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Measures how much CPU the rest of the machine used while a scenario ran: everything
+/// busy minus the broker and the harness. Anything well above zero means the figures next
+/// to it were taken on a shared machine.
+struct Background {
+    pid: u32,
+    at: Instant,
+    machine: Duration,
+    broker: Duration,
+    harness: Duration,
+}
+
+impl Background {
+    fn start(pid: u32) -> Result<Self, String> {
+        Ok(Self {
+            pid,
+            at: Instant::now(),
+            machine: procfs::machine_busy_time()?,
+            broker: procfs::cpu_time(pid)?,
+            harness: procfs::own_cpu_time()?,
+        })
+    }
+
+    /// Cores used by other processes on average since `start`.
+    fn finish(self) -> Result<f64, String> {
+        let machine = procfs::machine_busy_time()?.saturating_sub(self.machine);
+        let ours = procfs::cpu_time(self.pid)?.saturating_sub(self.broker)
+            + procfs::own_cpu_time()?.saturating_sub(self.harness);
+        Ok(machine.saturating_sub(ours).as_secs_f64() / self.at.elapsed().as_secs_f64())
+    }
+}
+
 /// Facts a reader needs to judge the figures: machine, versions, command.
 fn environment(setups: &[BrokerSetup]) -> Vec<(String, String)> {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
@@ -272,7 +329,16 @@ fn environment(setups: &[BrokerSetup]) -> Vec<(String, String)> {
         ("machine".to_owned(), format!("{cpus} CPUs, {model}")),
         (
             "command".to_owned(),
-            std::env::args().collect::<Vec<_>>().join(" "),
+            std::env::args()
+                .map(|arg| {
+                    if arg.contains(' ') {
+                        format!("\"{arg}\"")
+                    } else {
+                        arg
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
         ),
     ];
     for setup in setups {

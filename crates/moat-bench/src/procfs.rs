@@ -19,6 +19,23 @@ pub fn own_cpu_time() -> Result<Duration, String> {
     cpu_time(std::process::id())
 }
 
+/// CPU time the whole machine spent busy (all cores, all processes) since boot.
+pub fn machine_busy_time() -> Result<Duration, String> {
+    let text =
+        std::fs::read_to_string("/proc/stat").map_err(|e| format!("reading /proc/stat: {e}"))?;
+    parse_machine_busy(&text).ok_or_else(|| "cannot parse /proc/stat".to_owned())
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Result<f64, String> {
+    let text = std::fs::read_to_string("/proc/loadavg")
+        .map_err(|e| format!("reading /proc/loadavg: {e}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "cannot parse /proc/loadavg".to_owned())
+}
+
 /// Resident set size of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
@@ -70,6 +87,22 @@ pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
+/// Busy time from the aggregate `cpu` line of `/proc/stat`: every column (user, nice,
+/// system, idle, iowait, irq, softirq, steal) except idle and iowait. Guest time is already
+/// counted in user time, so the guest columns are left out.
+pub fn parse_machine_busy(stat: &str) -> Option<Duration> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let columns: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = columns.try_into().ok()?;
+    let ticks = user + nice + system + irq + softirq + steal;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
 /// The `VmRSS:` line of `/proc/PID/status`, in bytes.
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -108,6 +141,16 @@ mod tests {
     fn stat_cpu_rejects_truncated_lines() {
         assert_eq!(parse_stat_cpu("1 (x) S 1 2 3"), None);
         assert_eq!(parse_stat_cpu("no parenthesis"), None);
+    }
+
+    #[test]
+    fn machine_busy_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 20 30 5000 40 5 6 7 0 0\ncpu0 50 10 15 2500 20 2 3 3 0 0\n";
+        assert_eq!(
+            parse_machine_busy(stat),
+            Some(Duration::from_millis((100 + 20 + 30 + 5 + 6 + 7) * 10))
+        );
+        assert_eq!(parse_machine_busy("cpu  1 2 3\n"), None);
     }
 
     #[test]

@@ -158,7 +158,8 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(metric: &'static str, unit: &'static str, value: f64, better: Better) -> Self {
+    /// A figure.
+    pub fn new(metric: &'static str, unit: &'static str, value: f64, better: Better) -> Self {
         Self {
             metric,
             unit,
