@@ -268,7 +268,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
             runs.push((setup.kind, outcome));
         }
-        reports.push(ScenarioReport { title, runs });
+        reports.push(ScenarioReport {
+            scenario,
+            title,
+            runs,
+        });
     }
     drop(runtime);
 

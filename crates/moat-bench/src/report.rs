@@ -3,11 +3,13 @@
 use std::fmt::Write as _;
 
 use crate::brokers::BrokerKind;
-use crate::scenarios::{Better, Figure, Outcome};
+use crate::scenarios::{Better, Figure, Outcome, Scenario};
 
 /// One scenario's results on every broker that ran it.
 #[derive(Debug)]
 pub struct ScenarioReport {
+    /// Which scenario.
+    pub scenario: Scenario,
     /// Human title with the scenario's parameters.
     pub title: String,
     /// Per broker, its outcome or why it failed.
@@ -48,17 +50,64 @@ impl ScenarioReport {
     }
 }
 
-struct Row {
-    cells: [String; 6],
+/// A target from issue 2's "How we know", shown beside the figure it applies to. Only
+/// reported, never asserted: timing is not a test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    /// Moat/Mosquitto at least this.
+    RatioAtLeast(f64),
+    /// Moat/Mosquitto at most this.
+    RatioAtMost(f64),
+    /// Moat's own value at most this, in the figure's unit.
+    MoatAtMost(f64, &'static str),
 }
 
-const HEADER: [&str; 6] = [
+fn target(scenario: Scenario, metric: &str) -> Option<Target> {
+    use Scenario::*;
+    Some(match (scenario, metric) {
+        (FanInQos0 | SecureNamespaces, "delivered") => Target::RatioAtLeast(3.5),
+        (FanInQos1, "delivered") => Target::RatioAtLeast(4.0),
+        (FanOut, "delivered") => Target::RatioAtLeast(10.0),
+        (Latency, "p50 latency" | "p99 latency") => Target::RatioAtMost(1.0),
+        // 4 KB and 20 KB, in KiB.
+        (IdleTcp, "broker RSS per connection") => Target::MoatAtMost(4000.0 / 1024.0, "4 KB"),
+        (IdleTls, "broker RSS per connection") => Target::MoatAtMost(20_000.0 / 1024.0, "20 KB"),
+        (Handshakes, "broker CPU per handshake") => Target::MoatAtMost(400.0, "400 µs"),
+        _ => return None,
+    })
+}
+
+impl Target {
+    fn describe(self, moat: Option<f64>, mosquitto: Option<f64>) -> String {
+        let ratio = match (moat, mosquitto) {
+            (Some(moat), Some(mosquitto)) if mosquitto != 0.0 => Some(moat / mosquitto),
+            _ => None,
+        };
+        let (text, met) = match self {
+            Self::RatioAtLeast(min) => (format!("≥ {min}×"), ratio.map(|r| r >= min)),
+            Self::RatioAtMost(max) => (format!("≤ {max}×"), ratio.map(|r| r <= max)),
+            Self::MoatAtMost(max, text) => (format!("≤ {text}"), moat.map(|v| v <= max)),
+        };
+        match met {
+            Some(true) => format!("{text} met"),
+            Some(false) => format!("{text} NOT met"),
+            None => text,
+        }
+    }
+}
+
+struct Row {
+    cells: [String; 7],
+}
+
+const HEADER: [&str; 7] = [
     "metric",
     "unit",
     "Mosquitto",
     "Moat",
     "Moat/Mosquitto",
     "better",
+    "issue 2 target",
 ];
 
 fn rows(report: &ScenarioReport) -> Vec<Row> {
@@ -89,6 +138,9 @@ fn rows(report: &ScenarioReport) -> Vec<Row> {
                         Better::Neither => "",
                     }
                     .to_owned(),
+                    target(report.scenario, metric).map_or_else(String::new, |t| {
+                        t.describe(moat.map(|f| f.value), mosquitto.map(|f| f.value))
+                    }),
                 ],
             }
         })
@@ -107,11 +159,11 @@ pub fn text(reports: &[ScenarioReport]) -> String {
             }
         }
         let _ = writeln!(out, "\n== {} ==", report.title);
-        let line = |cells: &[String; 6]| {
+        let line = |cells: &[String; 7]| {
             let mut line = String::new();
             for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
                 let pad = width - cell.chars().count();
-                if i == 0 || i == 1 || i == 5 {
+                if matches!(i, 0 | 1 | 5 | 6) {
                     let _ = write!(line, "{cell}{}  ", " ".repeat(pad));
                 } else {
                     let _ = write!(line, "{}{cell}  ", " ".repeat(pad));
@@ -135,9 +187,9 @@ pub fn markdown(reports: &[ScenarioReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | metric | unit | Mosquitto | Moat | Moat/Mosquitto | better |"
+        "| scenario | metric | unit | Mosquitto | Moat | Moat/Mosquitto | better | issue 2 target |"
     );
-    let _ = writeln!(out, "|---|---|---|--:|--:|--:|---|");
+    let _ = writeln!(out, "|---|---|---|--:|--:|--:|---|---|");
     let mut notes = Vec::new();
     for report in reports {
         for (i, row) in rows(report).iter().enumerate() {
@@ -182,6 +234,20 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_judged_on_ratio_or_moat_value() {
+        let at_least = Target::RatioAtLeast(3.5);
+        assert_eq!(at_least.describe(Some(700.0), Some(200.0)), "≥ 3.5× met");
+        assert_eq!(
+            at_least.describe(Some(600.0), Some(200.0)),
+            "≥ 3.5× NOT met"
+        );
+        assert_eq!(at_least.describe(None, Some(200.0)), "≥ 3.5×");
+        let at_most = Target::MoatAtMost(400.0, "400 µs");
+        assert_eq!(at_most.describe(Some(390.0), None), "≤ 400 µs met");
+        assert_eq!(at_most.describe(Some(410.0), Some(1.0)), "≤ 400 µs NOT met");
+    }
 
     #[test]
     fn values_are_formatted_per_unit() {

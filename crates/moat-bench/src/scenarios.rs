@@ -665,14 +665,24 @@ async fn secure_namespaces(
     if devices.len() >= 2 {
         let probe = probe_namespaces(broker, pki).await?;
         let kind = broker.kind;
-        if probe.foreign_subscription_delivered || probe.foreign_publish_delivered {
-            notes.push(format!("{kind}: namespace rule NOT enforced: {probe:?}"));
-        } else if probe.foreign_subscribe_granted {
-            notes.push(format!(
-                "{kind}: a subscription to another device's namespace was granted in SUBACK, \
-                 but nothing from that namespace was delivered (enforced at delivery)"
-            ));
-        }
+        let verdict = |bad: bool| {
+            if bad {
+                "DELIVERED (rule not enforced)"
+            } else {
+                "not delivered"
+            }
+        };
+        notes.push(format!(
+            "{kind} namespace probe: SUBSCRIBE to another device's namespace {}; \
+             its messages {}; PUBLISH into another device's namespace {}",
+            if probe.foreign_subscribe_granted {
+                "granted"
+            } else {
+                "refused"
+            },
+            verdict(probe.foreign_subscription_delivered),
+            verdict(probe.foreign_publish_delivered),
+        ));
     }
     let counters = Counters::default();
     let mut tasks = JoinSet::new();
