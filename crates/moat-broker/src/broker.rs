@@ -302,6 +302,9 @@ impl Broker {
                         wills_now.push(will);
                     }
                     st.ended = true;
+                    for w in st.take_space_waiters() {
+                        w.wake();
+                    }
                     if st.is_persistent() {
                         ops.push(StoreOp::DeleteSession {
                             client_id: client_id.clone(),
@@ -335,7 +338,7 @@ impl Broker {
                 st.expiry_interval = expiry_interval;
                 st.attached = Some(crate::session::Attached {
                     conn_id,
-                    waker,
+                    waker: waker.clone(),
                     kick: None,
                 });
                 st.disconnected_at = None;
@@ -392,6 +395,7 @@ impl Broker {
             keep_alive,
             &connect.properties,
             session_present,
+            waker,
         );
         ConnectOutcome::Accepted {
             connection: Box::new(connection),
@@ -445,8 +449,22 @@ impl Broker {
     pub fn route(
         &self,
         message: Authorized<Arc<Message>>,
+        extra_ops: Vec<StoreOp>,
+        now: Timestamp,
+    ) -> RouteOutcome {
+        self.route_from(message, extra_ops, now, None, &mut Vec::new())
+    }
+
+    /// [`Broker::route`] for a message from a connection: every connected session whose
+    /// queue passed its high watermark registers `publisher` to be woken when it drains and
+    /// is appended to `congested`, so that the publisher can stop reading (flow control).
+    pub(crate) fn route_from(
+        &self,
+        message: Authorized<Arc<Message>>,
         mut extra_ops: Vec<StoreOp>,
         now: Timestamp,
+        publisher: Option<&Arc<dyn Wake>>,
+        congested: &mut Vec<Arc<SessionCell>>,
     ) -> RouteOutcome {
         let message = message.into_inner();
         let stats = &self.shared.stats;
@@ -495,16 +513,22 @@ impl Broker {
             }
             if let Some(sub_qos) = qos {
                 let delivery_qos = message.qos.min(sub_qos);
-                if self.enqueue(
-                    &targets[i].session,
-                    &message,
-                    delivery_qos,
-                    retain,
-                    ids,
-                    &mut extra_ops,
-                ) {
+                let cell = &targets[i].session;
+                if self.enqueue(cell, &message, delivery_qos, retain, ids, &mut extra_ops) {
                     matched += 1;
-                    woken.push(targets[i].session.clone());
+                    woken.push(cell.clone());
+                }
+                if let Some(publisher) = publisher {
+                    let mut st = cell.lock();
+                    if st.attached.is_some()
+                        && st.queue.len() >= self.shared.config.queue_high_watermark()
+                    {
+                        st.wait_for_space(publisher);
+                        drop(st);
+                        if !congested.iter().any(|c| Arc::ptr_eq(c, cell)) {
+                            congested.push(cell.clone());
+                        }
+                    }
                 }
             }
             i = j;
@@ -719,6 +743,10 @@ impl Broker {
             st.attached = None;
             cell.set_online(false);
             st.disconnected_at = Some(now);
+            // Paused publishers must not wait for a session nobody drains.
+            for w in st.take_space_waiters() {
+                w.wake();
+            }
             let will = st.will.take();
             // Messages in flight stay for redelivery; QoS 0 ones are dropped.
             st.queue.retain(|p| p.qos != QoS::AtMostOnce);
@@ -769,6 +797,9 @@ impl Broker {
         let subs: Vec<(u64, SubRecord)> = {
             let mut st = cell.lock();
             st.ended = true;
+            for w in st.take_space_waiters() {
+                w.wake();
+            }
             if st.is_persistent() {
                 ops.push(StoreOp::DeleteSession {
                     client_id: cell.client_id.clone(),

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::ReasonCode;
 use crate::auth::{self, Principal};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::persist::{OutboundState, StoreOp};
 use crate::session::{Inflight, SessionCell};
+use crate::{ReasonCode, Wake};
 
 /// Most messages moved into the outbox by one [`Connection::poll_outbound`] call, so that one
 /// busy subscriber cannot monopolise its driver between reads.
@@ -172,6 +172,9 @@ pub struct Connection {
     inbound_aliases: HashMap<u16, TopicName>,
     outbound_aliases: HashMap<TopicName, u16>,
     resend: bool,
+    waker: Arc<dyn Wake>,
+    /// Sessions whose queues this connection's messages filled past the high watermark.
+    congested: Vec<Arc<SessionCell>>,
 }
 
 impl Connection {
@@ -186,6 +189,7 @@ impl Connection {
         keep_alive: u16,
         props: &ConnectProperties,
         session_present: bool,
+        waker: Arc<dyn Wake>,
     ) -> Self {
         let cfg = broker.config();
         let v5 = protocol == ProtocolVersion::V5;
@@ -214,6 +218,8 @@ impl Connection {
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
             resend: session_present,
+            waker,
+            congested: Vec::new(),
         }
     }
 
@@ -238,6 +244,27 @@ impl Connection {
             max_packet_size: self.broker.config().max_packet_size,
             ..moat_mqtt::Limits::default()
         }
+    }
+
+    /// Whether the driver should stop reading from this client because sessions its
+    /// messages go to are backed up (flow control instead of drops). Re-checked on every
+    /// wake; a session that drained, went offline or ended no longer counts.
+    pub fn is_paused(&mut self) -> bool {
+        if self.congested.is_empty() {
+            return false;
+        }
+        let low = self.broker.config().queue_low_watermark();
+        let waker = &self.waker;
+        self.congested.retain(|cell| {
+            let mut st = cell.lock();
+            let backed_up = st.attached.is_some() && !st.ended && st.queue.len() > low;
+            if backed_up {
+                // Stay registered: the drain that crosses the low watermark wakes us.
+                st.wait_for_space(waker);
+            }
+            backed_up
+        });
+        !self.congested.is_empty()
     }
 
     /// How long the connection may stay silent before it is closed: 1.5 × the granted keep
@@ -417,7 +444,9 @@ impl Connection {
                 });
             }
         }
-        let outcome = self.broker.route(authorized, ops, now);
+        let outcome =
+            self.broker
+                .route_from(authorized, ops, now, Some(&self.waker), &mut self.congested);
         let reason = if outcome.matched == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -781,6 +810,11 @@ impl Connection {
                 .messages_out
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let waiters = if st.queue.len() <= self.broker.config().queue_low_watermark() {
+            st.take_space_waiters()
+        } else {
+            Vec::new()
+        };
         let more = budget == 0
             && st
                 .queue
@@ -788,6 +822,9 @@ impl Connection {
                 .is_some_and(|f| f.qos == QoS::AtMostOnce || st.inflight.len() < window);
         drop(st);
         self.broker.submit(ops);
+        for w in waiters {
+            w.wake();
+        }
         Ok(more)
     }
 

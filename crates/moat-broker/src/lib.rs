@@ -45,3 +45,9 @@ pub trait Wake: Send + Sync {
     /// Schedules the connection's driver to call [`Connection::poll_outbound`].
     fn wake(&self);
 }
+
+impl std::fmt::Debug for dyn Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
+}

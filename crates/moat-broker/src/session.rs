@@ -165,6 +165,9 @@ pub(crate) struct SessionState {
     pub ended: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// Publishers paused because this session's queue passed its high watermark; woken when
+    /// it drains below the low watermark or the session goes offline.
+    pub space_waiters: Vec<Arc<dyn Wake>>,
 }
 
 impl SessionState {
@@ -184,6 +187,7 @@ impl SessionState {
             pending_will: None,
             ended: false,
             dropped: 0,
+            space_waiters: Vec::new(),
         }
     }
 
@@ -196,5 +200,17 @@ impl SessionState {
         if let Some(a) = &self.attached {
             a.waker.wake();
         }
+    }
+
+    /// Registers a publisher to be woken when this queue has room again.
+    pub fn wait_for_space(&mut self, waker: &Arc<dyn Wake>) {
+        if !self.space_waiters.iter().any(|w| Arc::ptr_eq(w, waker)) {
+            self.space_waiters.push(waker.clone());
+        }
+    }
+
+    /// Takes the publishers waiting for room; the caller wakes them after unlocking.
+    pub fn take_space_waiters(&mut self) -> Vec<Arc<dyn Wake>> {
+        std::mem::take(&mut self.space_waiters)
     }
 }

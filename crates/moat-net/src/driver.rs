@@ -19,6 +19,23 @@ use crate::transport::Transport;
 /// The highest durable commit sequence, published by the storage layer.
 pub type Committed = watch::Receiver<u64>;
 
+/// Smallest read reservation: what an idle connection holds while it waits for bytes.
+const MIN_READ_HINT: usize = 128;
+/// Largest read reservation, reached by doubling while reads fill what was reserved.
+const MAX_READ_HINT: usize = 64 * 1024;
+
+/// Adapts the next read's reservation to the traffic: grow while reads fill it, shrink when
+/// they stay small, so busy publishers read in large chunks and idle ones hold little.
+fn next_read_hint(hint: usize, read: usize) -> usize {
+    if read >= hint {
+        (hint * 4).min(MAX_READ_HINT)
+    } else if read < hint / 4 {
+        (hint / 2).max(MIN_READ_HINT)
+    } else {
+        hint
+    }
+}
+
 /// A write buffer larger than this is released after a write, so that an idle connection
 /// does not keep a burst-sized buffer.
 const MAX_IDLE_WRITE_BUFFER: usize = 16 * 1024;
@@ -77,7 +94,7 @@ pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: Driv
                 return;
             }
         }
-        match tokio::time::timeout_at(deadline, io.read_into(&mut rbuf)).await {
+        match tokio::time::timeout_at(deadline, io.read_into(&mut rbuf, MIN_READ_HINT)).await {
             Ok(Ok(n)) if n > 0 => {
                 ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -169,6 +186,7 @@ async fn session<T: Transport>(
     let keep_alive = conn.keep_alive_timeout();
     let mut committed = ctx.committed.clone();
     let mut last_heard = Instant::now();
+    let mut read_hint = MIN_READ_HINT;
     loop {
         // Move what is ready into the write buffer and write it.
         loop {
@@ -197,12 +215,19 @@ async fn session<T: Transport>(
             }
         }
         let waiting_commit = outbox.blocked_on(*committed.borrow()).is_some();
+        // Flow control: while sessions this client publishes to are backed up, its socket is
+        // not read (TCP pushes back on it) and its keep alive is not held against it.
+        let paused = conn.is_paused();
+        if paused {
+            last_heard = Instant::now();
+        }
         let deadline = last_heard + keep_alive;
         tokio::select! {
-            read = io.read_into(rbuf) => {
+            read = io.read_into(rbuf, read_hint), if !paused => {
                 match read {
                     Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
                     Ok(n) => {
+                        read_hint = next_read_hint(read_hint, n);
                         ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         last_heard = Instant::now();
                     }
@@ -237,7 +262,7 @@ async fn session<T: Transport>(
                     };
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline), if !paused => {
                 return Close::lost(ReasonCode::KeepAliveTimeout);
             }
         }

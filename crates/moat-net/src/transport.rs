@@ -8,9 +8,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What the connection driver needs from a transport.
 pub(crate) trait Transport: Send {
-    /// Appends received bytes to `buf`; `Ok(0)` at end of stream. Cancel-safe: if the
-    /// future is dropped, no bytes are lost.
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Appends received bytes to `buf`, reserving about `hint` bytes for them; `Ok(0)` at
+    /// end of stream. Cancel-safe: if the future is dropped, no bytes are lost.
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+        hint: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
     /// Writes and flushes all of `data`, leaving it empty.
     fn write_all_from(
         &mut self,
@@ -23,12 +27,9 @@ pub(crate) trait Transport: Send {
 /// A plain byte stream (TCP or TLS).
 pub(crate) struct Stream<S>(pub S);
 
-/// Bytes reserved in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
-
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Stream<S> {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        buf.reserve(READ_CHUNK);
+    async fn read_into(&mut self, buf: &mut BytesMut, hint: usize) -> io::Result<usize> {
+        buf.reserve(hint);
         self.0.read_buf(buf).await
     }
 

@@ -69,7 +69,7 @@ fn to_io(e: WsError) -> io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    async fn read_into(&mut self, buf: &mut BytesMut, _hint: usize) -> io::Result<usize> {
         loop {
             match self.ws.next().await {
                 None | Some(Ok(Message::Close(_))) => return Ok(0),
