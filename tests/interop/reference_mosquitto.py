@@ -127,7 +127,7 @@ def main():
         results = []
         for name in names:
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, os.path.join(HERE, name), *args],
+            r = subprocess.run([sys.executable, "-B", os.path.join(HERE, name), *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=200)
             out = r.stdout.decode(errors="replace")
             results.append((name, r.returncode, time.monotonic() - t0, out))

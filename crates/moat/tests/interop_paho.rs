@@ -78,3 +78,8 @@ fn tls_versions_and_identity_rule() {
 fn mqtt_over_secure_websocket() {
     run_interop_script("websocket.py");
 }
+
+#[test]
+fn namespace_rule_cannot_be_sidestepped() {
+    run_interop_script("authorization_bypass.py");
+}

@@ -595,3 +595,209 @@ fn server_keep_alive_caps_the_client() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// More CONNECT, SUBSCRIBE and flow rules
+
+/// After CONNACK, the next thing must be DISCONNECT with one of `reasons`, then close.
+fn expect_disconnect_one_of(w: &mut Wire, reasons: &[u8], what: &str) {
+    match w.expect_closed_within(EVENT_DEADLINE) {
+        Ending::Disconnect(r) => assert!(
+            reasons.contains(&r),
+            "{what}: DISCONNECT {r:#04x}, expected one of {reasons:02x?}"
+        ),
+        Ending::Closed => panic!("{what}: closed without DISCONNECT (MQTT 5.0 4.13)"),
+    }
+}
+
+#[test]
+fn bad_will_flags_in_connect_are_malformed() {
+    let hub = hub();
+    // MQTT-3.1.2-14: Will QoS 3 is malformed.
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&pkt(
+        "10 16 00 04 4d 51 54 54 05  # CONNECT v5
+         1e 00 3c 00                 # flags: Will Flag, Will QoS 3, Clean Start; keep alive 60
+         00 02 77 31                 # client id \"w1\"
+         00 00 01 74 00 01 78        # will properties (none), will topic \"t\", will payload \"x\"",
+    ));
+    expect_refused_connect(&mut w, &[0x81]);
+    // MQTT-3.1.2-13: Will Flag 0 with Will QoS 1 is malformed.
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&pkt("10 0f 00 04 4d 51 54 54 05 0a 00 3c 00 00 02 77 31"));
+    expect_refused_connect(&mut w, &[0x81]);
+    assert_alive(&hub);
+}
+
+#[test]
+fn overlong_client_identifier_is_refused() {
+    let hub = hub();
+    // 3.1.3.1: the server may refuse a client id it does not accept: CONNACK 0x85 Client
+    // Identifier not valid. Moat's limit is 256 bytes.
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5(&"c".repeat(300), 60, &[]));
+    expect_refused_connect(&mut w, &[0x85]);
+    assert_alive(&hub);
+}
+
+#[test]
+fn unsupported_authentication_method_is_refused() {
+    let hub = hub();
+    // MQTT-4.12.0-1: an Authentication Method the server does not support -> CONNACK 0x8C
+    // (or 0x87), and the server MUST close the connection.
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5(
+        "auth",
+        60,
+        &hex("15 00 05 53 43 52 41 4d # Authentication Method \"SCRAM\""),
+    ));
+    match w.read_packet() {
+        None => {}
+        Some(p) => {
+            assert_eq!(p.kind(), 2, "expected CONNACK, got {:02x}", p.first);
+            assert!(
+                [0x8c, 0x87].contains(&p.body[1]),
+                "CONNACK {} for an unsupported Authentication Method",
+                to_hex(&p.body)
+            );
+            w.expect_closed();
+        }
+    }
+    assert_alive(&hub);
+}
+
+#[test]
+fn auth_packet_without_authentication_method_is_a_protocol_error() {
+    let hub = hub();
+    // 4.12 / 3.15: AUTH without an Authentication Method in CONNECT is a Protocol Error.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&hex("f0 00"));
+    expect_disconnect_one_of(&mut w, &[0x82], "AUTH without authentication");
+    assert_alive(&hub);
+}
+
+#[test]
+fn subscribe_and_unsubscribe_without_filters_are_protocol_errors() {
+    let hub = hub();
+    // MQTT-3.8.3-2: a SUBSCRIBE must contain at least one filter.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("82 03 00 01 00"));
+    expect_disconnect_one_of(&mut w, &[0x82, 0x81], "SUBSCRIBE without filters");
+    // MQTT-3.10.3-2: so must an UNSUBSCRIBE.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("a2 03 00 01 00"));
+    expect_disconnect_one_of(&mut w, &[0x82, 0x81], "UNSUBSCRIBE without filters");
+    assert_alive(&hub);
+}
+
+#[test]
+fn bad_subscription_options_are_refused() {
+    let hub = hub();
+    // MQTT-3.8.3-5: reserved bits 6-7 of the Subscription Options must be 0 (Malformed Packet).
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("82 09 00 01 00 00 03 61 2f 62 c1"));
+    expect_disconnect_one_of(&mut w, &[0x81], "reserved subscription option bits");
+    // 3.8.3.1: Retain Handling 3 is a Protocol Error.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("82 09 00 01 00 00 03 61 2f 62 31"));
+    expect_disconnect_one_of(&mut w, &[0x82, 0x81], "Retain Handling 3");
+    // 3.8.2.1.2: Subscription Identifier 0 is a Protocol Error.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("82 0b 00 01 02 0b 00 00 03 61 2f 62 01"));
+    expect_disconnect_one_of(&mut w, &[0x82, 0x81], "Subscription Identifier 0");
+    assert_alive(&hub);
+}
+
+#[test]
+fn request_problem_information_zero_suppresses_reason_strings() {
+    let hub = hub();
+    // MQTT-3.1.2-29: with Request Problem Information 0 the server must not send a Reason
+    // String or User Properties on anything but PUBLISH, CONNACK and DISCONNECT.
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5("rpi", 60, &hex("17 00")));
+    w.expect_connack_v5(0);
+    w.send(&pkt(
+        "82 0b 00 05 00 00 05 61 2f 23 2f 62 01 # SUBSCRIBE \"a/#/b\" (invalid)",
+    ));
+    let suback = w.expect_packet(9);
+    let (props, used) = Props::parse(&suback.body[2..]);
+    assert_eq!(suback.body[2 + used..], [0x8f], "SUBACK code");
+    assert!(
+        props.get(0x1f).is_none() && props.get(0x26).is_none(),
+        "SUBACK carries a Reason String or User Property although the client asked for none: {props:?}"
+    );
+}
+
+#[test]
+fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
+    let hub = hub();
+    // 4.3.3 / 3.7.2.1: PUBREL for a packet id the server does not know -> PUBCOMP with 0x92
+    // Packet Identifier not found (0x00 tolerated); the connection stays up.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt("62 02 00 63"));
+    let comp = w.expect_packet(7);
+    assert_eq!(&comp.body[..2], &[0x00, 0x63], "PUBCOMP packet id");
+    let reason = comp.body.get(2).copied().unwrap_or(0);
+    assert!(
+        [0x00, 0x92].contains(&reason),
+        "PUBCOMP reason {reason:#04x}"
+    );
+    w.send(&hex("c0 00"));
+    w.expect(&hex("d0 00"));
+}
+
+#[test]
+fn qos2_packet_id_is_reusable_after_the_flow_completes() {
+    let hub = hub();
+    // 4.3.3: once PUBCOMP is sent the packet id is free; the same id then carries a new message
+    // that must be delivered again.
+    let (mut sub, _) = connected_v5(&hub, 60);
+    sub.send(&pkt(
+        "82 0a 00 01 00 00 04 71 32 2f 23 02 # SUBSCRIBE \"q2/#\" QoS 2",
+    ));
+    sub.expect_packet(9);
+    let (mut w, _) = connected_v5(&hub, 60);
+    for round in [b'1', b'2'] {
+        w.send(&[0x34, 0x08, 0x00, 0x02, b'q', b'2', 0x00, 0x07, 0x00, round]);
+        let rec = w.expect_packet(5);
+        assert_eq!(&rec.body[..2], &[0, 7]);
+        w.send(&pkt("62 02 00 07"));
+        let comp = w.expect_packet(7);
+        assert_eq!(&comp.body[..2], &[0, 7]);
+        let p = sub.expect_packet(3);
+        assert_eq!(
+            p.body.last(),
+            Some(&round),
+            "round {} not delivered",
+            round - b'0'
+        );
+        let id = [p.body[4], p.body[5]];
+        sub.send(&packet(0x50, &id));
+        sub.expect_packet(6);
+        sub.send(&packet(0x70, &id));
+    }
+}
+
+#[test]
+fn invalid_utf8_payload_declared_utf8_is_refused() {
+    let hub = hub();
+    // 3.3.2.3.2: Payload Format Indicator 1 with a payload that is not UTF-8: a receiver that
+    // validates answers 0x99 Payload format invalid (PUBACK or DISCONNECT). Moat validates.
+    let (mut w, _) = connected_v5(&hub, 60);
+    w.send(&pkt(
+        "32 09 00 01 61 00 01 02 01 01 ff # PUBLISH QoS 1 \"a\" id 1, PFI 1, payload ff",
+    ));
+    match w.read_packet() {
+        Some(p) if p.kind() == 4 => {
+            assert_eq!(p.body.get(2), Some(&0x99), "PUBACK {}", to_hex(&p.body))
+        }
+        Some(p) if p.kind() == 14 => assert_eq!(
+            p.body.first(),
+            Some(&0x99),
+            "DISCONNECT {}",
+            to_hex(&p.body)
+        ),
+        other => panic!("expected PUBACK or DISCONNECT 0x99, got {other:?}"),
+    }
+    assert_alive(&hub);
+}
