@@ -17,8 +17,8 @@ Moat-only checks skipped and one deviation of Mosquitto skipped: with a client R
 of 2 it honours the first window, but after two PUBACKs it sends three more messages at once.
 """
 
-from mqtt_interop import (PUBACK, PahoClient, RawClient, check, known_deviation, run, step,
-                          unique)
+from mqtt_interop import (PUBACK, PUBCOMP, PUBREC, PUBREL, PahoClient, RawClient, check,
+                          known_deviation, run, step, unique)
 
 
 def connack_values(args):
@@ -73,6 +73,33 @@ def receive_maximum(args):
     pub.disconnect()
 
 
+def receive_maximum_qos2(args):
+    topic = f"rm2/{unique()}"
+    step("client Receive Maximum 1 with QoS 2: the next PUBLISH waits for PUBCOMP, not PUBREC (4.9)")
+    raw = RawClient(args, transport="plain")
+    raw.connect(unique("rm2"), properties=[("ReceiveMaximum", 1)])
+    check(raw.subscribe([(topic, 2)]) == [2], "SUBACK")
+    pub = PahoClient(args, transport="plain")
+    pub.connect()
+    pub.publish(topic, b"a", qos=2)
+    pub.publish(topic, b"b", qos=2)
+    p = raw.expect_publish()
+    check(p.payload == b"a", f"first {p}")
+    raw.expect_nothing()
+    raw.ack(PUBREC, p.packet_id)
+    raw.expect(PUBREL)
+    # The QoS 2 exchange is still open until PUBCOMP: the quota is not yet returned.
+    raw.expect_nothing()
+    raw.ack(PUBCOMP, p.packet_id)
+    q = raw.expect_publish()
+    check(q.payload == b"b", f"second {q}")
+    raw.ack(PUBREC, q.packet_id)
+    raw.expect(PUBREL)
+    raw.ack(PUBCOMP, q.packet_id)
+    raw.disconnect()
+    pub.disconnect()
+
+
 def maximum_packet_size(args):
     topic = f"mps/{unique()}"
     step("client Maximum Packet Size 256: a larger message is not sent to it, later ones are")
@@ -108,6 +135,7 @@ def server_keep_alive(args):
 def main(args):
     connack_values(args)
     receive_maximum(args)
+    receive_maximum_qos2(args)
     maximum_packet_size(args)
     server_keep_alive(args)
 

@@ -112,6 +112,40 @@ def redelivery(args, version):
     pub.disconnect()
 
 
+def resend_order(args, version):
+    dev = args.device_ids[2]
+    topic = f"devices/{dev}/{unique('order')}"
+    step(f"v{version}: several unacknowledged messages are resent in their original order (MQTT-4.6.0-1)")
+    props = [("SessionExpiryInterval", 300)] if version == 5 else []
+    raw = RawClient(args, device=dev, version=version)
+    raw.connect(dev, clean_start=True, properties=props)
+    if version == 4:
+        raw.disconnect()
+        raw = RawClient(args, device=dev, version=version)
+        raw.connect(dev, clean_start=False)
+    check(raw.subscribe([(topic, 1)]) == [1], "SUBACK")
+    pub = PahoClient(args, transport="plain", protocol=version)
+    pub.connect()
+    for i in range(5):
+        pub.publish(topic, f"o{i}".encode(), qos=1)
+    first = [raw.expect_publish() for _ in range(5)]
+    check([p.payload for p in first] == [f"o{i}".encode() for i in range(5)], f"first delivery {first}")
+    raw.close()
+    raw = RawClient(args, device=dev, version=version)
+    raw.connect(dev, clean_start=False, properties=props)
+    again = [raw.expect_publish() for _ in range(5)]
+    check([p.payload for p in again] == [f"o{i}".encode() for i in range(5)],
+          f"v{version}: resent out of order: {[p.payload for p in again]}")
+    check([p.packet_id for p in again] == [p.packet_id for p in first], "resent with other packet ids")
+    for p in again:
+        raw.ack(PUBACK, p.packet_id)
+    raw.disconnect()
+    raw = RawClient(args, device=dev, version=version)
+    raw.connect(dev, clean_start=True)
+    raw.disconnect()
+    pub.disconnect()
+
+
 def exactly_once_inbound(args, version):
     topic = f"qos2/{unique('once')}"
     step(f"v{version}: publisher resends a QoS 2 PUBLISH before PUBREL -> delivered once")
@@ -149,6 +183,7 @@ def main(args):
     for version in (5, 4):
         end_to_end(args, version)
         redelivery(args, version)
+        resend_order(args, version)
         exactly_once_inbound(args, version)
 
 

@@ -102,9 +102,50 @@ def server_to_client(args):
     pub.disconnect()
 
 
+def aliases_do_not_survive_the_connection(args):
+    """MQTT 5.0 3.3.2.3.4: Topic Alias mappings exist only within a Network Connection; a
+    PUBLISH resent on a new connection must not rely on an alias from the old one."""
+    topic = f"alias/{unique()}/resent/after/reconnect/with/a/long/name"
+    cid = unique("aliasre")
+    step("unacknowledged message resent after reconnect: topic spelled out or alias redefined")
+    raw = RawClient(args, transport="plain")
+    raw.connect(cid, properties=[("TopicAliasMaximum", 4), ("SessionExpiryInterval", 300)])
+    check(raw.subscribe([(topic, 1)]) == [1], "SUBACK")
+    pub = PahoClient(args, transport="plain")
+    pub.connect()
+    for i in range(3):
+        pub.publish(topic, f"r{i}".encode(), qos=1)
+    first = [raw.expect_publish() for _ in range(3)]
+    raw.close()  # none acknowledged
+    raw = RawClient(args, transport="plain")
+    sp, _, _ = raw.connect(cid, clean_start=False,
+                           properties=[("TopicAliasMaximum", 4), ("SessionExpiryInterval", 300)])
+    check(sp, "session not resumed")
+    aliases = {}
+    for i in range(3):
+        p = raw.expect_publish()
+        alias = p.props.get("TopicAlias")
+        if p.topic:
+            if alias is not None:
+                aliases[alias] = p.topic
+            resolved = p.topic
+        else:
+            check(alias in aliases, f"resent PUBLISH {i} uses Topic Alias {alias} from the previous "
+                                    f"connection, never defined on this one (3.3.2.3.4)")
+            resolved = aliases[alias]
+        check(resolved == topic and p.payload == f"r{i}".encode(),
+              f"resent message {i}: {resolved!r} {p.payload!r}")
+        check(p.dup, f"resent message {i} without DUP=1")
+        raw.ack(4, p.packet_id)
+    raw.disconnect(properties=[("SessionExpiryInterval", 0)])
+    pub.disconnect()
+    del first
+
+
 def main(args):
     client_to_server(args)
     server_to_client(args)
+    aliases_do_not_survive_the_connection(args)
 
 
 if __name__ == "__main__":

@@ -414,3 +414,79 @@ fn session_queue_is_bounded_and_keeps_the_oldest() {
         "queue_full drops in /metrics"
     );
 }
+
+#[test]
+fn expiry_intervals_still_apply_after_a_restart() {
+    // A restored session, or a restored queued message, keeps its Session Expiry Interval
+    // (3.1.2.11.2) / Message Expiry Interval (3.3.2.3.3): the restart must not make it immortal.
+    let mut hub = hub();
+    let gone = unique("shortlived");
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5_session(&gone, true, 2));
+    w.expect_connack_v5(0);
+    subscribe(&mut w, "durable/expiry/#", 1);
+    w.send(&hex("e0 00")); // DISCONNECT: the 2 s session expiry starts now
+    w.expect_closed();
+
+    let keeper = unique("keeper");
+    let mut k = session(&hub, &keeper, true, false);
+    subscribe(&mut k, "durable/expiry/#", 1);
+    k.shutdown();
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        None,
+        &[
+            "-t",
+            "durable/expiry/short",
+            "-m",
+            "short",
+            "-q",
+            "1",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "2",
+        ],
+    )
+    .assert_ok();
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        None,
+        &[
+            "-t",
+            "durable/expiry/long",
+            "-m",
+            "long",
+            "-q",
+            "1",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "600",
+        ],
+    )
+    .assert_ok();
+    hub.restart();
+    // The passage of time is what is under test here, not a synchronisation.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut w = Wire::connect(hub.plain_addr());
+    w.send(&connect_v5_session(&gone, false, 2));
+    let (present, _) = w.expect_connack_v5(0);
+    assert!(
+        !present,
+        "a session with a 2 s expiry was still present 3.5 s after disconnect and a restart"
+    );
+    let mut k = session(&hub, &keeper, false, true);
+    let p = expect_publish(&mut k);
+    assert_eq!(
+        p.payload, b"long",
+        "the 2 s message must have expired across the restart (MQTT-3.3.2-5)"
+    );
+    ack(&mut k, 4, p.packet_id.expect("qos 1"));
+    k.send(&hex("c0 00"));
+    k.expect(&hex("d0 00"));
+}
