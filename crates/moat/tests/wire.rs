@@ -801,3 +801,61 @@ fn invalid_utf8_payload_declared_utf8_is_refused() {
     }
     assert_alive(&hub);
 }
+
+#[test]
+fn hostile_counts_within_the_packet_size_are_bounded() {
+    // Issue 2 point 6: counts an attacker controls inside one legal-sized packet (properties,
+    // topic levels, filters per SUBSCRIBE) end in a reason code or are served, never in a
+    // crash; the hub stays up.
+    let hub = hub();
+    // 20,000 empty User Properties (100 KB) on a QoS 1 PUBLISH.
+    let (mut w, _) = connected_v5(&hub, 60);
+    let mut props = Vec::new();
+    for _ in 0..20_000 {
+        props.extend(hex("26 00 00 00 00"));
+    }
+    let mut body = mstr(b"hostile/props");
+    body.extend(hex("00 01"));
+    body.extend(varint(props.len()));
+    body.extend(props);
+    body.push(b'x');
+    w.send(&packet(0x32, &body));
+    match w.read_packet() {
+        Some(p) if p.kind() == 4 => {} // served or refused with a PUBACK reason code
+        Some(p) if p.kind() == 14 => assert!(p.body.first().is_some_and(|r| *r >= 0x80)),
+        None => {}
+        Some(p) => panic!("unexpected packet {:02x} {}", p.first, to_hex(&p.body)),
+    }
+    // A topic of 30,000 levels.
+    let (mut w, _) = connected_v5(&hub, 60);
+    let topic = "/".repeat(29_999);
+    let mut body = mstr(topic.as_bytes());
+    body.extend(hex("00 01 00 78"));
+    w.send(&packet(0x32, &body));
+    match w.read_packet() {
+        Some(p) if p.kind() == 4 => assert!(
+            p.body.get(2).is_some_and(|r| *r >= 0x80),
+            "PUBACK {}",
+            to_hex(&p.body)
+        ),
+        Some(p) if p.kind() == 14 => assert!(p.body.first().is_some_and(|r| *r >= 0x80)),
+        other => panic!("30,000-level topic: {other:?}"),
+    }
+    // 5,000 filters in one SUBSCRIBE: one reason code each, failures past the limit.
+    let (mut w, _) = connected_v5(&hub, 60);
+    let mut body = hex("00 01 00");
+    for i in 0..5_000 {
+        body.extend(mstr(format!("f/{i}").as_bytes()));
+        body.push(0x01);
+    }
+    w.send(&packet(0x82, &body));
+    match w.read_packet() {
+        Some(p) if p.kind() == 9 => {
+            let (_, used) = Props::parse(&p.body[2..]);
+            assert_eq!(p.body.len() - 2 - used, 5_000, "one SUBACK code per filter");
+        }
+        Some(p) if p.kind() == 14 => assert!(p.body.first().is_some_and(|r| *r >= 0x80)),
+        other => panic!("5,000-filter SUBSCRIBE: {other:?}"),
+    }
+    assert_alive(&hub);
+}
