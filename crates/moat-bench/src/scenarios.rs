@@ -584,6 +584,8 @@ async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
 /// What the namespace probe saw.
 #[derive(Debug, Default)]
 struct NamespaceProbe {
+    /// B received its own message: the probe can see deliveries at all.
+    control_delivered: bool,
     foreign_subscribe_granted: bool,
     foreign_publish_delivered: bool,
     foreign_subscription_delivered: bool,
@@ -638,17 +640,19 @@ async fn probe_namespaces(
         got
     };
     let read_b = async {
-        let mut got = false;
+        let (mut from_a, mut from_b) = (false, false);
         while let Ok(Ok(packet)) = tokio::time::timeout(window, conn_b.next_packet()).await {
             if let Packet::Publish(publish) = packet {
-                got |= publish.topic.as_ref() == Some(&foreign);
+                from_a |= publish.topic.as_ref() == Some(&foreign);
+                from_b |= publish.topic.as_ref() == Some(&own);
             }
         }
-        got
+        (from_a, from_b)
     };
-    let (a_received, b_received_from_a) = tokio::join!(read_a, read_b);
+    let (a_received, (b_received_from_a, b_received_own)) = tokio::join!(read_a, read_b);
     probe.foreign_subscription_delivered = a_received;
     probe.foreign_publish_delivered = b_received_from_a;
+    probe.control_delivered = b_received_own;
     Ok(probe)
 }
 
@@ -672,17 +676,24 @@ async fn secure_namespaces(
                 "not delivered"
             }
         };
-        notes.push(format!(
-            "{kind} namespace probe: SUBSCRIBE to another device's namespace {}; \
-             its messages {}; PUBLISH into another device's namespace {}",
-            if probe.foreign_subscribe_granted {
-                "granted"
-            } else {
-                "refused"
-            },
-            verdict(probe.foreign_subscription_delivered),
-            verdict(probe.foreign_publish_delivered),
-        ));
+        notes.push(if probe.control_delivered {
+            format!(
+                "{kind} namespace probe: SUBSCRIBE to another device's namespace {}; \
+                 its messages {}; PUBLISH into another device's namespace {}",
+                if probe.foreign_subscribe_granted {
+                    "granted"
+                } else {
+                    "refused"
+                },
+                verdict(probe.foreign_subscription_delivered),
+                verdict(probe.foreign_publish_delivered),
+            )
+        } else {
+            format!(
+                "{kind} namespace probe inconclusive: a device did not receive its own \
+                 message within 500 ms"
+            )
+        });
     }
     let counters = Counters::default();
     let mut tasks = JoinSet::new();
