@@ -246,6 +246,11 @@ impl Connection {
         }
     }
 
+    /// Whether the last publish found a backed-up session (cheap; see [`Self::is_paused`]).
+    pub fn has_congestion(&self) -> bool {
+        !self.congested.is_empty()
+    }
+
     /// Whether the driver should stop reading from this client because sessions its
     /// messages go to are backed up (flow control instead of drops). Re-checked on every
     /// wake; a session that drained, went offline or ended no longer counts.

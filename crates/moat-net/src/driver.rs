@@ -134,7 +134,7 @@ pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: Driv
         tracing::debug!(session_present = connack.session_present, "connected");
         let mut outbox = Outbox::new();
         outbox.push(Packet::ConnAck(connack), commit);
-        let close = session(
+        let close = Box::pin(session(
             &mut io,
             &mut conn,
             &mut outbox,
@@ -142,7 +142,7 @@ pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: Driv
             &mut wbuf,
             &notify,
             &ctx,
-        )
+        ))
         .await;
         match close.kind {
             CloseKind::Violation => {
@@ -188,6 +188,35 @@ async fn session<T: Transport>(
     let mut last_heard = Instant::now();
     let mut read_hint = MIN_READ_HINT;
     loop {
+        // Handle what has been read, stopping as soon as a session this client publishes
+        // to is backed up: the rest waits in the buffer until it drains.
+        let mut stopped_early = false;
+        if !conn.is_paused() {
+            let now = Timestamp::now();
+            loop {
+                if conn.has_congestion() {
+                    stopped_early = true;
+                    break;
+                }
+                match moat_mqtt::decode(rbuf, protocol, &limits) {
+                    Ok(Some(packet)) => {
+                        if let Err(close) = conn.handle(packet, now, outbox) {
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "decode error");
+                        return Close::violation(e.reason_code());
+                    }
+                }
+            }
+            // An idle connection keeps no read buffer: the next read allocates one.
+            // (Decoded payloads still share the old allocation until delivered.)
+            if rbuf.is_empty() {
+                *rbuf = BytesMut::new();
+            }
+        }
         // Move what is ready into the write buffer and write it.
         loop {
             let more = match conn.poll_outbound(Timestamp::now(), outbox) {
@@ -220,6 +249,9 @@ async fn session<T: Transport>(
         let paused = conn.is_paused();
         if paused {
             last_heard = Instant::now();
+        } else if stopped_early {
+            // The congestion cleared already: handle the rest of the buffer before reading.
+            continue;
         }
         let deadline = last_heard + keep_alive;
         tokio::select! {
@@ -231,26 +263,6 @@ async fn session<T: Transport>(
                         ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         last_heard = Instant::now();
                     }
-                }
-                let now = Timestamp::now();
-                loop {
-                    match moat_mqtt::decode(rbuf, protocol, &limits) {
-                        Ok(Some(packet)) => {
-                            if let Err(close) = conn.handle(packet, now, outbox) {
-                                return close;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "decode error");
-                            return Close::violation(e.reason_code());
-                        }
-                    }
-                }
-                // An idle connection keeps no read buffer: the next read allocates one.
-                // (Decoded payloads still share the old allocation until delivered.)
-                if rbuf.is_empty() {
-                    *rbuf = BytesMut::new();
                 }
             }
             () = notify.0.notified() => {}

@@ -107,17 +107,18 @@ pub async fn serve(
         let ctx = ctx.clone();
         let kind = listener.kind.clone();
         let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(
-            async move {
-                ctx.stats.open.fetch_add(1, Ordering::Relaxed);
-                handle(tcp, peer, kind, ctx.clone()).await;
-                ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
-            }
-            .instrument(span),
-        );
+        let fut = async move {
+            ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+            handle(tcp, peer, kind, ctx.clone()).await;
+            ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        .instrument(span);
+        tokio::spawn(fut);
     }
 }
 
+/// Each stage is boxed so that a connection's task holds only the state of the transport
+/// it actually uses (a plaintext connection does not pay for a TLS or WebSocket stream).
 async fn handle(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: DriverContext) {
     match kind {
         ListenerKind::DangerPlaintext { allow_anonymous } => {
@@ -126,22 +127,22 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: Drive
             } else {
                 Principal::Unauthenticated
             };
-            driver::run(Stream(tcp), principal, ctx).await;
+            Box::pin(driver::run(Stream(tcp), principal, ctx)).await;
         }
         ListenerKind::MqttTls(config) => {
-            let Some((tls, principal)) = handshake(tcp, config, &ctx).await else {
+            let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
                 return;
             };
-            driver::run(Stream(tls), principal, ctx).await;
+            Box::pin(driver::run(Stream(tls), principal, ctx)).await;
         }
         ListenerKind::MqttWss(config) => {
             let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
-            let Some((tls, principal)) = handshake(tcp, config, &ctx).await else {
+            let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
                 return;
             };
             let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
-            match tokio::time::timeout_at(deadline, ws::accept(tls, max)).await {
-                Ok(Ok(ws)) => driver::run(ws, principal, ctx).await,
+            match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
+                Ok(Ok(ws)) => Box::pin(driver::run(ws, principal, ctx)).await,
                 Ok(Err(e)) => {
                     ctx.stats.fail(HandshakeFailure::WebSocket);
                     tracing::debug!(%peer, error = %e, "websocket upgrade refused");
