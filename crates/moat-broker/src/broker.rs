@@ -174,6 +174,12 @@ impl Broker {
         let protocol = connect.protocol;
         let v5 = protocol == ProtocolVersion::V5;
 
+        // Enhanced authentication (MQTT-4.12) is not offered: identity comes from the TLS
+        // client certificate. A client that asks for a method is refused (MQTT-4.12.0-1).
+        if connect.properties.authentication_method.is_some() {
+            return refused(protocol, ReasonCode::BadAuthenticationMethod);
+        }
+
         // Client identifier (MQTT-3.1.3-7, -8).
         let assigned = connect.client_id.is_empty();
         let client_id = if assigned {
