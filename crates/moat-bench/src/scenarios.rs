@@ -338,7 +338,8 @@ async fn flood<W: AsyncWrite + Unpin>(mut io: W, mut burst: Burst) -> Result<(),
     }
 }
 
-/// Publishes QoS 1 messages keeping `window` of them unacknowledged; counts PUBACKs.
+/// Publishes QoS 1 messages keeping between `window / 2` and `window` of them
+/// unacknowledged; counts PUBACKs.
 async fn publish_windowed<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<S>,
     publisher: u32,
@@ -369,15 +370,19 @@ async fn publish_windowed<S: AsyncRead + AsyncWrite + Unpin>(
             in_flight += 1;
         }
         conn.flush().await?;
-        let mut acked = 0;
-        conn.read_batch(|packet| {
-            if matches!(packet, Packet::PubAck(_)) {
-                acked += 1;
-            }
-        })
-        .await?;
-        in_flight -= acked.min(in_flight);
-        acknowledged.fetch_add(acked as u64, Ordering::Relaxed);
+        // Refill only once half the window is acknowledged: a broker that sends one PUBACK
+        // per segment would otherwise make the client write one message per syscall.
+        while in_flight > window / 2 {
+            let mut acked = 0;
+            conn.read_batch(|packet| {
+                if matches!(packet, Packet::PubAck(_)) {
+                    acked += 1;
+                }
+            })
+            .await?;
+            in_flight -= acked.min(in_flight);
+            acknowledged.fetch_add(acked as u64, Ordering::Relaxed);
+        }
     }
 }
 
