@@ -183,17 +183,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<(), String> {
     let settings = cli.settings();
     let scenarios = cli.scenarios();
-    let needs_tls = scenarios.iter().any(|s| {
-        matches!(
-            s,
-            Scenario::SecureNamespaces | Scenario::IdleTls | Scenario::Handshakes
-        )
-    });
-    let devices = if needs_tls {
-        settings.devices_needed()
-    } else {
-        0
-    };
+    let devices = settings.devices_needed(&scenarios);
 
     // Before any broker is spawned, so that they inherit it. Each side holds one
     // descriptor per idle connection, plus a margin for everything else.
@@ -228,12 +218,13 @@ fn run(cli: &Cli) -> Result<(), String> {
         return Err("no broker could be prepared".to_owned());
     }
 
-    match procfs::load_average() {
-        Ok(load) if load > 0.5 => eprintln!(
-            "warning: load average is {load:.2}: other processes share the CPUs, \
-             so the figures will be skewed (see \"CPU of other processes\")"
+    match machine_load(Duration::from_secs(1)) {
+        Ok(cores) if cores > 0.25 => eprintln!(
+            "warning: other processes are using {cores:.2} cores; the figures will be \
+             skewed (see \"CPU of other processes\" in each table)"
         ),
-        _ => {}
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: {e}"),
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -315,6 +306,14 @@ impl Background {
             + procfs::own_cpu_time()?.saturating_sub(self.harness);
         Ok(machine.saturating_sub(ours).as_secs_f64() / self.at.elapsed().as_secs_f64())
     }
+}
+
+/// Cores the machine keeps busy on average over `period`, while the harness sleeps.
+fn machine_load(period: Duration) -> Result<f64, String> {
+    let before = procfs::machine_busy_time()?;
+    std::thread::sleep(period);
+    let busy = procfs::machine_busy_time()?.saturating_sub(before);
+    Ok(busy.as_secs_f64() / period.as_secs_f64())
 }
 
 /// Facts a reader needs to judge the figures: machine, versions, command.

@@ -26,16 +26,6 @@ pub fn machine_busy_time() -> Result<Duration, String> {
     parse_machine_busy(&text).ok_or_else(|| "cannot parse /proc/stat".to_owned())
 }
 
-/// The 1-minute load average.
-pub fn load_average() -> Result<f64, String> {
-    let text = std::fs::read_to_string("/proc/loadavg")
-        .map_err(|e| format!("reading /proc/loadavg: {e}"))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "cannot parse /proc/loadavg".to_owned())
-}
-
 /// Resident set size of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");

@@ -125,11 +125,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How many device certificates the selected scenarios need.
-    pub fn devices_needed(&self) -> usize {
-        self.devices
-            .max(self.idle_tls)
-            .max(self.handshake_concurrency)
+    /// How many device certificates `scenarios` need (0 when none uses mutual TLS).
+    pub fn devices_needed(&self, scenarios: &[Scenario]) -> usize {
+        scenarios
+            .iter()
+            .map(|scenario| match scenario {
+                Scenario::SecureNamespaces => self.devices,
+                Scenario::IdleTls => self.idle_tls,
+                Scenario::Handshakes => self.handshake_concurrency,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
