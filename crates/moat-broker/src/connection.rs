@@ -145,6 +145,14 @@ impl Outbox {
             .filter(|gate| *gate > committed)
     }
 
+    /// Frees the queue's storage when nothing waits, so that an idle connection does not
+    /// keep room for several packets.
+    pub fn release_if_empty(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+    }
+
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()

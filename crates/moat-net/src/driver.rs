@@ -58,23 +58,69 @@ pub(crate) struct DriverContext {
 }
 
 /// Runs one MQTT connection to its end.
+///
+/// The task's own state is the transport, two buffers and a few pointers: each phase is a
+/// boxed future borrowing them, so an idle connection holds only the phase it is in.
 pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: DriverContext) {
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
+    let notify = Arc::new(NotifyWaker(Notify::new()));
+    let mut outbox = Outbox::new();
+    let accepted = Box::pin(accept_connect(
+        &mut io,
+        &mut rbuf,
+        &mut wbuf,
+        principal,
+        &notify,
+        &mut outbox,
+        &ctx,
+    ))
+    .await;
+    let Some(mut conn) = accepted else {
+        io.close().await;
+        return;
+    };
+    let span =
+        tracing::info_span!("mqtt", client = %conn.client_id(), principal = %conn.principal());
+    let close = Box::pin(session(
+        &mut io,
+        &mut conn,
+        &mut outbox,
+        &mut rbuf,
+        &mut wbuf,
+        &notify,
+        &ctx,
+    ))
+    .instrument(span.clone())
+    .await;
+    Box::pin(finish(&mut io, conn, close, &mut wbuf, &ctx))
+        .instrument(span)
+        .await;
+}
+
+/// Reads CONNECT within the deadline and asks the broker. On success the CONNACK is in
+/// `outbox`; on refusal it has been written and `None` is returned.
+async fn accept_connect<T: Transport>(
+    io: &mut T,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    principal: Principal,
+    notify: &Arc<NotifyWaker>,
+    outbox: &mut Outbox,
+    ctx: &DriverContext,
+) -> Option<Box<Connection>> {
     let decode_limits = moat_mqtt::Limits {
         max_packet_size: ctx.broker.config().max_packet_size,
         ..moat_mqtt::Limits::default()
     };
-
     // CONNECT must arrive before the deadline (MQTT-3.1.4-1 allows closing otherwise).
     let deadline = Instant::now() + ctx.limits.connect_timeout;
     let connect = loop {
-        match moat_mqtt::decode_connect(&mut rbuf, &decode_limits) {
+        match moat_mqtt::decode_connect(rbuf, &decode_limits) {
             Ok(Some(Packet::Connect(c))) => break c,
             Ok(Some(_)) => {
                 ctx.stats.fail(HandshakeFailure::BadConnect);
-                io.close().await;
-                return;
+                return None;
             }
             Ok(None) => {}
             Err(e) => {
@@ -86,89 +132,80 @@ pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: Driv
                         reason_code: ReasonCode::UnsupportedProtocolVersion,
                         properties: ConnAckProperties::default(),
                     });
-                    moat_mqtt::encode(&connack, ProtocolVersion::V311, &mut wbuf);
-                    let _ = io.write_all_from(&mut wbuf).await;
+                    moat_mqtt::encode(&connack, ProtocolVersion::V311, wbuf);
+                    let _ = io.write_all_from(wbuf).await;
                 }
                 tracing::debug!(error = %e, "bad CONNECT");
-                io.close().await;
-                return;
+                return None;
             }
         }
-        match tokio::time::timeout_at(deadline, io.read_into(&mut rbuf, MIN_READ_HINT)).await {
+        match tokio::time::timeout_at(deadline, io.read_into(rbuf, MIN_READ_HINT)).await {
             Ok(Ok(n)) if n > 0 => {
                 ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Ok(_) => return,
+            Ok(_) => return None,
             Err(_) => {
                 ctx.stats.fail(HandshakeFailure::ConnectTimeout);
-                io.close().await;
-                return;
+                return None;
             }
         }
     };
-
     let protocol = connect.protocol;
-    let notify = Arc::new(NotifyWaker(Notify::new()));
-    let outcome = ctx.broker.connect(
-        *connect,
-        principal.clone(),
-        notify.clone(),
-        Timestamp::now(),
-    );
-    let (mut conn, connack, commit) = match outcome {
+    let waker: Arc<dyn Wake> = notify.clone();
+    let outcome = ctx
+        .broker
+        .connect(*connect, principal.clone(), waker, Timestamp::now());
+    match outcome {
         ConnectOutcome::Refused { connack, reason } => {
             tracing::info!(%principal, ?reason, "connection refused");
-            moat_mqtt::encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
-            let _ = io.write_all_from(&mut wbuf).await;
-            io.close().await;
-            return;
+            moat_mqtt::encode(&Packet::ConnAck(connack), protocol, wbuf);
+            let _ = io.write_all_from(wbuf).await;
+            None
         }
         ConnectOutcome::Accepted {
             connection,
             connack,
             commit,
-        } => (connection, connack, commit),
-    };
-    let span = tracing::info_span!("mqtt", client = %conn.client_id(), %principal);
-    async move {
-        tracing::debug!(session_present = connack.session_present, "connected");
-        let mut outbox = Outbox::new();
-        outbox.push(Packet::ConnAck(connack), commit);
-        let close = Box::pin(session(
-            &mut io,
-            &mut conn,
-            &mut outbox,
-            &mut rbuf,
-            &mut wbuf,
-            &notify,
-            &ctx,
-        ))
-        .await;
-        match close.kind {
-            CloseKind::Violation => {
-                ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            CloseKind::Lost if close.reason == ReasonCode::KeepAliveTimeout => {
-                ctx.stats
-                    .keep_alive_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+        } => {
+            tracing::debug!(session_present = connack.session_present, "connected");
+            outbox.push(Packet::ConnAck(connack), commit);
+            Some(connection)
         }
-        tracing::debug!(reason = ?close.reason, kind = ?close.kind, "closing");
-        if let Some(packet) = conn.disconnect_packet(&close) {
-            wbuf.clear();
-            moat_mqtt::encode(&packet, conn.protocol(), &mut wbuf);
-            let n = wbuf.len();
-            if io.write_all_from(&mut wbuf).await.is_ok() {
-                ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-        io.close().await;
-        conn.closed(&close, Timestamp::now());
     }
-    .instrument(span)
-    .await;
+}
+
+/// Counts why the connection ended, sends DISCONNECT where the protocol allows, closes the
+/// transport and hands the session back to the broker.
+async fn finish<T: Transport>(
+    io: &mut T,
+    conn: Box<Connection>,
+    close: Close,
+    wbuf: &mut BytesMut,
+    ctx: &DriverContext,
+) {
+    match close.kind {
+        CloseKind::Violation => {
+            ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        CloseKind::Lost if close.reason == ReasonCode::KeepAliveTimeout => {
+            ctx.stats
+                .keep_alive_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    tracing::debug!(reason = ?close.reason, kind = ?close.kind, "closing");
+    if let Some(packet) = conn.disconnect_packet(&close) {
+        wbuf.clear();
+        moat_mqtt::encode(&packet, conn.protocol(), wbuf);
+        let n = wbuf.len();
+        let write = tokio::time::timeout(ctx.limits.write_timeout, io.write_all_from(wbuf));
+        if let Ok(Ok(())) = write.await {
+            ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    io.close().await;
+    conn.closed(&close, Timestamp::now());
 }
 
 /// The connected phase. Returns why it ended.
@@ -243,6 +280,7 @@ async fn session<T: Transport>(
                 break;
             }
         }
+        outbox.release_if_empty();
         let waiting_commit = outbox.blocked_on(*committed.borrow()).is_some();
         // Flow control: while sessions this client publishes to are backed up, its socket is
         // not read (TCP pushes back on it) and its keep alive is not held against it.

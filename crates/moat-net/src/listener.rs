@@ -105,51 +105,67 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
-        let kind = listener.kind.clone();
         let span = tracing::debug_span!("conn", %peer);
-        let fut = async move {
-            ctx.stats.open.fetch_add(1, Ordering::Relaxed);
-            handle(tcp, peer, kind, ctx.clone()).await;
-            ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+        // Each kind spawns its own future type, so a task is exactly as large as its
+        // transport needs (a plaintext connection does not carry TLS or WebSocket state).
+        match &listener.kind {
+            ListenerKind::DangerPlaintext { allow_anonymous } => {
+                let principal = if *allow_anonymous {
+                    Principal::Anonymous
+                } else {
+                    Principal::Unauthenticated
+                };
+                spawn_counted(
+                    ctx.clone(),
+                    driver::run(Stream(tcp), principal, ctx).instrument(span),
+                );
+            }
+            ListenerKind::MqttTls(config) => {
+                let config = config.clone();
+                spawn_counted(ctx.clone(), mqtt_tls(tcp, config, ctx).instrument(span));
+            }
+            ListenerKind::MqttWss(config) => {
+                let config = config.clone();
+                spawn_counted(
+                    ctx.clone(),
+                    mqtt_wss(tcp, peer, config, ctx).instrument(span),
+                );
+            }
         }
-        .instrument(span);
-        tokio::spawn(fut);
     }
 }
 
-/// Each stage is boxed so that a connection's task holds only the state of the transport
-/// it actually uses (a plaintext connection does not pay for a TLS or WebSocket stream).
-async fn handle(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: DriverContext) {
-    match kind {
-        ListenerKind::DangerPlaintext { allow_anonymous } => {
-            let principal = if allow_anonymous {
-                Principal::Anonymous
-            } else {
-                Principal::Unauthenticated
-            };
-            Box::pin(driver::run(Stream(tcp), principal, ctx)).await;
+fn spawn_counted(
+    ctx: DriverContext,
+    connection: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+        connection.await;
+        ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+async fn mqtt_tls(tcp: TcpStream, config: Arc<ServerConfig>, ctx: DriverContext) {
+    let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
+        return;
+    };
+    driver::run(Stream(tls), principal, ctx).await;
+}
+
+async fn mqtt_wss(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, ctx: DriverContext) {
+    let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
+    let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
+        return;
+    };
+    let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
+    match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
+        Ok(Ok(ws)) => driver::run(ws, principal, ctx).await,
+        Ok(Err(e)) => {
+            ctx.stats.fail(HandshakeFailure::WebSocket);
+            tracing::debug!(%peer, error = %e, "websocket upgrade refused");
         }
-        ListenerKind::MqttTls(config) => {
-            let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
-                return;
-            };
-            Box::pin(driver::run(Stream(tls), principal, ctx)).await;
-        }
-        ListenerKind::MqttWss(config) => {
-            let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
-            let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
-                return;
-            };
-            let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
-            match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
-                Ok(Ok(ws)) => Box::pin(driver::run(ws, principal, ctx)).await,
-                Ok(Err(e)) => {
-                    ctx.stats.fail(HandshakeFailure::WebSocket);
-                    tracing::debug!(%peer, error = %e, "websocket upgrade refused");
-                }
-                Err(_) => ctx.stats.fail(HandshakeFailure::Timeout),
-            }
-        }
+        Err(_) => ctx.stats.fail(HandshakeFailure::Timeout),
     }
 }
 
@@ -158,10 +174,10 @@ async fn handshake(
     tcp: TcpStream,
     config: Arc<ServerConfig>,
     ctx: &DriverContext,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Principal)> {
+) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Principal)> {
     let accept = TlsAcceptor::from(config).accept(tcp);
     let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             ctx.stats.fail(HandshakeFailure::Tls);
             tracing::debug!(error = %e, "TLS handshake failed");
