@@ -119,6 +119,11 @@ struct Cli {
     #[arg(long, default_value_t = 32)]
     connect_concurrency: usize,
 
+    /// Longest a scenario may run on one broker before it is abandoned (a broker that stops
+    /// answering must not hang the run).
+    #[arg(long, default_value = "3m", value_parser = stats::parse_duration)]
+    scenario_timeout: Duration,
+
     /// Worker threads of the client runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
@@ -241,8 +246,15 @@ fn run(cli: &Cli) -> Result<(), String> {
             eprintln!("{title}: {} ...", setup.kind);
             let outcome = setup.start().and_then(|broker| {
                 let background = Background::start(broker.pid)?;
-                let mut outcome =
-                    runtime.block_on(scenarios::run(scenario, &broker, &setup.pki, &settings));
+                let run = scenarios::run(scenario, &broker, &setup.pki, &settings);
+                let mut outcome = runtime
+                    .block_on(async { tokio::time::timeout(cli.scenario_timeout, run).await })
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "gave up after {:?} (raise --scenario-timeout?)",
+                            cli.scenario_timeout
+                        ))
+                    });
                 if let Ok(outcome) = &mut outcome {
                     outcome.figures.push(Figure::new(
                         "CPU of other processes",
@@ -274,7 +286,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         println!("{}", header_text(&setups));
         println!("{}", report::text(&reports));
     }
-    Ok(())
+    let failed = reports
+        .iter()
+        .flat_map(|r| &r.runs)
+        .filter(|(_, outcome)| outcome.is_err())
+        .count();
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} scenario run(s) failed; see the notes above")),
+    }
 }
 
 /// Measures how much CPU the rest of the machine used while a scenario ran: everything

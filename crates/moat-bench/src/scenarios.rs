@@ -736,10 +736,14 @@ enum Transport {
     Tls,
 }
 
-/// A connection held open and idle; only its stream is kept.
+/// A connection held open and idle; only its stream is kept, and never read.
+#[expect(
+    dead_code,
+    reason = "the streams are held only to keep the connections open"
+)]
 enum IdleStream {
-    Tcp(#[allow(dead_code)] tokio::net::TcpStream),
-    Tls(#[allow(dead_code)] Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
 async fn idle(
