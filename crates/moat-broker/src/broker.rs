@@ -458,7 +458,7 @@ impl Broker {
         extra_ops: Vec<StoreOp>,
         now: Timestamp,
     ) -> RouteOutcome {
-        self.route_from(message, extra_ops, now, None, &mut Vec::new())
+        self.route_from(message, extra_ops, now, None, &mut Vec::new(), None)
     }
 
     /// [`Broker::route`] for a message from a connection: every connected session whose
@@ -471,6 +471,7 @@ impl Broker {
         now: Timestamp,
         publisher: Option<&Arc<dyn Wake>>,
         congested: &mut Vec<Arc<SessionCell>>,
+        deferred_wakes: Option<&mut Vec<Arc<SessionCell>>>,
     ) -> RouteOutcome {
         let message = message.into_inner();
         let stats = &self.shared.stats;
@@ -542,8 +543,21 @@ impl Broker {
         // Wake subscribers only after the batch is submitted, so that whatever they do next
         // (a DeleteOutbound after a PUBACK) is ordered after the PutOutbound it undoes.
         let commit = self.submit(extra_ops);
-        for cell in woken {
-            cell.lock().wake();
+        match deferred_wakes {
+            // A publisher handling a batch of packets wakes each subscriber once at the end
+            // of the batch, so subscribers drain many messages per write.
+            Some(deferred) => {
+                for cell in woken {
+                    if cell.claim_wake() {
+                        deferred.push(cell);
+                    }
+                }
+            }
+            None => {
+                for cell in woken {
+                    cell.lock().wake();
+                }
+            }
         }
         RouteOutcome { matched, commit }
     }

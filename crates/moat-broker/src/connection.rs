@@ -183,6 +183,8 @@ pub struct Connection {
     waker: Arc<dyn Wake>,
     /// Sessions whose queues this connection's messages filled past the high watermark.
     congested: Vec<Arc<SessionCell>>,
+    /// Sessions to wake at the end of the current batch of packets.
+    pending_wakes: Vec<Arc<SessionCell>>,
 }
 
 impl Connection {
@@ -228,6 +230,7 @@ impl Connection {
             resend: session_present,
             waker,
             congested: Vec::new(),
+            pending_wakes: Vec::new(),
         }
     }
 
@@ -251,6 +254,14 @@ impl Connection {
         moat_mqtt::Limits {
             max_packet_size: self.broker.config().max_packet_size,
             ..moat_mqtt::Limits::default()
+        }
+    }
+
+    /// Wakes the subscribers the messages handled since the last call went to. The driver
+    /// calls it after each batch of packets, before waiting for anything.
+    pub fn flush_wakes(&mut self) {
+        for cell in self.pending_wakes.drain(..) {
+            cell.deliver_wake();
         }
     }
 
@@ -457,9 +468,14 @@ impl Connection {
                 });
             }
         }
-        let outcome =
-            self.broker
-                .route_from(authorized, ops, now, Some(&self.waker), &mut self.congested);
+        let outcome = self.broker.route_from(
+            authorized,
+            ops,
+            now,
+            Some(&self.waker),
+            &mut self.congested,
+            Some(&mut self.pending_wakes),
+        );
         let reason = if outcome.matched == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -909,7 +925,8 @@ impl Connection {
 
     /// Ends the connection: detaches it from its session, publishes or schedules the will,
     /// and ends the session if its expiry interval is 0.
-    pub fn closed(self, close: &Close, now: Timestamp) {
+    pub fn closed(mut self, close: &Close, now: Timestamp) {
+        self.flush_wakes();
         self.broker
             .disconnected(&self.cell, self.conn_id, close.publishes_will(), now);
     }

@@ -16,6 +16,8 @@ pub(crate) struct SessionCell {
     pub id: u64,
     pub client_id: ClientId,
     online: AtomicBool,
+    /// Set while some publisher holds this session in its deferred wake list.
+    wake_pending: AtomicBool,
     state: Mutex<SessionState>,
 }
 
@@ -25,6 +27,7 @@ impl SessionCell {
             id,
             client_id,
             online: AtomicBool::new(false),
+            wake_pending: AtomicBool::new(false),
             state: Mutex::new(state),
         })
     }
@@ -36,6 +39,18 @@ impl SessionCell {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Marks a wake as pending; true if the caller must deliver it (nobody else will).
+    pub fn claim_wake(&self) -> bool {
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Delivers a pending wake: clears the mark first, so that a message queued after this
+    /// point claims a new wake rather than relying on this one.
+    pub fn deliver_wake(&self) {
+        self.wake_pending.store(false, Ordering::Release);
+        self.lock().wake();
     }
 
     /// Locks the state. A poisoned lock means a panic elsewhere already broke an invariant

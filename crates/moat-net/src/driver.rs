@@ -248,6 +248,7 @@ async fn session<T: Transport>(
                     }
                 }
             }
+            conn.flush_wakes();
             // An idle connection keeps no read buffer: the next read allocates one.
             // (Decoded payloads still share the old allocation until delivered.)
             if rbuf.is_empty() {
