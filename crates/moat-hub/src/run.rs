@@ -135,7 +135,10 @@ pub async fn run(
 ) -> Result<(), HubError> {
     let ca = load_ca(&config.data_dir)?;
     let server = ca.issue_server_certificate(&config.server_names, now())?;
-    let roots = [ca.root_cert_der()];
+    // The issuing CA is a trust anchor too: path building stops at it, so a handshake
+    // verifies one signature (the device's) instead of two; the root stays an anchor for
+    // chains that do not include the issuing CA's certificate.
+    let roots = [ca.issuing_cert_der(), ca.root_cert_der()];
     let mqtt_tls = moat_net::server_config(
         server.chain.clone(),
         server.key_der.clone_key(),

@@ -29,7 +29,7 @@ pub fn server_config(
     client_roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(provider());
     let mut roots = RootCertStore::empty();
     for root in client_roots {
         roots.add(root.clone()).map_err(TlsError::TrustAnchor)?;
@@ -44,7 +44,27 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(TlsError::ServerIdentity)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The hub's suite order, not the client's: AES-128-GCM with SHA-256 first (the same
+    // 128-bit security level as the P-256 keys, and a cheaper key schedule than SHA-384).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// aws-lc-rs with the hub's cipher suite preference. Key exchange groups keep the
+/// provider's default order (post-quantum hybrid first when the client offers it).
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
 }
 
 /// Server configuration without client authentication, for the HTTPS API (which
