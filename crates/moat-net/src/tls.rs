@@ -47,6 +47,10 @@ pub fn server_config(
     // The hub's suite order, not the client's: AES-128-GCM with SHA-256 first (the same
     // 128-bit security level as the P-256 keys, and a cheaper key schedule than SHA-384).
     config.ignore_client_order = true;
+    // No TLS 1.3 tickets: the in-memory session cache holds 256 entries, useless for a fleet,
+    // and writing two tickets per handshake cost CPU for nothing. Fleet-scale resumption
+    // (stateless tickets) is future work.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
