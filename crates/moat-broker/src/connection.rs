@@ -10,6 +10,7 @@
 //! connection must end; the driver then sends DISCONNECT (MQTT 5) if [`Close::notify_peer`]
 //! and calls [`Connection::closed`].
 
+use bytes::Bytes;
 use moat_mqtt::{
     AckProperties, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion, PubResponse,
     Publish, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -96,10 +97,20 @@ impl Close {
     }
 }
 
+/// What the outbox holds: a packet to encode, or one already encoded (a QoS 0 message is
+/// encoded once and the bytes are shared by every subscriber that receives it unchanged).
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Encode for the connection's protocol version.
+    Packet(Packet),
+    /// Write as is.
+    Encoded(Bytes),
+}
+
 /// Packets waiting to be written, each gated on a durability commit sequence.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    items: VecDeque<(u64, Packet)>,
+    items: VecDeque<(u64, Outgoing)>,
     gate: u64,
     pending_acks: usize,
 }
@@ -117,21 +128,26 @@ impl Outbox {
         if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
             self.pending_acks += 1;
         }
-        self.items.push_back((self.gate, packet));
+        self.items.push_back((self.gate, Outgoing::Packet(packet)));
+    }
+
+    /// Appends an already encoded packet, in order like [`Outbox::push`].
+    pub fn push_encoded(&mut self, bytes: Bytes) {
+        self.items.push_back((self.gate, Outgoing::Encoded(bytes)));
     }
 
     /// The next packet whose commit is durable given `committed`.
-    pub fn pop_ready(&mut self, committed: u64) -> Option<Packet> {
+    pub fn pop_ready(&mut self, committed: u64) -> Option<Outgoing> {
         if self
             .items
             .front()
             .is_some_and(|(gate, _)| *gate <= committed)
         {
-            let (_, packet) = self.items.pop_front()?;
-            if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+            let (_, out) = self.items.pop_front()?;
+            if matches!(out, Outgoing::Packet(Packet::PubAck(_) | Packet::PubRec(_))) {
                 self.pending_acks -= 1;
             }
-            Some(packet)
+            Some(out)
         } else {
             None
         }
@@ -792,6 +808,13 @@ impl Connection {
                 }
                 continue;
             }
+            if let Some(bytes) = self.shared_encoding(&pending) {
+                out.push_encoded(bytes);
+                cfg_stat(&self.broker)
+                    .messages_out
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let packet_id = if pending.qos == QoS::AtMostOnce {
                 None
             } else {
@@ -855,6 +878,23 @@ impl Connection {
             w.wake();
         }
         Ok(more)
+    }
+
+    /// The message's shared QoS 0 encoding, when this delivery needs nothing per client: no
+    /// topic alias, no subscription identifier, no expiry to count down, and a packet that
+    /// fits the client's Maximum Packet Size. `None` sends it the general way.
+    fn shared_encoding(&self, pending: &crate::session::Pending) -> Option<Bytes> {
+        let m = &pending.message;
+        let per_client = self.v5()
+            && (self.client_topic_alias_maximum > 0
+                || !pending.subscription_ids.is_empty()
+                || m.expires_at.is_some());
+        if pending.qos != QoS::AtMostOnce || per_client {
+            return None;
+        }
+        let bytes = m.encoded_qos0(self.protocol, pending.retain);
+        (u64::try_from(bytes.len()).unwrap_or(u64::MAX) <= u64::from(self.client_max_packet_size))
+            .then_some(bytes)
     }
 
     /// Builds the PUBLISH for one delivery, assigning an outbound topic alias when the

@@ -34,7 +34,7 @@ mod stats;
 pub use auth::{Authorized, Authorizer, ConnectDenied, NamespaceAuthorizer, Principal};
 pub use broker::{Broker, ConnectOutcome, RouteOutcome};
 pub use config::BrokerConfig;
-pub use connection::{Close, CloseKind, Connection, Outbox};
+pub use connection::{Close, CloseKind, Connection, Outbox, Outgoing};
 pub use message::Message;
 pub use moat_mqtt::ReasonCode;
 pub use stats::Stats;

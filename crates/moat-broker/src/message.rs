@@ -27,6 +27,8 @@ pub struct Message {
     /// The publishing session, for No Local (MQTT-3.8.3-3).
     pub origin: Option<u64>,
     stored: OnceLock<Bytes>,
+    /// QoS 0 encodings shared by subscribers: [3.1.1, 3.1.1 retained, 5, 5 retained].
+    qos0: [OnceLock<Bytes>; 4],
 }
 
 impl Message {
@@ -52,6 +54,7 @@ impl Message {
             expires_at,
             origin,
             stored: OnceLock::new(),
+            qos0: Default::default(),
         })
     }
 
@@ -67,6 +70,32 @@ impl Message {
             let ms = at.as_millis().saturating_sub(now.as_millis());
             u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
         })
+    }
+
+    /// The message encoded as a QoS 0 PUBLISH for `version` with `retain`, built on first use
+    /// and shared by every delivery that needs nothing per client (no alias, no
+    /// subscription identifier, no expiry).
+    pub fn encoded_qos0(&self, version: ProtocolVersion, retain: bool) -> Bytes {
+        let slot = usize::from(version == ProtocolVersion::V5) * 2 + usize::from(retain);
+        self.qos0[slot]
+            .get_or_init(|| {
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain,
+                    topic: Some(self.topic.clone()),
+                    packet_id: None,
+                    properties: match version {
+                        ProtocolVersion::V5 => self.properties.clone(),
+                        ProtocolVersion::V311 => PublishProperties::default(),
+                    },
+                    payload: self.payload.clone(),
+                };
+                let mut buf = BytesMut::new();
+                moat_mqtt::encode(&Packet::Publish(publish), version, &mut buf);
+                buf.freeze()
+            })
+            .clone()
     }
 
     /// The message as stored, for a delivery at `qos` with `retain`.
@@ -124,6 +153,7 @@ impl Message {
             expires_at: stored.expires_at,
             origin: None,
             stored: OnceLock::from(stored.encoded.clone()),
+            qos0: Default::default(),
         });
         Some((message, qos, stored.retain))
     }

@@ -2,7 +2,9 @@
 //! broker's [`Connection`], writes what its [`Outbox`] releases, and enforces keep alive.
 
 use bytes::BytesMut;
-use moat_broker::{Broker, Close, CloseKind, ConnectOutcome, Connection, Outbox, Principal, Wake};
+use moat_broker::{
+    Broker, Close, CloseKind, ConnectOutcome, Connection, Outbox, Outgoing, Principal, Wake,
+};
 use moat_mqtt::{ConnAck, ConnAckProperties, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use moat_types::Timestamp;
 use std::sync::Arc;
@@ -262,8 +264,11 @@ async fn session<T: Transport>(
                 Err(close) => return close,
             };
             let done = *committed.borrow();
-            while let Some(packet) = outbox.pop_ready(done) {
-                moat_mqtt::encode(&packet, protocol, wbuf);
+            while let Some(out) = outbox.pop_ready(done) {
+                match out {
+                    Outgoing::Packet(packet) => moat_mqtt::encode(&packet, protocol, wbuf),
+                    Outgoing::Encoded(bytes) => wbuf.extend_from_slice(&bytes),
+                }
             }
             if !wbuf.is_empty() {
                 let n = wbuf.len();
