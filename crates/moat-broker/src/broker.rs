@@ -496,6 +496,11 @@ impl Broker {
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|s| s.session.id);
         }
+        // Overlapping subscriptions of one session also count here; the hint only decides
+        // whether to share one encoding.
+        if targets.len() > 1 {
+            message.mark_fan_out();
+        }
         let mut matched = 0;
         let mut woken = Vec::new();
         let mut i = 0;

@@ -889,7 +889,8 @@ impl Connection {
             && (self.client_topic_alias_maximum > 0
                 || !pending.subscription_ids.is_empty()
                 || m.expires_at.is_some());
-        if pending.qos != QoS::AtMostOnce || per_client {
+        // A message for one subscriber is encoded straight into the write buffer instead.
+        if pending.qos != QoS::AtMostOnce || per_client || !m.is_fanned_out() {
             return None;
         }
         let bytes = m.encoded_qos0(self.protocol, pending.retain);

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use moat_mqtt::{Limits, Packet, ProtocolVersion, Publish, PublishProperties};
 use moat_types::{QoS, Timestamp, TopicName};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub struct Message {
     stored: OnceLock<Bytes>,
     /// QoS 0 encodings shared by subscribers: [3.1.1, 3.1.1 retained, 5, 5 retained].
     qos0: [OnceLock<Bytes>; 4],
+    /// Set by the router when the message goes to more than one session, the case where a
+    /// shared encoding pays for itself.
+    fan_out: AtomicBool,
 }
 
 impl Message {
@@ -55,6 +59,7 @@ impl Message {
             origin,
             stored: OnceLock::new(),
             qos0: Default::default(),
+            fan_out: AtomicBool::new(false),
         })
     }
 
@@ -70,6 +75,18 @@ impl Message {
             let ms = at.as_millis().saturating_sub(now.as_millis());
             u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
         })
+    }
+
+    /// Marks the message as going to several sessions (see [`Message::is_fanned_out`]).
+    pub(crate) fn mark_fan_out(&self) {
+        self.fan_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the router delivered the message to more than one session. Read by a
+    /// subscriber after taking the message from its queue, whose lock orders it after the
+    /// router's store.
+    pub fn is_fanned_out(&self) -> bool {
+        self.fan_out.load(Ordering::Relaxed)
     }
 
     /// The message encoded as a QoS 0 PUBLISH for `version` with `retain`, built on first use
@@ -154,6 +171,7 @@ impl Message {
             origin: None,
             stored: OnceLock::from(stored.encoded.clone()),
             qos0: Default::default(),
+            fan_out: AtomicBool::new(false),
         });
         Some((message, qos, stored.retain))
     }

@@ -226,6 +226,10 @@ async fn session<T: Transport>(
     let mut committed = ctx.committed.clone();
     let mut last_heard = Instant::now();
     let mut read_hint = MIN_READ_HINT;
+    // One timer for the connection's life, re-armed only when it fires early, rather than a
+    // new timer registration per loop turn.
+    let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
+    tokio::pin!(keep_alive_timer);
     loop {
         // Handle what has been read, stopping as soon as a session this client publishes
         // to is backed up: the rest waits in the buffer until it drains.
@@ -297,7 +301,7 @@ async fn session<T: Transport>(
             // The congestion cleared already: handle the rest of the buffer before reading.
             continue;
         }
-        let deadline = last_heard + keep_alive;
+
         tokio::select! {
             read = io.read_into(rbuf, read_hint), if !paused => {
                 match read {
@@ -318,8 +322,14 @@ async fn session<T: Transport>(
                     };
                 }
             }
-            () = tokio::time::sleep_until(deadline), if !paused => {
-                return Close::lost(ReasonCode::KeepAliveTimeout);
+            () = &mut keep_alive_timer, if !paused => {
+                // Re-armed lazily: reads only record when they happened.
+                let deadline = last_heard + keep_alive;
+                if deadline > Instant::now() {
+                    keep_alive_timer.as_mut().reset(deadline);
+                } else {
+                    return Close::lost(ReasonCode::KeepAliveTimeout);
+                }
             }
         }
     }
