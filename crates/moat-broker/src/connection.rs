@@ -797,7 +797,8 @@ impl Connection {
             };
             budget -= 1;
             if pending.message.is_expired(now) {
-                cfg_stat(&self.broker)
+                self.broker
+                    .stats()
                     .dropped_expired
                     .fetch_add(1, Ordering::Relaxed);
                 if pending.stored {
@@ -810,7 +811,8 @@ impl Connection {
             }
             if let Some(bytes) = self.shared_encoding(&pending) {
                 out.push_encoded(bytes);
-                cfg_stat(&self.broker)
+                self.broker
+                    .stats()
                     .messages_out
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -858,7 +860,8 @@ impl Connection {
                 });
             }
             out.push(Packet::Publish(publish), gate);
-            cfg_stat(&self.broker)
+            self.broker
+                .stats()
                 .messages_out
                 .fetch_add(1, Ordering::Relaxed);
         }
@@ -949,7 +952,8 @@ impl Connection {
         if u64::from(limit) < u64::from(self.broker.config().max_packet_size) + OUTBOUND_HEADROOM {
             let len = moat_mqtt::encoded_len(&packet, self.protocol);
             if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(limit) {
-                cfg_stat(&self.broker)
+                self.broker
+                    .stats()
                     .dropped_too_large
                     .fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -977,8 +981,4 @@ impl Connection {
         (self.v5() && close.notify_peer())
             .then(|| Packet::Disconnect(Disconnect::with_reason(close.reason)))
     }
-}
-
-fn cfg_stat(broker: &Broker) -> &crate::Stats {
-    broker.stats()
 }
