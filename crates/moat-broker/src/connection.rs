@@ -10,7 +10,7 @@
 //! connection must end; the driver then sends DISCONNECT (MQTT 5) if [`Close::notify_peer`]
 //! and calls [`Connection::closed`].
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use moat_mqtt::{
     AckProperties, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion, PubResponse,
     Publish, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -31,6 +31,9 @@ use crate::{ReasonCode, Wake};
 /// Most messages moved into the outbox by one [`Connection::poll_outbound`] call, so that one
 /// busy subscriber cannot monopolise its driver between reads.
 const POLL_BUDGET: usize = 256;
+
+/// An outbox's in-place encoding buffer larger than this is released when it empties.
+const MAX_IDLE_DIRECT_BUFFER: usize = 16 * 1024;
 
 /// Most bytes the hub adds to a message it forwards (subscription identifiers for up to the
 /// subscription limit, topic alias, message expiry), used to skip measuring packets that
@@ -108,11 +111,16 @@ pub enum Outgoing {
 }
 
 /// Packets waiting to be written, each gated on a durability commit sequence.
+///
+/// PUBLISHes that wait for nothing while nothing else waits are encoded straight into
+/// `direct`, which the driver writes before any queued item: everything in `direct` was
+/// written while `items` was empty, so it precedes every item.
 #[derive(Debug, Default)]
 pub struct Outbox {
     items: VecDeque<(u64, Outgoing)>,
     gate: u64,
     pending_acks: usize,
+    direct: BytesMut,
 }
 
 impl Outbox {
@@ -133,7 +141,35 @@ impl Outbox {
 
     /// Appends an already encoded packet, in order like [`Outbox::push`].
     pub fn push_encoded(&mut self, bytes: Bytes) {
-        self.items.push_back((self.gate, Outgoing::Encoded(bytes)));
+        if self.items.is_empty() {
+            self.direct.extend_from_slice(&bytes);
+        } else {
+            self.items.push_back((self.gate, Outgoing::Encoded(bytes)));
+        }
+    }
+
+    /// Appends a PUBLISH for a connection speaking `version`, in order like
+    /// [`Outbox::push`]; encoded at once when nothing is queued ahead of it.
+    pub fn push_publish(&mut self, publish: Publish, version: ProtocolVersion, commit: u64) {
+        if self.items.is_empty() && commit == 0 {
+            moat_mqtt::encode_publish(&publish, publish.packet_id, version, &mut self.direct);
+        } else {
+            self.push(Packet::Publish(publish), commit);
+        }
+    }
+
+    /// Moves the bytes encoded in place into `wbuf`: swapped when `wbuf` is empty (no copy),
+    /// appended otherwise. Call before [`Outbox::pop_ready`].
+    pub fn take_direct(&mut self, wbuf: &mut BytesMut) {
+        if self.direct.is_empty() {
+            return;
+        }
+        if wbuf.is_empty() {
+            std::mem::swap(wbuf, &mut self.direct);
+        } else {
+            wbuf.extend_from_slice(&self.direct);
+            self.direct.clear();
+        }
     }
 
     /// The next packet whose commit is durable given `committed`.
@@ -166,6 +202,9 @@ impl Outbox {
     pub fn release_if_empty(&mut self) {
         if self.items.is_empty() && self.items.capacity() > 0 {
             self.items = VecDeque::new();
+        }
+        if self.direct.is_empty() && self.direct.capacity() > MAX_IDLE_DIRECT_BUFFER {
+            self.direct = BytesMut::new();
         }
     }
 
@@ -780,7 +819,7 @@ impl Connection {
                 } else if let Some(publish) =
                     self.build_publish(&f.pending, Some(f.packet_id), true, now)
                 {
-                    out.push(Packet::Publish(publish), 0);
+                    out.push_publish(publish, self.protocol, 0);
                 }
             }
         }
@@ -859,7 +898,7 @@ impl Connection {
                     released: false,
                 });
             }
-            out.push(Packet::Publish(publish), gate);
+            out.push_publish(publish, self.protocol, gate);
             self.broker
                 .stats()
                 .messages_out

@@ -268,6 +268,7 @@ async fn session<T: Transport>(
                 Err(close) => return close,
             };
             let done = *committed.borrow();
+            outbox.take_direct(wbuf);
             while let Some(out) = outbox.pop_ready(done) {
                 match out {
                     Outgoing::Packet(packet) => moat_mqtt::encode(&packet, protocol, wbuf),
