@@ -311,7 +311,7 @@ impl Broker {
                     for w in st.take_space_waiters() {
                         w.wake();
                     }
-                    if st.is_persistent() {
+                    if st.is_persistent() || st.persisted {
                         ops.push(StoreOp::DeleteSession {
                             client_id: client_id.clone(),
                         });
@@ -350,13 +350,15 @@ impl Broker {
                 st.disconnected_at = None;
                 st.will = will;
                 if expiry_interval > 0 {
+                    st.persisted = true;
                     ops.push(StoreOp::PutSession {
                         client_id: client_id.clone(),
                         expiry_interval,
                         protocol_level: protocol.level(),
                         disconnected_at: None,
                     });
-                } else if was_persistent {
+                } else if was_persistent || st.persisted {
+                    st.persisted = false;
                     ops.push(StoreOp::DeleteSession {
                         client_id: client_id.clone(),
                     });
@@ -530,7 +532,9 @@ impl Broker {
                     matched += 1;
                     woken.push(cell.clone());
                 }
-                if let Some(publisher) = publisher {
+                // A client subscribed to what it publishes drains its own queue; pausing it
+                // on itself would stop it reading the acknowledgements that drain it.
+                if let Some(publisher) = publisher.filter(|_| message.origin != Some(cell.id)) {
                     let mut st = cell.lock();
                     if st.attached.is_some()
                         && st.queue.len() >= self.shared.config.queue_high_watermark()
@@ -810,22 +814,27 @@ impl Broker {
 
     /// Removes a session from the registry and the router.
     fn end_session(&self, cell: &Arc<SessionCell>, ops: &mut Vec<StoreOp>) {
-        {
+        let subs: Vec<(u64, SubRecord)> = {
             let mut sessions = lock(&self.shared.sessions);
+            let mut st = cell.lock();
+            // A connection that resumed the session since the caller decided to end it
+            // keeps it.
+            if st.attached.is_some() || st.ended {
+                return;
+            }
             if sessions
                 .get(&cell.client_id)
                 .is_some_and(|c| Arc::ptr_eq(c, cell))
             {
                 sessions.remove(&cell.client_id);
             }
-        }
-        let subs: Vec<(u64, SubRecord)> = {
-            let mut st = cell.lock();
+            drop(sessions);
             st.ended = true;
+            cell.set_online(false);
             for w in st.take_space_waiters() {
                 w.wake();
             }
-            if st.is_persistent() {
+            if st.persisted || st.is_persistent() {
                 ops.push(StoreOp::DeleteSession {
                     client_id: cell.client_id.clone(),
                 });
@@ -937,6 +946,7 @@ impl Broker {
                 ProtocolVersion::V311
             };
             let mut st = SessionState::new(protocol, loaded.expiry_interval);
+            st.persisted = true;
             // A session that was connected when the hub stopped counts as disconnected now.
             st.disconnected_at = Some(loaded.disconnected_at.unwrap_or(now));
             let cell_id = self.next_id();

@@ -133,7 +133,8 @@ impl Outbox {
     /// never overtakes one appended before it.
     pub fn push(&mut self, packet: Packet, commit: u64) {
         self.gate = self.gate.max(commit);
-        if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+        // QoS 2 messages are counted by the session's inbound identifiers instead.
+        if matches!(packet, Packet::PubAck(_)) {
             self.pending_acks += 1;
         }
         self.items.push_back((self.gate, Outgoing::Packet(packet)));
@@ -180,7 +181,7 @@ impl Outbox {
             .is_some_and(|(gate, _)| *gate <= committed)
         {
             let (_, out) = self.items.pop_front()?;
-            if matches!(out, Outgoing::Packet(Packet::PubAck(_) | Packet::PubRec(_))) {
+            if matches!(out, Outgoing::Packet(Packet::PubAck(_))) {
                 self.pending_acks -= 1;
             }
             Some(out)
@@ -320,6 +321,12 @@ impl Connection {
         }
     }
 
+    /// Forgets the sessions this connection waits on, so that it is read again (the
+    /// driver's backstop against a pause that does not end).
+    pub fn clear_congestion(&mut self) {
+        self.congested.clear();
+    }
+
     /// Whether the last publish found a backed-up session (cheap; see [`Self::is_paused`]).
     pub fn has_congestion(&self) -> bool {
         !self.congested.is_empty()
@@ -430,8 +437,14 @@ impl Connection {
             } else {
                 usize::from(u16::MAX)
             };
-            let unacked = out.pending_acks + self.cell.lock().inbound_qos2.len();
-            if unacked >= limit {
+            let st = self.cell.lock();
+            // A retransmitted QoS 2 PUBLISH (MQTT-4.4.0-1) is already counted.
+            let retransmit = p.qos == QoS::ExactlyOnce
+                && p.packet_id
+                    .is_some_and(|id| st.inbound_qos2.contains(&id.get()));
+            let unacked = out.pending_acks + st.inbound_qos2.len();
+            drop(st);
+            if !retransmit && unacked >= limit {
                 return Err(Close::violation(ReasonCode::ReceiveMaximumExceeded));
             }
         }
@@ -820,6 +833,17 @@ impl Connection {
                     self.build_publish(&f.pending, Some(f.packet_id), true, now)
                 {
                     out.push_publish(publish, self.protocol, 0);
+                } else {
+                    // Too large for this connection's Maximum Packet Size: dropped as if
+                    // delivered (MQTT-3.1.2-25), so that it does not hold a window slot.
+                    st.inflight.retain(|g| g.packet_id != f.packet_id);
+                    st.packet_ids.release(f.packet_id.get());
+                    if f.pending.stored {
+                        ops.push(StoreOp::DeleteOutbound {
+                            client_id: self.client_id.clone(),
+                            seq: f.pending.seq,
+                        });
+                    }
                 }
             }
         }

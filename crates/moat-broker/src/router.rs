@@ -176,10 +176,13 @@ impl Router {
         for (i, level) in levels.into_iter().enumerate() {
             match &level[..] {
                 b"#" if i == last => {
-                    node.hash
+                    if node
+                        .hash
                         .get_or_insert_with(Box::default)
-                        .insert(share, sub);
-                    self.count += 1;
+                        .insert(share, sub)
+                    {
+                        self.count += 1;
+                    }
                     return;
                 }
                 b"+" => node = node.plus.get_or_insert_with(Box::default),

@@ -178,6 +178,9 @@ pub(crate) struct SessionState {
     pub pending_will: Option<(Timestamp, Arc<Message>)>,
     /// Set when the session is removed from the registry; late deliveries are ignored.
     pub ended: bool,
+    /// Whether the store holds a record of this session (so ending it must delete it, even
+    /// if its expiry interval was set to 0 since).
+    pub persisted: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// Publishers paused because this session's queue passed its high watermark; woken when
@@ -201,6 +204,7 @@ impl SessionState {
             will: None,
             pending_will: None,
             ended: false,
+            persisted: false,
             dropped: 0,
             space_waiters: Vec::new(),
         }

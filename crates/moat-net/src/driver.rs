@@ -9,6 +9,7 @@ use moat_mqtt::{ConnAck, ConnAckProperties, DecodeError, Packet, ProtocolVersion
 use moat_types::Timestamp;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -20,6 +21,10 @@ use crate::transport::Transport;
 
 /// The highest durable commit sequence, published by the storage layer.
 pub type Committed = watch::Receiver<u64>;
+
+/// Longest a connection stays unread because sessions it publishes to are backed up; then
+/// it is read again whatever their state (their queue limit then drops, counted).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Smallest read reservation: what an idle connection holds while it waits for bytes.
 const MIN_READ_HINT: usize = 128;
@@ -180,11 +185,14 @@ async fn accept_connect<T: Transport>(
 /// transport and hands the session back to the broker.
 async fn finish<T: Transport>(
     io: &mut T,
-    conn: Box<Connection>,
+    mut conn: Box<Connection>,
     close: Close,
     wbuf: &mut BytesMut,
     ctx: &DriverContext,
 ) {
+    // Subscribers this connection's last messages went to are woken before anything here
+    // can wait on the peer.
+    conn.flush_wakes();
     match close.kind {
         CloseKind::Violation => {
             ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -206,8 +214,10 @@ async fn finish<T: Transport>(
             ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
-    io.close().await;
+    // The session is released before the polite close, which waits on the peer (a TLS
+    // close_notify cannot be flushed to a peer that stopped reading) and is bounded.
     conn.closed(&close, Timestamp::now());
+    let _ = tokio::time::timeout(ctx.limits.write_timeout, io.close()).await;
 }
 
 /// The connected phase. Returns why it ended.
@@ -226,6 +236,7 @@ async fn session<T: Transport>(
     let mut committed = ctx.committed.clone();
     let mut last_heard = Instant::now();
     let mut read_hint = MIN_READ_HINT;
+    let mut paused_since: Option<Instant> = None;
     // One timer for the connection's life, re-armed only when it fires early, rather than a
     // new timer registration per loop turn.
     let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
@@ -295,8 +306,20 @@ async fn session<T: Transport>(
         let waiting_commit = outbox.blocked_on(*committed.borrow()).is_some();
         // Flow control: while sessions this client publishes to are backed up, its socket is
         // not read (TCP pushes back on it) and its keep alive is not held against it.
-        let paused = conn.is_paused();
+        let mut paused = conn.is_paused();
+        if !paused {
+            paused_since = None;
+        }
         if paused {
+            let since = *paused_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MAX_PAUSE {
+                // Backstop: a cycle of clients publishing to each other can hold each
+                // other paused; read again and let the queue limit decide.
+                conn.clear_congestion();
+                paused = false;
+                paused_since = None;
+                continue;
+            }
             last_heard = Instant::now();
         } else if stopped_early {
             // The congestion cleared already: handle the rest of the buffer before reading.
