@@ -22,8 +22,8 @@ pub struct BrokerConfig {
     /// Most messages queued for one session beyond those in flight. When full, a new message
     /// for that session is dropped (and counted); messages already queued are kept, so an
     /// offline device finds the oldest ones. Before that, flow control: once a connected
-    /// session's queue holds half of this, publishers feeding it stop being read until it
-    /// drains to a quarter. Default 1000.
+    /// session's queue holds three quarters of this, publishers feeding it stop being read
+    /// until it drains to half (keeping the subscriber supplied while they resume). Default 1000.
     pub max_queued_messages: usize,
     /// Most subscriptions one session may hold. Default 256.
     pub max_subscriptions: usize,
@@ -66,12 +66,12 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Queue length at which publishers feeding a connected session are paused.
     pub(crate) fn queue_high_watermark(&self) -> usize {
-        (self.max_queued_messages / 2).max(1)
+        (self.max_queued_messages * 3 / 4).max(1)
     }
 
     /// Queue length at or below which paused publishers resume.
     pub(crate) fn queue_low_watermark(&self) -> usize {
-        self.max_queued_messages / 4
+        self.max_queued_messages / 2
     }
 
     /// The session expiry cap in whole seconds.
