@@ -79,8 +79,7 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn refused(protocol: ProtocolVersion, reason: ReasonCode) -> ConnectOutcome {
-    let _ = protocol;
+fn refused(reason: ReasonCode) -> ConnectOutcome {
     ConnectOutcome::Refused {
         connack: ConnAck {
             session_present: false,
@@ -177,23 +176,23 @@ impl Broker {
         // Enhanced authentication (MQTT-4.12) is not offered: identity comes from the TLS
         // client certificate. A client that asks for a method is refused (MQTT-4.12.0-1).
         if connect.properties.authentication_method.is_some() {
-            return refused(protocol, ReasonCode::BadAuthenticationMethod);
+            return refused(ReasonCode::BadAuthenticationMethod);
         }
 
         // Client identifier (MQTT-3.1.3-7, -8).
         let assigned = connect.client_id.is_empty();
         let client_id = if assigned {
             if !v5 && !connect.clean_start {
-                return refused(protocol, ReasonCode::ClientIdentifierNotValid);
+                return refused(ReasonCode::ClientIdentifierNotValid);
             }
             match self.assign_client_id(&principal) {
                 Some(id) => id,
-                None => return refused(protocol, ReasonCode::ClientIdentifierNotValid),
+                None => return refused(ReasonCode::ClientIdentifierNotValid),
             }
         } else {
             match ClientId::parse(&connect.client_id) {
                 Ok(id) => id,
-                Err(_) => return refused(protocol, ReasonCode::ClientIdentifierNotValid),
+                Err(_) => return refused(ReasonCode::ClientIdentifierNotValid),
             }
         };
         match self
@@ -207,7 +206,7 @@ impl Broker {
                     .stats
                     .connect_denied
                     .fetch_add(1, Ordering::Relaxed);
-                return refused(protocol, ReasonCode::NotAuthorized);
+                return refused(ReasonCode::NotAuthorized);
             }
         }
 
@@ -216,10 +215,10 @@ impl Broker {
             None => None,
             Some(will) => {
                 if !self.topic_within_limits(will.topic.len(), will.topic.level_count()) {
-                    return refused(protocol, ReasonCode::TopicNameInvalid);
+                    return refused(ReasonCode::TopicNameInvalid);
                 }
                 if !self.shared.authorizer.may_publish(&principal, &will.topic) {
-                    return refused(protocol, ReasonCode::NotAuthorized);
+                    return refused(ReasonCode::NotAuthorized);
                 }
                 let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
                 let publish = Publish {
