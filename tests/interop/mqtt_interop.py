@@ -86,8 +86,10 @@ def props(packet_type: int, **values) -> Properties:
 # Command line and outcome
 
 
-def parse_args(description: str, argv=None) -> argparse.Namespace:
+def parse_args(description: str, argv=None, extra_args=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
+    if extra_args is not None:
+        extra_args(ap)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--tls-port", type=int, required=True)
     ap.add_argument("--plain-port", type=int, default=None,
@@ -108,9 +110,10 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
     return args
 
 
-def run(main, description: str) -> None:
-    """Parse arguments, run main(args), print the verdict and exit."""
-    args = parse_args(description)
+def run(main, description: str, extra_args=None) -> None:
+    """Parse arguments (the common ones, plus what `extra_args(parser)` adds), run
+    main(args), print the verdict and exit."""
+    args = parse_args(description, extra_args=extra_args)
     name = os.path.basename(sys.argv[0])
 
     def watchdog():

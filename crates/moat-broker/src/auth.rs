@@ -10,6 +10,7 @@
 
 use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
 use std::fmt;
+use std::sync::Arc;
 
 /// The authenticated party behind a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -44,19 +45,60 @@ pub enum ConnectDenied {
     NotAuthorized,
 }
 
-/// Decides what a principal may do. Implementations must be cheap: they run per packet.
+/// What one connected identity may do, bound once at CONNECT and again whenever the policies
+/// change ([`Broker::reauthorize`](crate::Broker::reauthorize)). Implementations must be cheap
+/// and must not allocate: they run per packet.
+pub trait Permissions: Send + Sync + fmt::Debug {
+    /// May it publish to `topic`?
+    fn may_publish(&self, topic: &TopicName) -> bool;
+    /// May it publish to `topic` with the retain flag (set or clear a retained message)?
+    fn may_retain(&self, topic: &TopicName) -> bool {
+        self.may_publish(topic)
+    }
+    /// May it subscribe with `filter`? The filter must not reach beyond what it may
+    /// receive: a wildcard that could match a forbidden topic is refused whole.
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool;
+    /// Whether deliveries are checked one by one with [`may_receive`](Self::may_receive).
+    /// When false, receiving follows from the subscription alone and the hot path skips the
+    /// call.
+    fn checks_receive(&self) -> bool {
+        false
+    }
+    /// May a message on `topic` be delivered to it?
+    fn may_receive(&self, _topic: &TopicName) -> bool {
+        true
+    }
+}
+
+/// Permissions that allow nothing: the state of a session whose identity may no longer
+/// connect.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyAll;
+
+impl Permissions for DenyAll {
+    fn may_publish(&self, _: &TopicName) -> bool {
+        false
+    }
+    fn may_subscribe(&self, _: &TopicFilter) -> bool {
+        false
+    }
+    fn checks_receive(&self) -> bool {
+        true
+    }
+    fn may_receive(&self, _: &TopicName) -> bool {
+        false
+    }
+}
+
+/// Decides who may connect and binds what they may do.
 pub trait Authorizer: Send + Sync + fmt::Debug {
-    /// May `principal` connect with `client_id`? `None` client ids are assigned by the hub.
+    /// May `principal` connect with `client_id` (assigned by the hub when the client sent
+    /// none)? If so, what may it do.
     fn authorize_connect(
         &self,
         principal: &Principal,
         client_id: &ClientId,
-    ) -> Result<(), ConnectDenied>;
-    /// May `principal` publish to `topic`?
-    fn may_publish(&self, principal: &Principal, topic: &TopicName) -> bool;
-    /// May `principal` subscribe with `filter`? The filter must not reach beyond what it may
-    /// receive: a wildcard that could match a forbidden topic is refused whole.
-    fn may_subscribe(&self, principal: &Principal, filter: &TopicFilter) -> bool;
+    ) -> Result<Arc<dyn Permissions>, ConnectDenied>;
 }
 
 /// Proof that the value inside passed the [`Authorizer`]. Only this module constructs it.
@@ -75,27 +117,26 @@ impl<T> Authorized<T> {
     }
 }
 
-/// Checks a publish, producing the token the router requires.
+/// Checks a publish (and, with `retain`, the right to retain), producing the token the
+/// router requires.
 pub(crate) fn check_publish<T>(
-    authorizer: &dyn Authorizer,
-    principal: &Principal,
+    permissions: &dyn Permissions,
     topic: &TopicName,
+    retain: bool,
     value: T,
 ) -> Option<Authorized<T>> {
-    authorizer
-        .may_publish(principal, topic)
+    (permissions.may_publish(topic) && (!retain || permissions.may_retain(topic)))
         .then_some(Authorized(value))
 }
 
 /// Checks a subscription, producing the token the router requires.
 pub(crate) fn check_subscribe<T>(
-    authorizer: &dyn Authorizer,
-    principal: &Principal,
+    permissions: &dyn Permissions,
     filter: &TopicFilter,
     value: T,
 ) -> Option<Authorized<T>> {
-    authorizer
-        .may_subscribe(principal, filter)
+    permissions
+        .may_subscribe(filter)
         .then_some(Authorized(value))
 }
 
@@ -106,15 +147,48 @@ pub(crate) fn trusted<T>(value: T) -> Authorized<T> {
 
 /// The foundation's rule, deny by default: a device's client id must equal its device id,
 /// and it may publish and subscribe only under `devices/{id}/#`. Anonymous principals (only
-/// on a dangerous plaintext listener) are unrestricted until the policy engine exists.
+/// on a dangerous plaintext listener) are unrestricted. The hub replaces it with the policy
+/// engine; it stays as the rule for embedders and tests that need no policies.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NamespaceAuthorizer;
 
 const NAMESPACE_ROOT: &[u8] = b"devices";
 
-impl NamespaceAuthorizer {
-    fn in_namespace<'a>(id: &DeviceId, mut levels: impl Iterator<Item = &'a [u8]>) -> bool {
-        levels.next() == Some(NAMESPACE_ROOT) && levels.next() == Some(id.as_str().as_bytes())
+/// What [`NamespaceAuthorizer`] grants one principal.
+#[derive(Debug, Clone)]
+pub struct Namespace(Option<DeviceId>);
+
+impl Namespace {
+    /// Everything: the rule for anonymous clients of a dangerous plaintext listener.
+    pub fn unrestricted() -> Self {
+        Self(None)
+    }
+
+    /// Only `devices/{id}/#`.
+    pub fn device(id: DeviceId) -> Self {
+        Self(Some(id))
+    }
+
+    fn within<'a>(&self, mut levels: impl Iterator<Item = &'a [u8]>) -> bool {
+        match &self.0 {
+            // The first two levels are compared literally, so `+` or `#` there (which could
+            // reach another device's namespace) never matches.
+            Some(id) => {
+                levels.next() == Some(NAMESPACE_ROOT)
+                    && levels.next() == Some(id.as_str().as_bytes())
+            }
+            None => true,
+        }
+    }
+}
+
+impl Permissions for Namespace {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        self.within(topic.levels())
+    }
+
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        self.within(filter.levels())
     }
 }
 
@@ -123,30 +197,14 @@ impl Authorizer for NamespaceAuthorizer {
         &self,
         principal: &Principal,
         client_id: &ClientId,
-    ) -> Result<(), ConnectDenied> {
+    ) -> Result<Arc<dyn Permissions>, ConnectDenied> {
         match principal {
-            Principal::Device(id) if id.as_str() == client_id.as_str() => Ok(()),
+            Principal::Device(id) if id.as_str() == client_id.as_str() => {
+                Ok(Arc::new(Namespace(Some(id.clone()))))
+            }
             Principal::Device(_) => Err(ConnectDenied::ClientIdMismatch),
-            Principal::Anonymous => Ok(()),
+            Principal::Anonymous => Ok(Arc::new(Namespace(None))),
             Principal::Unauthenticated => Err(ConnectDenied::NotAuthorized),
-        }
-    }
-
-    fn may_publish(&self, principal: &Principal, topic: &TopicName) -> bool {
-        match principal {
-            Principal::Device(id) => Self::in_namespace(id, topic.levels()),
-            Principal::Anonymous => true,
-            Principal::Unauthenticated => false,
-        }
-    }
-
-    fn may_subscribe(&self, principal: &Principal, filter: &TopicFilter) -> bool {
-        // The first two levels are compared literally, so `+` or `#` there (which could
-        // reach another device's namespace) never matches.
-        match principal {
-            Principal::Device(id) => Self::in_namespace(id, filter.levels()),
-            Principal::Anonymous => true,
-            Principal::Unauthenticated => false,
         }
     }
 }
@@ -162,25 +220,32 @@ mod tests {
     #[test]
     fn namespace_rule() {
         let a = NamespaceAuthorizer;
-        let p = dev("d1");
+        let c = |s: &str| ClientId::parse(s).expect("client id");
+        let p = a.authorize_connect(&dev("d1"), &c("d1")).expect("own id");
         let t = |s: &str| TopicName::parse(s).expect("topic");
         let f = |s: &str| TopicFilter::parse(s).expect("filter");
-        assert!(a.may_publish(&p, &t("devices/d1/temp")));
-        assert!(a.may_publish(&p, &t("devices/d1")));
-        assert!(!a.may_publish(&p, &t("devices/d2/temp")));
-        assert!(!a.may_publish(&p, &t("devices/d10/temp")));
-        assert!(!a.may_publish(&p, &t("other/d1")));
-        assert!(a.may_subscribe(&p, &f("devices/d1/#")));
-        assert!(a.may_subscribe(&p, &f("devices/d1/+/x")));
-        assert!(!a.may_subscribe(&p, &f("devices/+/temp")));
-        assert!(!a.may_subscribe(&p, &f("devices/#")));
-        assert!(!a.may_subscribe(&p, &f("#")));
-        let c = |s: &str| ClientId::parse(s).expect("client id");
-        assert!(a.authorize_connect(&p, &c("d1")).is_ok());
+        assert!(p.may_publish(&t("devices/d1/temp")));
+        assert!(p.may_publish(&t("devices/d1")));
+        assert!(!p.may_publish(&t("devices/d2/temp")));
+        assert!(!p.may_publish(&t("devices/d10/temp")));
+        assert!(!p.may_publish(&t("other/d1")));
+        assert!(p.may_subscribe(&f("devices/d1/#")));
+        assert!(p.may_subscribe(&f("devices/d1/+/x")));
+        assert!(!p.may_subscribe(&f("devices/+/temp")));
+        assert!(!p.may_subscribe(&f("devices/#")));
+        assert!(!p.may_subscribe(&f("#")));
         assert_eq!(
-            a.authorize_connect(&p, &c("d2")),
-            Err(ConnectDenied::ClientIdMismatch)
+            a.authorize_connect(&dev("d1"), &c("d2")).err(),
+            Some(ConnectDenied::ClientIdMismatch)
         );
-        assert!(a.may_subscribe(&Principal::Anonymous, &f("#")));
+        let anon = a
+            .authorize_connect(&Principal::Anonymous, &c("x"))
+            .expect("anonymous");
+        assert!(anon.may_subscribe(&f("#")));
+        assert_eq!(
+            a.authorize_connect(&Principal::Unauthenticated, &c("x"))
+                .err(),
+            Some(ConnectDenied::NotAuthorized)
+        );
     }
 }

@@ -195,12 +195,12 @@ impl Broker {
                 Err(_) => return refused(ReasonCode::ClientIdentifierNotValid),
             }
         };
-        match self
+        let permissions = match self
             .shared
             .authorizer
             .authorize_connect(&principal, &client_id)
         {
-            Ok(()) => {}
+            Ok(permissions) => permissions,
             Err(ConnectDenied::ClientIdMismatch | ConnectDenied::NotAuthorized) => {
                 self.shared
                     .stats
@@ -208,7 +208,7 @@ impl Broker {
                     .fetch_add(1, Ordering::Relaxed);
                 return refused(ReasonCode::NotAuthorized);
             }
-        }
+        };
 
         // The will must be publishable by this principal, like any message.
         let will = match connect.will {
@@ -217,7 +217,9 @@ impl Broker {
                 if !self.topic_within_limits(will.topic.len(), will.topic.level_count()) {
                     return refused(ReasonCode::TopicNameInvalid);
                 }
-                if !self.shared.authorizer.may_publish(&principal, &will.topic) {
+                if !permissions.may_publish(&will.topic)
+                    || (will.retain && !permissions.may_retain(&will.topic))
+                {
                     return refused(ReasonCode::NotAuthorized);
                 }
                 let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
@@ -348,6 +350,7 @@ impl Broker {
                 });
                 st.disconnected_at = None;
                 st.will = will;
+                st.principal = Some(principal.clone());
                 if expiry_interval > 0 {
                     st.persisted = true;
                     ops.push(StoreOp::PutSession {
@@ -367,9 +370,14 @@ impl Broker {
                     st.queue.retain(|p| p.qos != QoS::AtMostOnce);
                 }
             }
+            cell.set_permissions(permissions);
             cell.set_online(true);
             (cell, session_present)
         };
+        // A resumed session keeps only the subscriptions its identity may still make.
+        if session_present {
+            ended_subs.extend(self.revoke_disallowed_subscriptions(&cell, &mut ops));
+        }
         self.unroute(ended_subs);
         for will in wills_now {
             self.publish_will(&will, now);
@@ -609,6 +617,13 @@ impl Broker {
         subscription_ids: Vec<u32>,
         ops: &mut Vec<StoreOp>,
     ) -> bool {
+        if !cell.may_receive(&message.topic) {
+            self.shared
+                .stats
+                .receive_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let mut st = cell.lock();
         if st.ended {
             return false;
@@ -914,6 +929,94 @@ impl Broker {
     }
 
     /// Asks every connected client to go (hub shutdown), with `reason`.
+    /// Applies changed policies to every session: re-binds each one's permissions, closes
+    /// the connections of identities that may no longer connect (with `reason`), and removes
+    /// subscriptions that are no longer allowed, so that they stop receiving at once.
+    /// Returns how many connections were closed.
+    pub fn reauthorize(&self, reason: ReasonCode) -> usize {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
+        let mut kicked = 0;
+        let mut ops = Vec::new();
+        let mut removed = Vec::new();
+        for cell in cells {
+            let Some(principal) = cell.lock().principal.clone() else {
+                continue;
+            };
+            match self
+                .shared
+                .authorizer
+                .authorize_connect(&principal, &cell.client_id)
+            {
+                Ok(permissions) => cell.set_permissions(permissions),
+                Err(_) => {
+                    cell.set_permissions(Arc::new(auth::DenyAll));
+                    let mut st = cell.lock();
+                    if let Some(a) = st.attached.as_mut() {
+                        a.kick = Some(reason);
+                        a.waker.wake();
+                        kicked += 1;
+                    }
+                }
+            }
+            removed.extend(self.revoke_disallowed_subscriptions(&cell, &mut ops));
+        }
+        self.unroute(removed);
+        self.submit(ops);
+        kicked
+    }
+
+    /// Closes (with `reason`) every connection whose principal matches; returns how many.
+    pub fn kick_where(&self, reason: ReasonCode, matches: impl Fn(&Principal) -> bool) -> usize {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
+        let mut kicked = 0;
+        for cell in cells {
+            let mut st = cell.lock();
+            if st.principal.as_ref().is_some_and(&matches)
+                && let Some(a) = st.attached.as_mut()
+            {
+                a.kick = Some(reason);
+                a.waker.wake();
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Removes the session's subscriptions its permissions no longer allow; returns them for
+    /// [`unroute`](Self::unroute) (after every lock is released).
+    fn revoke_disallowed_subscriptions(
+        &self,
+        cell: &Arc<SessionCell>,
+        ops: &mut Vec<StoreOp>,
+    ) -> Vec<(u64, SubRecord)> {
+        let permissions = cell.permissions();
+        let mut st = cell.lock();
+        let denied: Vec<String> = st
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| !permissions.may_subscribe(&s.filter.filter))
+            .map(|(wire, _)| wire.clone())
+            .collect();
+        let persistent = st.is_persistent();
+        let mut removed = Vec::with_capacity(denied.len());
+        for wire in denied {
+            if let Some(sub) = st.subscriptions.remove(&wire) {
+                self.shared
+                    .stats
+                    .subscriptions_revoked
+                    .fetch_add(1, Ordering::Relaxed);
+                if persistent {
+                    ops.push(StoreOp::DeleteSubscription {
+                        client_id: cell.client_id.clone(),
+                        filter: wire,
+                    });
+                }
+                removed.push((cell.id, sub));
+            }
+        }
+        removed
+    }
+
     pub fn kick_all(&self, reason: ReasonCode) {
         let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
         for cell in cells {

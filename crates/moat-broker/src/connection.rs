@@ -509,12 +509,10 @@ impl Connection {
             return Ok(());
         }
         let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
-        let Some(authorized) = auth::check_publish(
-            self.broker.shared.authorizer.as_ref(),
-            &self.principal,
-            &topic,
-            message,
-        ) else {
+        let retain = message.retain;
+        let Some(authorized) =
+            auth::check_publish(&***self.cell.permissions(), &topic, retain, message)
+        else {
             self.broker
                 .stats()
                 .publish_denied
@@ -685,12 +683,9 @@ impl Connection {
             }
             let topic_filter = filter.filter.clone();
             let shared = filter.share.is_some();
-            let Some(authorized) = auth::check_subscribe(
-                self.broker.shared.authorizer.as_ref(),
-                &self.principal,
-                &topic_filter,
-                filter,
-            ) else {
+            let Some(authorized) =
+                auth::check_subscribe(&***self.cell.permissions(), &topic_filter, filter)
+            else {
                 self.broker
                     .stats()
                     .subscribe_denied

@@ -31,7 +31,10 @@ mod router;
 mod session;
 mod stats;
 
-pub use auth::{Authorized, Authorizer, ConnectDenied, NamespaceAuthorizer, Principal};
+pub use auth::{
+    Authorized, Authorizer, ConnectDenied, DenyAll, Namespace, NamespaceAuthorizer, Permissions,
+    Principal,
+};
 pub use broker::{Broker, ConnectOutcome, RouteOutcome};
 pub use config::BrokerConfig;
 pub use connection::{Close, CloseKind, Connection, Outbox, Outgoing};

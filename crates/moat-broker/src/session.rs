@@ -1,13 +1,31 @@
 //! Session state (MQTT-4.1): what the hub keeps for a client id across connections.
 
+use arc_swap::ArcSwap;
 use moat_mqtt::{PacketId, ProtocolVersion, SubscriptionOptions};
 use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::auth::{Permissions, Principal};
 use crate::message::Message;
 use crate::{ReasonCode, Wake};
+
+/// The permissions of a session restored from storage whose client has not connected yet:
+/// nothing to publish or subscribe (no connection), and receiving follows the subscriptions
+/// authorized when they were made. The next CONNECT binds the real ones and re-checks every
+/// subscription.
+#[derive(Debug)]
+struct Unbound;
+
+impl Permissions for Unbound {
+    fn may_publish(&self, _: &moat_types::TopicName) -> bool {
+        false
+    }
+    fn may_subscribe(&self, _: &moat_types::TopicFilter) -> bool {
+        false
+    }
+}
 
 /// A session shared between the registry, the router and at most one live connection.
 #[derive(Debug)]
@@ -18,6 +36,10 @@ pub(crate) struct SessionCell {
     online: AtomicBool,
     /// Set while some publisher holds this session in its deferred wake list.
     wake_pending: AtomicBool,
+    /// What the session's identity may do; swapped when policies change.
+    permissions: ArcSwap<Arc<dyn Permissions>>,
+    /// Cached `permissions.checks_receive()`, so deliveries skip the load when false.
+    checks_receive: AtomicBool,
     state: Mutex<SessionState>,
 }
 
@@ -28,8 +50,27 @@ impl SessionCell {
             client_id,
             online: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
+            permissions: ArcSwap::from_pointee(Arc::new(Unbound) as Arc<dyn Permissions>),
+            checks_receive: AtomicBool::new(false),
             state: Mutex::new(state),
         })
+    }
+
+    /// What the session's identity may do now.
+    pub fn permissions(&self) -> arc_swap::Guard<Arc<Arc<dyn Permissions>>> {
+        self.permissions.load()
+    }
+
+    /// Replaces the permissions (at CONNECT, and when policies change).
+    pub fn set_permissions(&self, permissions: Arc<dyn Permissions>) {
+        self.checks_receive
+            .store(permissions.checks_receive(), Ordering::Release);
+        self.permissions.store(Arc::new(permissions));
+    }
+
+    /// May a message on `topic` be delivered to this session?
+    pub fn may_receive(&self, topic: &moat_types::TopicName) -> bool {
+        !self.checks_receive.load(Ordering::Acquire) || self.permissions().may_receive(topic)
     }
 
     /// Whether a connection is attached (a hint for shared-subscription picks).
@@ -186,6 +227,9 @@ pub(crate) struct SessionState {
     /// Publishers paused because this session's queue passed its high watermark; woken when
     /// it drains below the low watermark or the session goes offline.
     pub space_waiters: Vec<Arc<dyn Wake>>,
+    /// Who last connected to this session (re-authorized when policies change); `None` for
+    /// a session restored from storage until its client connects.
+    pub principal: Option<Principal>,
 }
 
 impl SessionState {
@@ -207,6 +251,7 @@ impl SessionState {
             persisted: false,
             dropped: 0,
             space_waiters: Vec::new(),
+            principal: None,
         }
     }
 

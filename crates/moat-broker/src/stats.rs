@@ -19,6 +19,10 @@ pub struct Stats {
     pub publish_denied: AtomicU64,
     /// Subscriptions refused by the authorizer.
     pub subscribe_denied: AtomicU64,
+    /// Deliveries withheld because the subscriber may not receive the topic.
+    pub receive_denied: AtomicU64,
+    /// Live subscriptions removed because a policy change no longer allows them.
+    pub subscriptions_revoked: AtomicU64,
     /// Messages dropped because a session queue was full.
     pub dropped_queue_full: AtomicU64,
     /// Messages dropped because they expired before delivery.

@@ -68,6 +68,7 @@ macro_rules! ranged_fn {
 }
 
 ranged_fn!(keepalive, u16, 1, u16::MAX, "max-keepalive");
+ranged_fn!(cert_days, u32, 1, 825, "device-cert-validity-days");
 ranged_fn!(packet_size, u32, 128, 268_435_460, "max-packet-size");
 ranged_fn!(queued, usize, 1, 10_000_000, "max-queued-messages");
 ranged_fn!(receive_max, u16, 1, u16::MAX, "receive-maximum");
@@ -139,6 +140,9 @@ pub struct Settings {
     pub api_listen: Option<SocketAddr>,
     /// Extra DNS names or IP addresses for the server certificate.
     pub server_names: Option<Vec<String>>,
+    /// Lifetime of device certificates the hub issues (enrollment, renewal, API), days.
+    #[serde(default, deserialize_with = "cert_days")]
+    pub device_cert_validity_days: Option<u32>,
     /// Limits.
     pub limits: Option<LimitsFile>,
 }
@@ -177,6 +181,7 @@ impl Settings {
             max_keepalive,
             api_listen,
             server_names,
+            device_cert_validity_days,
             limits
         );
         self
@@ -245,6 +250,11 @@ impl Settings {
                 None => parse(DEFAULT_API_LISTEN)?,
             },
             server_names: self.server_names.unwrap_or_default(),
+            device_cert_validity: self
+                .device_cert_validity_days
+                .map_or(moat_pki::DEFAULT_DEVICE_CERT_VALIDITY, |d| {
+                    Duration::from_secs(u64::from(d) * 86_400)
+                }),
             broker,
             net,
         })
@@ -272,6 +282,8 @@ pub struct HubConfig {
     pub broker: BrokerConfig,
     /// Pre-MQTT deadlines.
     pub net: NetLimits,
+    /// Lifetime of device certificates the hub issues.
+    pub device_cert_validity: Duration,
 }
 
 #[cfg(test)]

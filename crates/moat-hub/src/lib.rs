@@ -11,9 +11,18 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
+mod api;
+pub mod client;
 pub mod config;
+mod enroll;
+mod est;
+mod identity;
 mod metrics;
+mod openapi;
 mod run;
 
+pub use access::{Role, cli_token_path};
 pub use config::{ConfigError, HubConfig, Settings};
-pub use run::{HubError, Ready, add_device, run};
+pub use identity::{ANONYMOUS_GROUP, DEFAULT_POLICY};
+pub use run::{HUB_FILE, HubError, Ready, add_device, open_registry, run};

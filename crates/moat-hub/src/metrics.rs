@@ -14,7 +14,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
-pub fn render(broker: &Broker, net: &NetStats) -> String {
+pub fn render(broker: &Broker, net: &NetStats, audit_dropped: u64) -> String {
     let s = broker.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
@@ -115,6 +115,27 @@ pub fn render(broker: &Broker, net: &NetStats) -> String {
         "counter",
         "Subscriptions refused by policy.",
         load(&s.subscribe_denied),
+    );
+    metric(
+        &mut out,
+        "moat_receive_denied_total",
+        "counter",
+        "Deliveries withheld because the subscriber's policy does not allow receiving the topic.",
+        load(&s.receive_denied),
+    );
+    metric(
+        &mut out,
+        "moat_subscriptions_revoked_total",
+        "counter",
+        "Live subscriptions removed because a policy change no longer allows them.",
+        load(&s.subscriptions_revoked),
+    );
+    metric(
+        &mut out,
+        "moat_audit_dropped_total",
+        "counter",
+        "Security events not written to the audit trail because its queue was full.",
+        audit_dropped,
     );
     metric(
         &mut out,

@@ -1,12 +1,12 @@
 //! Start-up, the running hub, and shutdown.
 
-use axum::Router;
-use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use moat_broker::{Broker, NamespaceAuthorizer, ReasonCode};
+use moat_audit::AnchorKey;
+use moat_broker::{Broker, ReasonCode};
 use moat_net::{Listener, ListenerKind, NetStats};
 use moat_pki::CertificateAuthority;
 use moat_store::SqliteStore;
+use moat_store::registry::Registry;
 use moat_types::{DeviceId, Timestamp};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::HubConfig;
+use crate::access::Access;
+use crate::api::{AppState, Peer};
+use crate::identity::{AuditSink, Identity, NetEvents};
 
 /// Why the hub could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,9 @@ pub enum HubError {
     /// The arguments were invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The identity service failed to start.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     /// The durable store failed while running; the hub stopped (fail-stop).
     #[error("the durable store failed at commit {seq}; the hub stopped")]
     StoreFailed {
@@ -56,6 +62,9 @@ pub enum HubError {
         seq: u64,
     },
 }
+
+/// Written to the data directory while the hub runs: where its API listens (JSON).
+pub const HUB_FILE: &str = "hub.json";
 
 /// The bound addresses, reported once every listener is up.
 #[derive(Debug, Clone)]
@@ -99,8 +108,24 @@ fn load_ca(data_dir: &Path) -> Result<CertificateAuthority, HubError> {
     Ok(ca)
 }
 
+/// Opens the registry (`registry.db`) with the audit anchor key from `secrets/`.
+pub fn open_registry(data_dir: &Path) -> Result<Registry, HubError> {
+    let secrets = data_dir.join("secrets");
+    prepare_dir(&secrets)?;
+    let io = |source| HubError::DataDir {
+        path: secrets.clone(),
+        source,
+    };
+    let key = crate::access::load_or_create_secret(&secrets.join("audit.key")).map_err(io)?;
+    let key =
+        AnchorKey::new(&key).ok_or_else(|| HubError::Invalid("audit.key is too short".into()))?;
+    Ok(Registry::open(&data_dir.join("registry.db"), key)?)
+}
+
 /// Issues a device key and certificate into `out`: `ID.crt` (leaf and issuing CA), `ID.key`
-/// (0600) and `ca.crt` (the root to trust).
+/// (0600) and `ca.crt` (the root to trust). Registers the device and the certificate and
+/// records it in the audit trail (this works beside a running hub, which finds the new
+/// device in the registry at its first handshake).
 pub fn add_device(
     data_dir: &Path,
     id: &DeviceId,
@@ -108,16 +133,35 @@ pub fn add_device(
     validity: Duration,
 ) -> Result<(), HubError> {
     let ca = load_ca(data_dir)?;
+    let registry = open_registry(data_dir)?;
+    if let Some(d) = registry.device(id.as_str())?
+        && d.status == moat_store::registry::DeviceStatus::Revoked
+    {
+        return Err(HubError::Invalid(format!(
+            "device {id} is revoked; a revoked identity is never reissued"
+        )));
+    }
     let issued = ca.issue_device_certificate(id, validity, now())?;
     prepare_dir(out)?;
     let io = |source| HubError::DataDir {
         path: out.to_owned(),
         source,
     };
-    moat_pki::write_private_file(&out.join(format!("{id}.key")), issued.key_pem.as_bytes())
+    moat_pki::write_private_file(&out.join(format!("{id}.key")), issued.key.pem().as_bytes())
         .map_err(io)?;
-    std::fs::write(out.join(format!("{id}.crt")), issued.cert_pem.as_bytes()).map_err(io)?;
+    std::fs::write(
+        out.join(format!("{id}.crt")),
+        issued.certificate.cert_pem.as_bytes(),
+    )
+    .map_err(io)?;
     std::fs::write(out.join("ca.crt"), ca.root_cert_pem().as_bytes()).map_err(io)?;
+    crate::identity::register_issued(&registry, id, &issued.certificate, "cli", None)?;
+    registry.append_audit(vec![crate::identity::issued_entry(
+        "cli:local",
+        id,
+        &issued.certificate,
+        "cli",
+    )])?;
     Ok(())
 }
 
@@ -133,16 +177,44 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), HubError> {
-    let ca = load_ca(&config.data_dir)?;
+    let ca = Arc::new(load_ca(&config.data_dir)?);
     let server = ca.issue_server_certificate(&config.server_names, now())?;
     // The issuing CA is a trust anchor too: path building stops at it, so a handshake
     // verifies one signature (the device's) instead of two; the root stays an anchor for
     // chains that do not include the issuing CA's certificate.
     let roots = [ca.issuing_cert_der(), ca.root_cert_der()];
+
+    let registry = Arc::new(open_registry(&config.data_dir)?);
+    let token_key =
+        crate::access::load_or_create_secret(&config.data_dir.join("secrets").join("token.key"))
+            .map_err(|source| HubError::DataDir {
+                path: config.data_dir.join("secrets"),
+                source,
+            })?;
+    let (audit, audit_rx) = AuditSink::new();
+    let identity = Arc::new(Identity::new(
+        registry.clone(),
+        ca.clone(),
+        audit.clone(),
+        config.device_cert_validity,
+    )?);
+    let access = Arc::new(Access::new(registry.clone(), &token_key));
+    if let Some(first) = access.bootstrap(&config.data_dir)? {
+        // Shown once: only its argon2id hash is kept.
+        eprintln!(
+            "\n=== Moat first start: operator account created (shown only this once) ===\n  user:     {}\n  password: {}\n  The local CLI uses {} (0600).\n===========================================================================\n",
+            first.user,
+            first.password,
+            crate::access::cli_token_path(&config.data_dir).display()
+        );
+    }
+    let check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(identity.certificate_check());
+    let events: Arc<dyn moat_net::SecurityEvents> = Arc::new(NetEvents::new(audit.clone()));
     let mqtt_tls = moat_net::server_config(
-        server.chain.clone(),
-        server.key_der.clone_key(),
+        server.certificate.chain.clone(),
+        server.key.der().clone_key(),
         &roots,
+        check.clone(),
         &[],
     )?;
 
@@ -150,9 +222,10 @@ pub async fn run(
     let store = Arc::new(store);
     let broker = Broker::new(
         config.broker.clone(),
-        Arc::new(NamespaceAuthorizer),
+        Arc::new(identity.authorizer()),
         store.clone(),
     );
+    identity.attach_broker(broker.clone());
     let skipped = broker.restore(snapshot, Timestamp::now());
     if skipped > 0 {
         tracing::warn!(skipped, "skipped damaged entries while restoring state");
@@ -202,9 +275,10 @@ pub async fn run(
     let mut wss_addr = None;
     if let Some(addr) = config.mqtt_wss_listen {
         let wss = moat_net::server_config(
-            server.chain.clone(),
-            server.key_der.clone_key(),
+            server.certificate.chain.clone(),
+            server.key.der().clone_key(),
             &roots,
+            check.clone(),
             &[b"http/1.1"],
         )?;
         let l = bind(addr).await?;
@@ -235,8 +309,12 @@ pub async fn run(
         addr: config.api_listen,
         source,
     })?;
-    let api_tls =
-        moat_net::server_config_no_client_auth(server.chain.clone(), server.key_der.clone_key())?;
+    let api_tls = moat_net::server_config_optional_client_auth(
+        server.certificate.chain.clone(),
+        server.key.der().clone_key(),
+        &roots,
+        check.clone(),
+    )?;
 
     let mut tasks = Vec::new();
     for l in listeners {
@@ -246,16 +324,22 @@ pub async fn run(
             config.net,
             net.clone(),
             committed_rx.clone(),
+            events.clone(),
             stop_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(serve_api(
-        api,
-        api_tls,
-        broker.clone(),
-        net.clone(),
+    let app = crate::api::router(AppState {
+        identity: identity.clone(),
+        access: access.clone(),
+        broker: broker.clone(),
+        net: net.clone(),
+    });
+    tasks.push(tokio::spawn(serve_api(api, api_tls, app, stop_rx.clone())));
+    let audit_task = tokio::spawn(crate::identity::audit_writer(
+        registry.clone(),
+        audit_rx,
         stop_rx.clone(),
-    )));
+    ));
     let tick_broker = broker.clone();
     let mut tick_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -268,6 +352,17 @@ pub async fn run(
         }
     }));
 
+    // Lets the CLI on this machine find the API from the data directory alone.
+    let hub_file = config.data_dir.join(HUB_FILE);
+    if let Err(e) = std::fs::write(
+        &hub_file,
+        format!(
+            "{{\"api\":\"{api_addr}\",\"pid\":{}}}\n",
+            std::process::id()
+        ),
+    ) {
+        tracing::warn!(path = %hub_file.display(), error = %e, "cannot write the hub file; the CLI will need --hub");
+    }
     on_ready(&Ready {
         mqtt_tls: tls_addr,
         mqtt_wss: wss_addr,
@@ -295,12 +390,21 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
+    // Queued security events are written before exit.
+    drop((events, check, identity, audit));
+    if tokio::time::timeout(Duration::from_secs(5), audit_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("audit writer did not finish within 5 s");
+    }
     drop(broker);
     // Connection tasks still finishing hold the broker (and so the store); the store then
     // flushes and stops its writer when the last of them is dropped with the runtime.
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
     }
+    let _ = std::fs::remove_file(&hub_file);
     if let Some(seq) = *failed_rx.borrow() {
         return Err(HubError::StoreFailed { seq });
     }
@@ -310,27 +414,12 @@ pub async fn run(
 async fn serve_api(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    broker: Broker,
-    net: Arc<NetStats>,
+    app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let body = crate::metrics::render(&broker, &net);
-                async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                        body,
-                    )
-                }
-            }),
-        );
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, addr) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(_) => continue,
@@ -345,6 +434,15 @@ async fn serve_api(
             else {
                 return;
             };
+            // A client certificate, if one was presented, has passed the same chain and
+            // live checks as on the MQTT listeners.
+            let device = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| moat_pki::device_id_from_certificate(leaf).ok());
+            let app = app.layer(axum::Extension(Peer { addr, device }));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)

@@ -7,6 +7,7 @@ use moat_broker::{
 };
 use moat_mqtt::{ConnAck, ConnAckProperties, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use moat_types::Timestamp;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::NetStats;
+use crate::events::SecurityEvents;
 use crate::listener::NetLimits;
 use crate::stats::HandshakeFailure;
 use crate::transport::Transport;
@@ -62,19 +64,26 @@ pub(crate) struct DriverContext {
     pub limits: NetLimits,
     pub stats: Arc<NetStats>,
     pub committed: Committed,
+    pub events: Arc<dyn SecurityEvents>,
 }
 
 /// Runs one MQTT connection to its end.
 ///
 /// The task's own state is the transport, two buffers and a few pointers: each phase is a
 /// boxed future borrowing them, so an idle connection holds only the phase it is in.
-pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: DriverContext) {
+pub(crate) async fn run<T: Transport>(
+    mut io: T,
+    peer: SocketAddr,
+    principal: Principal,
+    ctx: DriverContext,
+) {
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
     let notify = Arc::new(NotifyWaker(Notify::new()));
     let mut outbox = Outbox::new();
     let accepted = Box::pin(accept_connect(
         &mut io,
+        peer,
         &mut rbuf,
         &mut wbuf,
         principal,
@@ -109,6 +118,7 @@ pub(crate) async fn run<T: Transport>(mut io: T, principal: Principal, ctx: Driv
 /// `outbox`; on refusal it has been written and `None` is returned.
 async fn accept_connect<T: Transport>(
     io: &mut T,
+    peer: SocketAddr,
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
     principal: Principal,
@@ -158,6 +168,7 @@ async fn accept_connect<T: Transport>(
         }
     };
     let protocol = connect.protocol;
+    let client_id = connect.client_id.clone();
     let waker: Arc<dyn Wake> = notify.clone();
     let outcome = ctx
         .broker
@@ -165,6 +176,8 @@ async fn accept_connect<T: Transport>(
     match outcome {
         ConnectOutcome::Refused { connack, reason } => {
             tracing::info!(%principal, ?reason, "connection refused");
+            ctx.events
+                .connect_refused(peer, &principal, &client_id, reason);
             moat_mqtt::encode(&Packet::ConnAck(connack), protocol, wbuf);
             let _ = io.write_all_from(wbuf).await;
             None
@@ -175,6 +188,8 @@ async fn accept_connect<T: Transport>(
             commit,
         } => {
             tracing::debug!(session_present = connack.session_present, "connected");
+            ctx.events
+                .connected(peer, connection.principal(), connection.client_id());
             outbox.push(Packet::ConnAck(connack), commit);
             Some(connection)
         }

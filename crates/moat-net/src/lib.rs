@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod driver;
+mod events;
 mod listener;
 mod stats;
 mod tls;
@@ -21,6 +22,10 @@ mod transport;
 mod ws;
 
 pub use driver::Committed;
+pub use events::{NoEvents, SecurityEvents};
 pub use listener::{Listener, ListenerKind, NetLimits, serve};
 pub use stats::{HandshakeFailure, NetStats};
-pub use tls::{TlsError, server_config, server_config_no_client_auth};
+pub use tls::{
+    AcceptAll, ClientCertCheck, TlsError, server_config, server_config_no_client_auth,
+    server_config_optional_client_auth,
+};

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::driver::{self, Committed, DriverContext};
+use crate::events::SecurityEvents;
 use crate::stats::{HandshakeFailure, NetStats};
 use crate::transport::Stream;
 use crate::ws;
@@ -80,6 +81,7 @@ pub async fn serve(
     limits: NetLimits,
     stats: Arc<NetStats>,
     committed: Committed,
+    events: Arc<dyn SecurityEvents>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = DriverContext {
@@ -87,6 +89,7 @@ pub async fn serve(
         limits,
         stats,
         committed,
+        events,
     };
     loop {
         let accepted = tokio::select! {
@@ -117,12 +120,15 @@ pub async fn serve(
                 };
                 spawn_counted(
                     ctx.clone(),
-                    driver::run(Stream(tcp), principal, ctx).instrument(span),
+                    driver::run(Stream(tcp), peer, principal, ctx).instrument(span),
                 );
             }
             ListenerKind::MqttTls(config) => {
                 let config = config.clone();
-                spawn_counted(ctx.clone(), mqtt_tls(tcp, config, ctx).instrument(span));
+                spawn_counted(
+                    ctx.clone(),
+                    mqtt_tls(tcp, peer, config, ctx).instrument(span),
+                );
             }
             ListenerKind::MqttWss(config) => {
                 let config = config.clone();
@@ -146,23 +152,25 @@ fn spawn_counted(
     });
 }
 
-async fn mqtt_tls(tcp: TcpStream, config: Arc<ServerConfig>, ctx: DriverContext) {
-    let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
+async fn mqtt_tls(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, ctx: DriverContext) {
+    let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
         return;
     };
-    driver::run(Stream(tls), principal, ctx).await;
+    driver::run(Stream(tls), peer, principal, ctx).await;
 }
 
 async fn mqtt_wss(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, ctx: DriverContext) {
     let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
-    let Some((tls, principal)) = Box::pin(handshake(tcp, config, &ctx)).await else {
+    let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
         return;
     };
     let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
     match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
-        Ok(Ok(ws)) => driver::run(ws, principal, ctx).await,
+        Ok(Ok(ws)) => driver::run(ws, peer, principal, ctx).await,
         Ok(Err(e)) => {
             ctx.stats.fail(HandshakeFailure::WebSocket);
+            ctx.events
+                .handshake_failed(peer, &format!("websocket upgrade refused: {e}"));
             tracing::debug!(%peer, error = %e, "websocket upgrade refused");
         }
         Err(_) => ctx.stats.fail(HandshakeFailure::Timeout),
@@ -172,6 +180,7 @@ async fn mqtt_wss(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, c
 /// The TLS handshake and the identity it proves.
 async fn handshake(
     tcp: TcpStream,
+    peer: SocketAddr,
     config: Arc<ServerConfig>,
     ctx: &DriverContext,
 ) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Principal)> {
@@ -181,10 +190,12 @@ async fn handshake(
         Ok(Err(e)) => {
             ctx.stats.fail(HandshakeFailure::Tls);
             tracing::debug!(error = %e, "TLS handshake failed");
+            ctx.events.handshake_failed(peer, &e.to_string());
             return None;
         }
         Err(_) => {
             ctx.stats.fail(HandshakeFailure::Timeout);
+            ctx.events.handshake_failed(peer, "TLS handshake timed out");
             return None;
         }
     };
@@ -204,6 +215,8 @@ async fn handshake(
         Err(e) => {
             ctx.stats.fail(HandshakeFailure::Identity);
             tracing::info!(error = %e, "certificate names no valid device");
+            ctx.events
+                .handshake_failed(peer, &format!("certificate names no valid device: {e}"));
             None
         }
     }

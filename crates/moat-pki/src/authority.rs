@@ -5,7 +5,9 @@
 //!   │                        creation and checked at load, then dropped from memory
 //!   └─ Moat Issuing CA {suffix}   5 years, pathLen 0, keyCertSign+cRLSign; key kept in memory
 //!        ├─ server certificate    serverAuth, SAN localhost, 127.0.0.1, ::1 + configured names
-//!        └─ device certificate    clientAuth, CN = id, SAN urn:moat:device:{id}
+//!        ├─ device certificate    clientAuth, CN = id, SAN urn:moat:device:{id}; for a key
+//!        │                        generated here, or for the key of a verified CSR (`csr`)
+//!        └─ CRL (`crl`)           the device certificates it revoked
 //! ```
 //! Every certificate has a random serial, a notBefore backdated by
 //! [`CLOCK_SKEW_ALLOWANCE`], a Subject Key Identifier, and (below the root) an Authority Key
@@ -19,16 +21,17 @@ use std::time::Duration;
 use moat_types::DeviceId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, SanType,
+    Issuer, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use time::{OffsetDateTime, UtcOffset};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
 
 use crate::key::{CaKeyRole, CaSigningKey, FileKeySource, KeyAlgorithm, KeySource, Signer};
 use crate::storage::{self, PUBLIC_FILE_MODE, Replace};
-use crate::{PkiError, identity, pem, random};
+use crate::{CertificateRequest, PkiError, identity, pem, random};
 
 /// The root CA certificate: what clients trust (hand it out as `ca.crt`).
 pub const ROOT_CA_CERT_FILE: &str = "root-ca.crt";
@@ -310,7 +313,7 @@ impl CertificateAuthority {
         &self,
         extra_names: &[String],
         now: OffsetDateTime,
-    ) -> Result<IssuedCertificate, PkiError> {
+    ) -> Result<CertifiedKey, PkiError> {
         if extra_names.len() > MAX_SERVER_NAMES {
             return Err(PkiError::InvalidRequest(format!(
                 "{} server names, more than the limit of {MAX_SERVER_NAMES}",
@@ -329,11 +332,12 @@ impl CertificateAuthority {
         params.distinguished_name = distinguished_name("Moat hub");
         params.subject_alt_names = names;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue_leaf(params, SERVER_CERT_VALIDITY, now)
+        self.issue_with_new_key(params, SERVER_CERT_VALIDITY, now)
     }
 
-    /// Device certificate: subject CN = `id`, SAN URI `urn:moat:device:{id}`, EKU clientAuth,
-    /// keyUsage digitalSignature, not a CA, fresh random serial and ECDSA P-256 key.
+    /// Device certificate with a freshly generated ECDSA P-256 key: subject CN = `id`, SAN
+    /// URI `urn:moat:device:{id}`, EKU clientAuth, keyUsage digitalSignature, not a CA, fresh
+    /// random serial.
     ///
     /// `validity` (typically [`DEFAULT_DEVICE_CERT_VALIDITY`]) must be non-zero and at most
     /// [`MAX_DEVICE_CERT_VALIDITY`]; the certificate never outlives the issuing CA.
@@ -342,29 +346,58 @@ impl CertificateAuthority {
         id: &DeviceId,
         validity: Duration,
         now: OffsetDateTime,
-    ) -> Result<IssuedCertificate, PkiError> {
-        if validity.is_zero() || validity > MAX_DEVICE_CERT_VALIDITY {
-            return Err(PkiError::InvalidRequest(format!(
-                "device certificate validity of {}s is outside 1s..={}s",
-                validity.as_secs(),
-                MAX_DEVICE_CERT_VALIDITY.as_secs()
-            )));
-        }
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id.as_str());
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(identity::device_uri(id).try_into()?)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue_leaf(params, validity, now)
+    ) -> Result<CertifiedKey, PkiError> {
+        self.issue_with_new_key(device_profile(id, validity)?, validity, now)
     }
 
-    /// Fills in what every end-entity certificate shares, generates its key and signs it.
+    /// Device certificate for the key in `request` (EST enrollment, RFC 7030 4.2), with
+    /// exactly the profile of [`issue_device_certificate`](Self::issue_device_certificate).
+    ///
+    /// Only the public key is taken from the request. Its subject, requested names, CA flag,
+    /// key usages and every other extension are ignored (they are in
+    /// [`CertificateRequest::requested_extensions`] for the audit log); the identity is `id`,
+    /// which the caller must have established by authenticating the device, never from the
+    /// request's own subject.
+    pub fn issue_device_certificate_for_request(
+        &self,
+        id: &DeviceId,
+        request: &CertificateRequest,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, PkiError> {
+        self.issue_leaf(
+            device_profile(id, validity)?,
+            validity,
+            now,
+            request.public_key(),
+        )
+    }
+
+    /// Generates a leaf key of [`LEAF_KEY_ALGORITHM`] and issues `params` for it.
+    fn issue_with_new_key(
+        &self,
+        params: CertificateParams,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<CertifiedKey, PkiError> {
+        let key = rcgen::KeyPair::generate_for(LEAF_KEY_ALGORITHM.rcgen())?;
+        let certificate = self.issue_leaf(params, validity, now, &key)?;
+        Ok(CertifiedKey {
+            certificate,
+            key: LeafKey {
+                pem: key.serialize_pem(),
+                der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            },
+        })
+    }
+
+    /// Fills in what every end-entity certificate shares and signs it for `public_key`.
     fn issue_leaf(
         &self,
         mut params: CertificateParams,
         validity: Duration,
         now: OffsetDateTime,
+        public_key: &impl PublicKeyData,
     ) -> Result<IssuedCertificate, PkiError> {
         let now = to_utc_seconds(now);
         if now >= self.issuing.not_after {
@@ -380,12 +413,12 @@ impl CertificateAuthority {
         params.not_after = not_after;
         params.serial_number = Some(serial.clone());
         params.is_ca = IsCa::ExplicitNoCa;
-        // ECDSA keys only sign in TLS (no key encipherment).
+        // Leaf keys only sign in TLS (no key encipherment): the server keys generated here
+        // are ECDSA, and a client key of any type only signs its CertificateVerify.
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
 
-        let key = rcgen::KeyPair::generate_for(LEAF_KEY_ALGORITHM.rcgen())?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         let cert_der = cert.der().clone();
         Ok(IssuedCertificate {
             cert_pem: format!(
@@ -393,31 +426,66 @@ impl CertificateAuthority {
                 pem::encode("CERTIFICATE", &cert_der),
                 self.issuing.pem
             ),
-            key_pem: key.serialize_pem(),
             chain: vec![cert_der.clone(), self.issuing.der.clone()],
             cert_der,
-            key_der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             serial: serial.to_bytes(),
             not_before,
             not_after,
         })
     }
+
+    /// The issuing CA as rcgen signs with it (certificates here, CRLs in `crl`).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, Signer> {
+        &self.issuer
+    }
+
+    /// The issuing CA certificate's Subject Key Identifier, for the Authority Key Identifier
+    /// of what it signs outside rcgen's certificate path (CRLs); `None` if it has none.
+    pub(crate) fn issuing_key_identifier(&self) -> Option<Vec<u8>> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.issuing.der).ok()?;
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
+    }
 }
 
-/// A certificate and its freshly generated private key.
+/// The device profile without its key and validity: CN = `id`, SAN URI
+/// `urn:moat:device:{id}`, EKU clientAuth. [`CertificateAuthority::issue_leaf`] adds the
+/// rest (CA:FALSE, keyUsage, serial, validity, key identifiers).
+fn device_profile(id: &DeviceId, validity: Duration) -> Result<CertificateParams, PkiError> {
+    if validity.is_zero() || validity > MAX_DEVICE_CERT_VALIDITY {
+        return Err(PkiError::InvalidRequest(format!(
+            "device certificate validity of {}s is outside 1s..={}s",
+            validity.as_secs(),
+            MAX_DEVICE_CERT_VALIDITY.as_secs()
+        )));
+    }
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.as_str());
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(identity::device_uri(id).try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A certificate this CA issued, with the issuing CA's certificate for the chain. Carries no
+/// private key: see [`CertifiedKey`] for certificates whose key was generated here.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct IssuedCertificate {
     /// The leaf followed by the issuing CA certificate, PEM: the chain a peer presents.
     pub cert_pem: String,
-    /// The private key, PKCS#8 PEM. Write it with [`write_private_file`](crate::write_private_file).
-    pub key_pem: String,
     /// The leaf certificate, DER.
     pub cert_der: CertificateDer<'static>,
     /// Leaf, then issuing CA: what rustls' `with_single_cert` takes.
     pub chain: Vec<CertificateDer<'static>>,
-    /// The private key, PKCS#8 DER.
-    pub key_der: PrivateKeyDer<'static>,
-    /// The serial number, big-endian (positive, 16 bytes): the handle for revocation.
+    /// The serial number, big-endian (positive, 16 bytes): the handle for revocation. The
+    /// same bytes as [`CertificateFacts::serial`](crate::CertificateFacts::serial) of the
+    /// certificate; show it with [`serial_hex`](crate::serial_hex).
     pub serial: Vec<u8>,
     /// Start of validity (backdated by [`CLOCK_SKEW_ALLOWANCE`]).
     pub not_before: OffsetDateTime,
@@ -425,27 +493,60 @@ pub struct IssuedCertificate {
     pub not_after: OffsetDateTime,
 }
 
-impl IssuedCertificate {
-    /// The serial number as colon-separated hex, as `openssl x509 -serial` shows it (without
-    /// colons) and CRLs list it.
-    pub fn serial_hex(&self) -> String {
-        self.serial
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    }
-}
-
 impl fmt::Debug for IssuedCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the key.
         f.debug_struct("IssuedCertificate")
-            .field("serial", &self.serial_hex())
+            .field("serial", &identity::serial_hex(&self.serial))
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .field("chain_len", &self.chain.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A certificate and the private key this CA generated for it (server certificates, and
+/// device certificates issued without a request).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CertifiedKey {
+    /// The certificate and its chain.
+    pub certificate: IssuedCertificate,
+    /// Its private key.
+    pub key: LeafKey,
+}
+
+/// A freshly generated end-entity private key ([`LEAF_KEY_ALGORITHM`]). Its `Debug` output
+/// never shows the key; the PEM copy is overwritten with zeros on drop (best effort).
+pub struct LeafKey {
+    pem: String,
+    der: PrivateKeyDer<'static>,
+}
+
+impl LeafKey {
+    /// The key, PKCS#8 PEM. Write it with [`write_private_file`](crate::write_private_file).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The key, PKCS#8 DER: what rustls' `with_single_cert` takes (`der().clone_key()`).
+    pub fn der(&self) -> &PrivateKeyDer<'static> {
+        &self.der
+    }
+}
+
+impl fmt::Debug for LeafKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafKey")
+            .field("algorithm", &LEAF_KEY_ALGORITHM)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LeafKey {
+    fn drop(&mut self) {
+        drop(storage::SecretBytes::from(
+            std::mem::take(&mut self.pem).into_bytes(),
+        ));
     }
 }
 
@@ -549,7 +650,7 @@ fn shift(
 
 /// `t` in UTC, truncated to whole seconds as X.509 encodes it, so that the instants reported
 /// in [`IssuedCertificate`] are exactly those in the certificate.
-fn to_utc_seconds(t: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn to_utc_seconds(t: OffsetDateTime) -> OffsetDateTime {
     let t = t.to_offset(UtcOffset::UTC);
     t.replace_nanosecond(0).unwrap_or(t)
 }

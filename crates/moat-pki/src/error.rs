@@ -55,15 +55,40 @@ pub enum PkiError {
     #[error("{0}")]
     Misconfigured(String),
 
-    // --- The caller: asked for a certificate we will not issue.
-    /// A certificate request is invalid (bad server name, zero validity, too many names).
-    #[error("invalid certificate request: {0}")]
+    // --- The caller: asked for a certificate or CRL we will not issue.
+    /// The caller asked for a certificate or CRL this CA will not issue (bad server name, zero
+    /// validity, too many names, malformed or duplicate revocation entries).
+    #[error("refused to issue: {0}")]
     InvalidRequest(String),
 
     // --- The peer: presented a certificate without a usable device identity.
     /// A client certificate does not bind exactly one valid device id.
     #[error("certificate does not carry a valid device identity: {0}")]
     InvalidDeviceCertificate(String),
+
+    // --- The peer: sent an enrollment request we refuse.
+    /// An EST body is not strict base64 (RFC 7030 4.2.1: base64 of DER, line breaks allowed).
+    #[error("invalid EST body encoding: {0}")]
+    InvalidEncoding(String),
+    /// A PKCS#10 certificate request is malformed, its self-signature (proof of possession of
+    /// the private key) does not verify, or it asks for something that cannot be parsed
+    /// safely.
+    #[error("refused certificate signing request: {0}")]
+    InvalidCertificateRequest(String),
+    /// A certificate request carries a public key of a type or size Moat does not certify
+    /// (RSA below 2048 bits, DSA, an unsupported curve).
+    #[error("unsupported public key: {0}")]
+    UnsupportedKey(String),
+    /// Peer-supplied input is larger than its named limit; nothing of it was parsed.
+    #[error("{what} of {size} bytes is larger than the limit of {limit}")]
+    TooLarge {
+        /// What was too large ("EST body", "certificate request").
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes (one of this crate's `MAX_*` constants).
+        limit: usize,
+    },
 
     // --- The crypto library failed (randomness, key generation, signing, encoding).
     /// Key generation, signing or encoding failed.
@@ -84,7 +109,7 @@ pub enum Blame {
     Operator,
     /// The caller asked for a certificate that will not be issued.
     Caller,
-    /// A peer presented an unusable certificate.
+    /// A peer presented an unusable certificate or an unacceptable certificate request.
     Peer,
     /// The crypto library failed.
     CryptoLibrary,
@@ -98,7 +123,11 @@ impl PkiError {
             Self::Corrupt { .. } | Self::KeyMismatch { .. } => Blame::StoredState,
             Self::InsecurePermissions { .. } | Self::Misconfigured(_) => Blame::Operator,
             Self::InvalidRequest(_) => Blame::Caller,
-            Self::InvalidDeviceCertificate(_) => Blame::Peer,
+            Self::InvalidDeviceCertificate(_)
+            | Self::InvalidEncoding(_)
+            | Self::InvalidCertificateRequest(_)
+            | Self::UnsupportedKey(_)
+            | Self::TooLarge { .. } => Blame::Peer,
             Self::Generation(_) => Blame::CryptoLibrary,
         }
     }

@@ -1,34 +1,26 @@
 //! PEM encoding (RFC 7468), so certificates read from disk are handed out in one canonical
 //! form whatever surrounded them in the file. Decoding is rustls-pki-types' job.
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use crate::base64;
+
 /// RFC 7468 2: lines of exactly 64 characters except the last.
 const LINE_LEN: usize = 64;
 
 /// `der` as a PEM block with the given label, ending in a newline.
 pub(crate) fn encode(label: &str, der: &[u8]) -> String {
-    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 0x3f]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
     let mut out = format!("-----BEGIN {label}-----\n");
+    push_lines(&mut out, &base64::encode(der), "\n");
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Appends `b64` to `out` in lines of [`LINE_LEN`] characters, each ended by `eol`.
+pub(crate) fn push_lines(out: &mut String, b64: &str, eol: &str) {
     for line in b64.as_bytes().chunks(LINE_LEN) {
         // Base64 output is ASCII; chunking it at any byte is a char boundary.
         out.extend(line.iter().map(|&b| char::from(b)));
-        out.push('\n');
+        out.push_str(eol);
     }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use moat_pki::{
-    CLOCK_SKEW_ALLOWANCE, CertificateAuthority, DEFAULT_DEVICE_CERT_VALIDITY, DeviceId,
-    ISSUING_CA_CERT_FILE, ISSUING_CA_KEY_FILE, MAX_DEVICE_CERT_VALIDITY, MAX_SERVER_NAMES,
-    PkiError, ROOT_CA_CERT_FILE, ROOT_CA_KEY_FILE, device_id_from_certificate, write_private_file,
+    CLOCK_SKEW_ALLOWANCE, CertificateAuthority, CertifiedKey, DEFAULT_DEVICE_CERT_VALIDITY,
+    DeviceId, ISSUING_CA_CERT_FILE, ISSUING_CA_KEY_FILE, MAX_DEVICE_CERT_VALIDITY,
+    MAX_SERVER_NAMES, PkiError, ROOT_CA_CERT_FILE, ROOT_CA_KEY_FILE, device_id_from_certificate,
+    write_private_file,
 };
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
@@ -327,6 +328,9 @@ fn ca_can_be_shared_between_tasks() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<CertificateAuthority>();
     assert_send_sync::<moat_pki::IssuedCertificate>();
+    assert_send_sync::<CertifiedKey>();
+    assert_send_sync::<moat_pki::CertificateRequest>();
+    assert_send_sync::<moat_pki::CertificateFacts>();
     assert_send_sync::<PkiError>();
 }
 
@@ -335,7 +339,7 @@ fn debug_output_holds_no_key_material() -> TestResult {
     let dir = TempDir::new("debug");
     let (ca, _) = CertificateAuthority::load_or_create(dir.path(), now())?;
     let issued = ca.issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, now())?;
-    let key_body = issued.key_pem.lines().nth(1).expect("PEM body");
+    let key_body = issued.key.pem().lines().nth(1).expect("PEM body");
     for debug in [format!("{ca:?}"), format!("{issued:?}")] {
         assert!(!debug.contains("PRIVATE KEY"), "{debug}");
         assert!(!debug.contains(key_body), "{debug}");
@@ -352,7 +356,11 @@ fn device_certificate_profile() -> TestResult {
     let at = now();
     let (ca, _) = CertificateAuthority::load_or_create(dir.path(), at)?;
     let id = device("sensor-01.line_2");
-    let issued = ca.issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, at)?;
+    let CertifiedKey {
+        certificate: issued,
+        key,
+        ..
+    } = ca.issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, at)?;
     let cert = parse(&issued.cert_der);
 
     let cn: Vec<&str> = cert
@@ -391,7 +399,9 @@ fn device_certificate_profile() -> TestResult {
     assert_eq!(cert.raw_serial(), issued.serial.as_slice());
     assert_eq!(issued.serial.len(), 16);
     assert!(issued.serial[0] < 0x80);
-    let second = ca.issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, at)?;
+    let second = ca
+        .issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, at)?
+        .certificate;
     assert_ne!(second.serial, issued.serial);
 
     // Chain building aids: AKI is the issuing CA's SKI.
@@ -409,12 +419,13 @@ fn device_certificate_profile() -> TestResult {
         rustls::pki_types::pem::PemObject::pem_slice_iter(issued.cert_pem.as_bytes())
             .collect::<Result<_, _>>()?;
     assert_eq!(pem_chain, issued.chain);
-    let key = rcgen::KeyPair::from_pem(&issued.key_pem)?;
+    assert!(key.pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+    let key_pair = rcgen::KeyPair::from_pem(key.pem())?;
     assert_eq!(
-        rcgen::PublicKeyData::der_bytes(&key),
+        rcgen::PublicKeyData::der_bytes(&key_pair),
         cert.public_key().subject_public_key.data.as_ref()
     );
-    assert!(issued.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(key.der().secret_der(), key_pair.serialized_der());
 
     assert_eq!(device_id_from_certificate(&issued.cert_der)?, id);
     Ok(())
@@ -435,12 +446,16 @@ fn device_validity_is_bounded() -> TestResult {
             .expect_err("refused");
         assert!(matches!(err, PkiError::InvalidRequest(_)), "{err:?}");
     }
-    let short = ca.issue_device_certificate(&id, Duration::from_secs(600), at)?;
+    let short = ca
+        .issue_device_certificate(&id, Duration::from_secs(600), at)?
+        .certificate;
     assert_eq!(short.not_after, truncated(at) + Duration::from_secs(600));
 
     // Never past the issuing CA's own expiry.
     let late = ca.issuing_not_after() - time::Duration::days(1);
-    let clamped = ca.issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, late)?;
+    let clamped = ca
+        .issue_device_certificate(&id, DEFAULT_DEVICE_CERT_VALIDITY, late)?
+        .certificate;
     assert_eq!(clamped.not_after, ca.issuing_not_after());
     Ok(())
 }
@@ -583,7 +598,7 @@ static DEVICE_CERT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
     let issued = ca
         .issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, now())
         .expect("device certificate");
-    issued.cert_der.to_vec()
+    issued.certificate.cert_der.to_vec()
 });
 
 // ---------------------------------------------------------------------------------------
@@ -615,7 +630,7 @@ fn server_names_are_validated() -> TestResult {
         &["localhost".into(), "Hub.Example.com.".into(), "::1".into()],
         now(),
     )?;
-    let cert = parse(&issued.cert_der);
+    let cert = parse(&issued.certificate.cert_der);
     let san = cert.subject_alternative_name()?.expect("SAN").value;
     assert_eq!(
         san.general_names,
@@ -650,7 +665,9 @@ fn webpki_verifies_device_chain_as_client() -> TestResult {
     let at = now();
     let (ca, _) = CertificateAuthority::load_or_create(dir.path(), at)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider()).build()?;
-    let issued = ca.issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, at)?;
+    let issued = ca
+        .issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, at)?
+        .certificate;
     verifier.verify_client_cert(&issued.chain[0], &issued.chain[1..], unix_time(at))?;
     // Within the backdated window: a peer clock slightly behind still accepts it.
     verifier.verify_client_cert(
@@ -669,7 +686,7 @@ fn webpki_verifies_device_chain_as_client() -> TestResult {
             .is_err()
     );
     // A server certificate is not a client certificate.
-    let server = ca.issue_server_certificate(&[], at)?;
+    let server = ca.issue_server_certificate(&[], at)?.certificate;
     assert!(
         verifier
             .verify_client_cert(&server.chain[0], &server.chain[1..], unix_time(at))
@@ -678,8 +695,9 @@ fn webpki_verifies_device_chain_as_client() -> TestResult {
     // A device of another installation is not trusted.
     let other_dir = TempDir::new("webpki-client-other");
     let (other, _) = CertificateAuthority::load_or_create(other_dir.path(), at)?;
-    let foreign =
-        other.issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, at)?;
+    let foreign = other
+        .issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, at)?
+        .certificate;
     assert!(
         verifier
             .verify_client_cert(&foreign.chain[0], &foreign.chain[1..], unix_time(at))
@@ -694,7 +712,9 @@ fn webpki_verifies_server_chain() -> TestResult {
     let at = now();
     let (ca, _) = CertificateAuthority::load_or_create(dir.path(), at)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(&ca)?, provider()).build()?;
-    let issued = ca.issue_server_certificate(&["hub.example.com".into(), "10.1.2.3".into()], at)?;
+    let issued = ca
+        .issue_server_certificate(&["hub.example.com".into(), "10.1.2.3".into()], at)?
+        .certificate;
     for name in [
         "localhost",
         "127.0.0.1",
@@ -729,8 +749,9 @@ fn webpki_verifies_server_chain() -> TestResult {
         );
     }
     // A device certificate cannot impersonate the hub.
-    let device_cert =
-        ca.issue_device_certificate(&device("localhost"), DEFAULT_DEVICE_CERT_VALIDITY, at)?;
+    let device_cert = ca
+        .issue_device_certificate(&device("localhost"), DEFAULT_DEVICE_CERT_VALIDITY, at)?
+        .certificate;
     assert!(
         verifier
             .verify_server_cert(
@@ -780,13 +801,13 @@ fn openssl_verifies_chains() -> TestResult {
     fs::create_dir(files.path())?;
     let device_cert =
         ca.issue_device_certificate(&device("d1"), DEFAULT_DEVICE_CERT_VALIDITY, now())?;
-    let server_cert = ca.issue_server_certificate(&[], now())?;
+    let server_cert = ca.issue_server_certificate(&[], now())?.certificate;
     fs::write(files.join("root.crt"), ca.root_cert_pem())?;
     fs::write(files.join("issuing.crt"), ca.issuing_cert_pem())?;
     // The leaf alone: `cert_pem` holds leaf + issuing; OpenSSL reads the first.
-    fs::write(files.join("device.crt"), &device_cert.cert_pem)?;
+    fs::write(files.join("device.crt"), &device_cert.certificate.cert_pem)?;
     fs::write(files.join("server.crt"), &server_cert.cert_pem)?;
-    write_private_file(&files.join("device.key"), device_cert.key_pem.as_bytes())?;
+    write_private_file(&files.join("device.key"), device_cert.key.pem().as_bytes())?;
 
     for (leaf, purpose) in [("device.crt", "sslclient"), ("server.crt", "sslserver")] {
         let out = openssl(

@@ -30,6 +30,7 @@
 mod error;
 mod load;
 mod progress;
+pub mod registry;
 mod schema;
 mod writer;
 

@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ops;
+
 use clap::{Args, Parser, Subcommand};
 use moat_hub::{ConfigError, Settings};
 use moat_types::DeviceId;
@@ -12,9 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Exit code for invalid configuration or arguments.
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 /// Exit code for a runtime failure.
-const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser, Debug)]
 #[command(name = "moat", version, about = "Moat: a secure-by-default IoT hub")]
@@ -31,6 +33,43 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: ops::TokenCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// Policies: store, inspect, test decisions.
+    Policy {
+        #[command(subcommand)]
+        command: ops::PolicyCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// Device groups and the policies attached to them.
+    Group {
+        #[command(subcommand)]
+        command: ops::GroupCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// The tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: ops::AuditCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// API tokens for scripts (admin only).
+    ApiToken {
+        #[command(subcommand)]
+        command: ops::ApiTokenCommand,
+        #[command(flatten)]
+        target: ops::Target,
     },
 }
 
@@ -64,13 +103,10 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum DeviceCommand {
-    /// Issue a key and certificate for a device.
+    /// Issue a key and certificate for a device (works with the hub running or stopped).
     Add {
         /// Device id: 1-64 characters of A-Z a-z 0-9 . _ -
         id: String,
-        /// Data directory [default: ./moat-data].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Where to write ID.crt, ID.key and ca.crt.
         #[arg(long)]
         out: PathBuf,
@@ -78,6 +114,35 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 30)]
         validity_days: u64,
     },
+    /// List devices.
+    List,
+    /// Show a device and its certificates.
+    Show { id: String },
+    /// Set a device's group, attributes (NAME=VALUE) and own policies.
+    Set {
+        id: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+    },
+    /// Revoke a device for good: its certificates are revoked and its live sessions closed.
+    Revoke {
+        id: String,
+        /// RFC 5280 reason: keyCompromise, cessationOfOperation, superseded, ...
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a device until it is enabled again; its live sessions are closed.
+    Disable {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Allow a disabled device again.
+    Enable { id: String },
 }
 
 fn init_logging() {
@@ -94,14 +159,21 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Device {
-            command:
-                DeviceCommand::Add {
-                    id,
-                    data_dir,
-                    out,
-                    validity_days,
-                },
+        Command::Device { command, target } => device(command, &target),
+        Command::Token { command, target } => ops::token(&target, command),
+        Command::Policy { command, target } => ops::policy(&target, command),
+        Command::Group { command, target } => ops::group(&target, command),
+        Command::Audit { command, target } => ops::audit(&target, command),
+        Command::ApiToken { command, target } => ops::api_token(&target, command),
+    }
+}
+
+fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
+    match command {
+        DeviceCommand::Add {
+            id,
+            out,
+            validity_days,
         } => {
             let id = match DeviceId::parse(&id) {
                 Ok(id) => id,
@@ -110,10 +182,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let data_dir =
-                data_dir.unwrap_or_else(|| PathBuf::from(moat_hub::config::DEFAULT_DATA_DIR));
             let validity = Duration::from_secs(validity_days.saturating_mul(86_400));
-            match moat_hub::add_device(&data_dir, &id, &out, validity) {
+            match moat_hub::add_device(&target.data_dir(), &id, &out, validity) {
                 Ok(()) => {
                     println!(
                         "issued {id}: {out}/{id}.crt, {out}/{id}.key (keep it secret), {out}/ca.crt",
@@ -127,6 +197,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        DeviceCommand::List => ops::device_list(target),
+        DeviceCommand::Show { id } => ops::device_show(target, &id),
+        DeviceCommand::Set {
+            id,
+            group,
+            attrs,
+            policies,
+        } => ops::device_set(target, &id, group, attrs, policies),
+        DeviceCommand::Revoke { id, reason } => ops::device_status(target, &id, "revoke", reason),
+        DeviceCommand::Disable { id, reason } => ops::device_status(target, &id, "disable", reason),
+        DeviceCommand::Enable { id } => ops::device_status(target, &id, "enable", None),
     }
 }
 

@@ -1,0 +1,1030 @@
+//! The identity service: the device directory the packet path consults, the policy
+//! authorizer, the live certificate check, and every operation that changes who may do what
+//! (issue, enroll, revoke, disable, attach policies), each recorded in the audit trail.
+//!
+//! Reads on the packet path go to an immutable [`Directory`] snapshot behind an `ArcSwap`:
+//! a handshake or CONNECT never waits on a lock or the disk for a known device. Every change
+//! writes the registry first, then swaps in a rebuilt snapshot, then re-authorizes the
+//! broker's sessions (so that a revocation or a policy change reaches live connections at
+//! once).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use moat_audit::{Entry, Outcome};
+use moat_broker::{
+    Authorizer, Broker, ConnectDenied, Namespace, Permissions, Principal, ReasonCode,
+};
+use moat_pki::{CertificateAuthority, IssuedCertificate, RevocationReason, RevokedSerial};
+use moat_policy::{Action, BoundPolicy, Decision, PolicyDocument, PolicySet, Subject};
+use moat_store::registry::{CertificateRecord, DeviceRecord, DeviceStatus, GroupRecord, Registry};
+use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
+use rustls::CertificateError;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+/// The group whose policies apply to anonymous clients of a dangerous plaintext listener.
+/// Without it they are unrestricted (the listener itself is the loud opt-in).
+pub const ANONYMOUS_GROUP: &str = "anonymous";
+/// The policy a device gets when neither it nor its group names any: the foundation's
+/// namespace rule, `devices/${device.id}/#`.
+pub const DEFAULT_POLICY: &str = "namespace";
+/// How long a published CRL is valid (its nextUpdate); it is re-signed at half that age and
+/// at every revocation.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Audit events from the packet path waiting to be written; beyond it they are dropped and
+/// counted (`moat_audit_dropped_total`), never blocking a connection.
+pub const AUDIT_QUEUE: usize = 4096;
+
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn to_ms(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn from_ms(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Why an identity operation failed; the API maps each to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request is malformed or not allowed as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// It conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Credentials are missing or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The registry failed.
+    #[error("registry: {0}")]
+    Store(#[from] moat_store::StoreError),
+    /// The CA failed.
+    #[error("certificate authority: {0}")]
+    Pki(#[from] moat_pki::PkiError),
+}
+
+/// The snapshot the packet path reads.
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    devices: HashMap<String, DeviceRecord>,
+    groups: HashMap<String, GroupRecord>,
+    policies: HashMap<String, Arc<PolicyDocument>>,
+    revoked_serials: HashSet<String>,
+}
+
+impl Directory {
+    fn load(registry: &Registry) -> Result<Self, IdentityError> {
+        let mut policies: HashMap<String, Arc<PolicyDocument>> = moat_policy::TEMPLATES
+            .iter()
+            .filter_map(|name| {
+                moat_policy::template(name).map(|d| ((*name).to_owned(), Arc::new(d)))
+            })
+            .collect();
+        for (name, text) in registry.policies()? {
+            match PolicyDocument::parse(&name, &text) {
+                Ok(doc) => {
+                    policies.insert(name, Arc::new(doc));
+                }
+                // Stored documents were validated when put; one that no longer parses (an
+                // edit on disk, a newer format) grants nothing rather than stopping the hub.
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, "stored policy is invalid; ignored")
+                }
+            }
+        }
+        Ok(Self {
+            devices: registry
+                .all_devices()?
+                .into_iter()
+                .map(|d| (d.id.clone(), d))
+                .collect(),
+            groups: registry
+                .groups()?
+                .into_iter()
+                .map(|g| (g.name.clone(), g))
+                .collect(),
+            policies,
+            revoked_serials: registry
+                .revoked_certificates(0)?
+                .into_iter()
+                .map(|c| c.serial)
+                .collect(),
+        })
+    }
+
+    /// The documents attached to a device: its own, then its group's; the default policy if
+    /// there are none. Names that do not resolve are skipped (they grant nothing).
+    fn policy_set(&self, device: &DeviceRecord) -> PolicySet {
+        let group = device.group.as_ref().and_then(|g| self.groups.get(g));
+        let mut names: Vec<&str> = device.policies.iter().map(String::as_str).collect();
+        if let Some(g) = group {
+            names.extend(g.policies.iter().map(String::as_str));
+        }
+        if names.is_empty() {
+            names.push(DEFAULT_POLICY);
+        }
+        PolicySet::new(
+            names
+                .into_iter()
+                .filter_map(|n| self.policies.get(n).cloned()),
+        )
+    }
+
+    fn bind_device(&self, device: &DeviceRecord, client_id: &str) -> BoundPolicy {
+        let subject = Subject {
+            device_id: Some(&device.id),
+            group: device.group.as_deref(),
+            attrs: &device.attrs,
+            // Moat's certificates carry the device id as their common name.
+            cert_cn: Some(&device.id),
+            client_id: Some(client_id),
+        };
+        self.policy_set(device).bind(&subject)
+    }
+}
+
+/// Policy-bound permissions of one connection.
+#[derive(Debug)]
+struct PolicyPermissions(BoundPolicy);
+
+impl Permissions for PolicyPermissions {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        self.0.allows_topic(Action::Publish, topic)
+    }
+
+    fn may_retain(&self, topic: &TopicName) -> bool {
+        self.0.allows_topic(Action::Retain, topic)
+    }
+
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        self.0.decide_subscribe(filter).allowed
+    }
+
+    fn checks_receive(&self) -> bool {
+        self.0.has_receive_rules()
+    }
+
+    fn may_receive(&self, topic: &TopicName) -> bool {
+        self.0.allows_topic(Action::Receive, topic)
+    }
+}
+
+/// Looks a device up in the snapshot, then (for one added by `moat device add` while the
+/// hub runs) in the registry.
+fn find_device(directory: &Directory, registry: &Registry, id: &str) -> Option<DeviceRecord> {
+    if let Some(d) = directory.devices.get(id) {
+        return Some(d.clone());
+    }
+    match registry.device(id) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(device = %id, error = %e, "registry lookup failed; refusing");
+            None
+        }
+    }
+}
+
+/// The broker's [`Authorizer`]: the registry's standing plus the policy engine.
+#[derive(Debug)]
+pub(crate) struct PolicyAuthorizer {
+    directory: Arc<ArcSwap<Directory>>,
+    registry: Arc<Registry>,
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn authorize_connect(
+        &self,
+        principal: &Principal,
+        client_id: &ClientId,
+    ) -> Result<Arc<dyn Permissions>, ConnectDenied> {
+        let directory = self.directory.load();
+        match principal {
+            Principal::Device(id) => {
+                // The client id is bound to the certificate, whatever the policies say.
+                if id.as_str() != client_id.as_str() {
+                    return Err(ConnectDenied::ClientIdMismatch);
+                }
+                let device = find_device(&directory, &self.registry, id.as_str())
+                    .ok_or(ConnectDenied::NotAuthorized)?;
+                if device.status != DeviceStatus::Active {
+                    return Err(ConnectDenied::NotAuthorized);
+                }
+                let bound = directory.bind_device(&device, client_id.as_str());
+                if !bound.decide_connect(client_id.as_str()).allowed {
+                    return Err(ConnectDenied::NotAuthorized);
+                }
+                Ok(Arc::new(PolicyPermissions(bound)))
+            }
+            Principal::Anonymous => match directory.groups.get(ANONYMOUS_GROUP) {
+                None => Ok(Arc::new(Namespace::unrestricted())),
+                Some(group) => {
+                    let set = PolicySet::new(
+                        group
+                            .policies
+                            .iter()
+                            .filter_map(|n| directory.policies.get(n).cloned()),
+                    );
+                    let subject = Subject {
+                        client_id: Some(client_id.as_str()),
+                        ..Subject::anonymous()
+                    };
+                    let bound = set.bind(&subject);
+                    if !bound.decide_connect(client_id.as_str()).allowed {
+                        return Err(ConnectDenied::NotAuthorized);
+                    }
+                    Ok(Arc::new(PolicyPermissions(bound)))
+                }
+            },
+            Principal::Unauthenticated => Err(ConnectDenied::NotAuthorized),
+        }
+    }
+}
+
+/// The live certificate check on every mutual-TLS handshake.
+#[derive(Debug)]
+pub(crate) struct CertificateCheck {
+    directory: Arc<ArcSwap<Directory>>,
+    registry: Arc<Registry>,
+    audit: AuditSink,
+}
+
+impl moat_net::ClientCertCheck for CertificateCheck {
+    fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), CertificateError> {
+        let facts = moat_pki::certificate_facts(leaf)
+            .map_err(|_| CertificateError::ApplicationVerificationFailure)?;
+        let directory = self.directory.load();
+        if directory
+            .revoked_serials
+            .contains(&moat_pki::serial_hex(&facts.serial))
+        {
+            return Err(CertificateError::Revoked);
+        }
+        let Some(id) = facts.device_id else {
+            return Err(CertificateError::ApplicationVerificationFailure);
+        };
+        match find_device(&directory, &self.registry, id.as_str()).map(|d| d.status) {
+            Some(DeviceStatus::Active) => Ok(()),
+            Some(DeviceStatus::Revoked) => Err(CertificateError::Revoked),
+            Some(DeviceStatus::Disabled | DeviceStatus::Pending) | None => {
+                Err(CertificateError::ApplicationVerificationFailure)
+            }
+        }
+    }
+
+    fn rejected(&self, leaf: &CertificateDer<'_>, error: &rustls::Error) {
+        let facts = moat_pki::certificate_facts(leaf).ok();
+        let device = facts
+            .as_ref()
+            .and_then(|f| f.device_id.as_ref())
+            .map(|d| d.to_string());
+        let reason = match error {
+            rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+                "certificate revoked".to_owned()
+            }
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+                match &device {
+                    Some(id) => match self.directory.load().devices.get(id).map(|d| d.status) {
+                        Some(s) => format!("device is {}", s.as_str()),
+                        None => "unknown device".to_owned(),
+                    },
+                    None => "certificate names no device".to_owned(),
+                }
+            }
+            other => other.to_string(),
+        };
+        let code = match error {
+            rustls::Error::InvalidCertificate(e) => certificate_reason_code(e, &reason),
+            _ => "invalid",
+        };
+        let mut entry = Entry::new(
+            now_ms(),
+            device
+                .as_ref()
+                .map_or_else(|| "peer:unknown".to_owned(), |d| format!("device:{d}")),
+            "auth.certificate_rejected",
+            device
+                .as_ref()
+                .map_or_else(|| "certificate".to_owned(), |d| format!("device:{d}")),
+            Outcome::Denied,
+        )
+        .with("reason_code", code)
+        .with("reason", reason);
+        if let Some(f) = &facts {
+            entry = entry
+                .with("serial", moat_pki::serial_hex(&f.serial))
+                .with("issuer", &f.issuer_dn)
+                .with("not_after", f.not_after);
+        }
+        self.audit.record(entry);
+    }
+}
+
+/// A stable name for why a certificate was refused (`reason_code` in the audit trail).
+fn certificate_reason_code(e: &CertificateError, reason: &str) -> &'static str {
+    match e {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not_yet_valid"
+        }
+        CertificateError::Revoked => "revoked",
+        CertificateError::UnknownIssuer => "unknown_issuer",
+        CertificateError::BadSignature => "bad_signature",
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "wrong_purpose"
+        }
+        CertificateError::ApplicationVerificationFailure => match reason {
+            "unknown device" => "unknown_device",
+            "certificate names no device" => "no_device_identity",
+            _ => "device_not_active",
+        },
+        _ => "invalid",
+    }
+}
+
+/// Audit events from the packet path, queued to a writer task (never blocking).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditSink {
+    tx: mpsc::Sender<Entry>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// The sink and the receiver its writer task drains.
+    pub(crate) fn new() -> (Self, mpsc::Receiver<Entry>) {
+        let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
+        (
+            Self {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn record(&self, entry: Entry) {
+        if self.tx.try_send(entry).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes queued audit events in batches until `stop` turns true (then writes what is
+/// still queued) or every sink is gone.
+pub(crate) async fn audit_writer(
+    registry: Arc<Registry>,
+    mut rx: mpsc::Receiver<Entry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+                false
+            }
+            _ = stop.wait_for(|s| *s) => {
+                while let Ok(e) = rx.try_recv() {
+                    batch.push(e);
+                }
+                true
+            }
+        };
+        let entries = std::mem::take(&mut batch);
+        let registry = registry.clone();
+        match tokio::task::spawn_blocking(move || registry.append_audit(entries)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit append failed"),
+            Err(e) => tracing::error!(error = %e, "audit writer task failed"),
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The network layer's security events, audited.
+#[derive(Debug)]
+pub(crate) struct NetEvents {
+    pub(crate) audit: AuditSink,
+    /// Last address each device connected from, to flag a second one (a suspected clone).
+    last_seen: Mutex<HashMap<DeviceId, std::net::SocketAddr>>,
+}
+
+/// Most devices whose last address is remembered for clone detection; beyond it the map is
+/// cleared (bounded memory under identity churn).
+pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl NetEvents {
+    pub(crate) fn new(audit: AuditSink) -> Self {
+        Self {
+            audit,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl moat_net::SecurityEvents for NetEvents {
+    fn handshake_failed(&self, peer: std::net::SocketAddr, reason: &str) {
+        self.audit.record(
+            Entry::new(
+                now_ms(),
+                format!("peer:{peer}"),
+                "auth.handshake_failed",
+                format!("peer:{}", peer.ip()),
+                Outcome::Denied,
+            )
+            .with("reason", reason),
+        );
+    }
+
+    fn connect_refused(
+        &self,
+        peer: std::net::SocketAddr,
+        principal: &Principal,
+        client_id: &str,
+        reason: ReasonCode,
+    ) {
+        let why = match (principal, reason) {
+            (Principal::Device(id), ReasonCode::NotAuthorized) if id.as_str() != client_id => {
+                "client id does not match the certificate".to_owned()
+            }
+            (_, r) => format!("{r:?}"),
+        };
+        self.audit.record(
+            Entry::new(
+                now_ms(),
+                principal.to_string(),
+                "auth.connect_refused",
+                principal.to_string(),
+                Outcome::Denied,
+            )
+            .with("peer", peer)
+            .with("client_id", client_id.escape_debug())
+            .with("reason", why),
+        );
+    }
+
+    fn connected(&self, peer: std::net::SocketAddr, principal: &Principal, _client_id: &ClientId) {
+        let Principal::Device(id) = principal else {
+            return;
+        };
+        let previous = {
+            let mut seen = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.len() >= MAX_TRACKED_ADDRESSES && !seen.contains_key(id) {
+                seen.clear();
+            }
+            seen.insert(id.clone(), peer)
+        };
+        // A new connection of the same identity from another host while or after one from
+        // elsewhere: the takeover happens as MQTT requires, and the security team hears of it.
+        if let Some(prev) = previous
+            && prev.ip() != peer.ip()
+        {
+            tracing::warn!(device = %id, %prev, %peer, "same identity from another address: suspected clone");
+            self.audit.record(
+                Entry::new(
+                    now_ms(),
+                    principal.to_string(),
+                    "security.suspected_clone",
+                    principal.to_string(),
+                    Outcome::Denied,
+                )
+                .with("previous_address", prev)
+                .with("address", peer),
+            );
+        }
+    }
+}
+
+/// A signed CRL and when it was made.
+#[derive(Debug, Clone)]
+struct CachedCrl {
+    der: Arc<Vec<u8>>,
+    made_ms: u64,
+}
+
+/// The identity service.
+#[derive(Debug)]
+pub struct Identity {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) ca: Arc<CertificateAuthority>,
+    directory: Arc<ArcSwap<Directory>>,
+    broker: OnceLock<Broker>,
+    pub(crate) audit: AuditSink,
+    crl: Mutex<Option<CachedCrl>>,
+    /// Serialises changes: registry write, snapshot rebuild, re-authorization.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+    pub(crate) device_validity: Duration,
+}
+
+impl Identity {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        ca: Arc<CertificateAuthority>,
+        audit: AuditSink,
+        device_validity: Duration,
+    ) -> Result<Self, IdentityError> {
+        let directory = Directory::load(&registry)?;
+        Ok(Self {
+            registry,
+            ca,
+            directory: Arc::new(ArcSwap::from_pointee(directory)),
+            broker: OnceLock::new(),
+            audit,
+            crl: Mutex::new(None),
+            changes: tokio::sync::Mutex::new(()),
+            device_validity,
+        })
+    }
+
+    pub(crate) fn authorizer(&self) -> PolicyAuthorizer {
+        PolicyAuthorizer {
+            directory: self.directory.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+
+    pub(crate) fn certificate_check(&self) -> CertificateCheck {
+        CertificateCheck {
+            directory: self.directory.clone(),
+            registry: self.registry.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+
+    pub(crate) fn attach_broker(&self, broker: Broker) {
+        let _ = self.broker.set(broker);
+    }
+
+    /// Runs a registry operation on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T, IdentityError> + Send + 'static,
+    ) -> Result<T, IdentityError> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || f(&registry))
+            .await
+            .map_err(|e| IdentityError::Invalid(format!("internal task failed: {e}")))?
+    }
+
+    /// Writes `entry` to the audit trail before returning (operator actions are not
+    /// acknowledged until they are on the record).
+    pub(crate) async fn audit_now(&self, entry: Entry) -> Result<(), IdentityError> {
+        self.blocking(move |r| Ok(r.append_audit(vec![entry]).map(|_| ())?))
+            .await
+    }
+
+    /// Reloads the snapshot from the registry and applies it to live sessions; returns how
+    /// many connections were closed.
+    pub(crate) async fn refresh_directory(&self) -> Result<usize, IdentityError> {
+        let directory = self.blocking(|r| Directory::load(r)).await?;
+        self.directory.store(Arc::new(directory));
+        *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(self
+            .broker
+            .get()
+            .map_or(0, |b| b.reauthorize(ReasonCode::NotAuthorized)))
+    }
+
+    // ---- devices -------------------------------------------------------------------------
+
+    pub(crate) fn device(&self, id: &str) -> Result<DeviceRecord, IdentityError> {
+        find_device(&self.directory.load(), &self.registry, id)
+            .ok_or_else(|| IdentityError::NotFound(format!("device {id}")))
+    }
+
+    pub(crate) async fn devices(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, IdentityError> {
+        self.blocking(move |r| Ok(r.devices(after.as_deref(), limit)?))
+            .await
+    }
+
+    pub(crate) async fn certificates_of(
+        &self,
+        id: String,
+    ) -> Result<Vec<CertificateRecord>, IdentityError> {
+        self.blocking(move |r| Ok(r.certificates_of(&id)?)).await
+    }
+
+    /// Creates or updates a device's group, attributes and policies.
+    pub(crate) async fn put_device(
+        &self,
+        actor: &str,
+        id: &DeviceId,
+        group: Option<String>,
+        attrs: BTreeMap<String, String>,
+        policies: Vec<String>,
+    ) -> Result<DeviceRecord, IdentityError> {
+        let _guard = self.changes.lock().await;
+        let now = now_ms();
+        let existing = self.registry.device(id.as_str())?;
+        let record = DeviceRecord {
+            id: id.to_string(),
+            group,
+            status: existing.as_ref().map_or(DeviceStatus::Active, |d| d.status),
+            attrs,
+            policies,
+            created_at_ms: existing.as_ref().map_or(now, |d| d.created_at_ms),
+            updated_at_ms: now,
+        };
+        let stored = record.clone();
+        self.blocking(move |r| Ok(r.put_device(&stored)?)).await?;
+        self.audit_now(
+            Entry::new(
+                now,
+                actor,
+                "device.put",
+                format!("device:{id}"),
+                Outcome::Success,
+            )
+            .with("group", record.group.as_deref().unwrap_or("-"))
+            .with("policies", record.policies.join(",")),
+        )
+        .await?;
+        self.refresh_directory().await?;
+        Ok(record)
+    }
+
+    /// Issues a key and certificate for `id` (registering it if new): `moat device add`.
+    pub(crate) async fn issue_device(
+        &self,
+        actor: &str,
+        id: &DeviceId,
+        validity: Duration,
+    ) -> Result<moat_pki::CertifiedKey, IdentityError> {
+        let _guard = self.changes.lock().await;
+        if let Some(d) = self.registry.device(id.as_str())?
+            && d.status == DeviceStatus::Revoked
+        {
+            return Err(IdentityError::Conflict(format!(
+                "device {id} is revoked; a revoked identity is never reissued"
+            )));
+        }
+        let issued = self
+            .ca
+            .issue_device_certificate(id, validity, OffsetDateTime::now_utc())?;
+        register_issued(&self.registry, id, &issued.certificate, "api", None)?;
+        self.audit_now(issued_entry(actor, id, &issued.certificate, "api"))
+            .await?;
+        self.refresh_directory().await?;
+        Ok(issued)
+    }
+
+    /// Sets a device's standing; for `Revoked` also revokes its certificates. Returns how many
+    /// live connections were closed.
+    pub(crate) async fn set_status(
+        &self,
+        actor: &str,
+        id: &DeviceId,
+        status: DeviceStatus,
+        reason: &str,
+    ) -> Result<usize, IdentityError> {
+        let _guard = self.changes.lock().await;
+        let mut device = self
+            .registry
+            .device(id.as_str())?
+            .ok_or_else(|| IdentityError::NotFound(format!("device {id}")))?;
+        if device.status == DeviceStatus::Revoked && status != DeviceStatus::Revoked {
+            return Err(IdentityError::Conflict(format!(
+                "device {id} is revoked; revocation is permanent"
+            )));
+        }
+        let now = now_ms();
+        device.status = status;
+        device.updated_at_ms = now;
+        let reason_owned = reason.to_owned();
+        let serials = self
+            .blocking(move |r| {
+                r.put_device(&device)?;
+                if status == DeviceStatus::Revoked {
+                    Ok(r.revoke_certificates_of(&device.id, now, &reason_owned)?)
+                } else {
+                    Ok(Vec::new())
+                }
+            })
+            .await?;
+        let kicked = self.refresh_directory().await?;
+        let action = match status {
+            DeviceStatus::Revoked => "device.revoke",
+            DeviceStatus::Disabled => "device.disable",
+            DeviceStatus::Active => "device.enable",
+            DeviceStatus::Pending => "device.hold",
+        };
+        self.audit_now(
+            Entry::new(now, actor, action, format!("device:{id}"), Outcome::Success)
+                .with("reason", reason)
+                .with("certificates_revoked", serials.join(","))
+                .with("sessions_closed", kicked),
+        )
+        .await?;
+        Ok(kicked)
+    }
+
+    // ---- groups and policies -------------------------------------------------------------
+
+    pub(crate) fn groups(&self) -> Vec<GroupRecord> {
+        let mut groups: Vec<_> = self.directory.load().groups.values().cloned().collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        groups
+    }
+
+    pub(crate) async fn put_group(
+        &self,
+        actor: &str,
+        name: String,
+        policies: Vec<String>,
+    ) -> Result<GroupRecord, IdentityError> {
+        validate_name(&name, "group")?;
+        let _guard = self.changes.lock().await;
+        let record = GroupRecord {
+            name: name.clone(),
+            policies,
+            created_at_ms: now_ms(),
+        };
+        let stored = record.clone();
+        self.blocking(move |r| Ok(r.put_group(&stored)?)).await?;
+        self.audit_now(
+            Entry::new(
+                now_ms(),
+                actor,
+                "group.put",
+                format!("group:{name}"),
+                Outcome::Success,
+            )
+            .with("policies", record.policies.join(",")),
+        )
+        .await?;
+        self.refresh_directory().await?;
+        Ok(record)
+    }
+
+    pub(crate) async fn delete_group(
+        &self,
+        actor: &str,
+        name: String,
+    ) -> Result<(), IdentityError> {
+        let _guard = self.changes.lock().await;
+        let n = name.clone();
+        if !self.blocking(move |r| Ok(r.delete_group(&n)?)).await? {
+            return Err(IdentityError::NotFound(format!("group {name}")));
+        }
+        self.audit_now(Entry::new(
+            now_ms(),
+            actor,
+            "group.delete",
+            format!("group:{name}"),
+            Outcome::Success,
+        ))
+        .await?;
+        self.refresh_directory().await?;
+        Ok(())
+    }
+
+    /// Every policy (built-in templates included), as canonical JSON.
+    pub(crate) fn policies(&self) -> Vec<(String, String)> {
+        let directory = self.directory.load();
+        let mut all: Vec<_> = directory
+            .policies
+            .iter()
+            .map(|(n, d)| (n.clone(), d.to_json()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Validates, stores and applies a policy document (TOML or JSON). Returns how many live
+    /// connections it closed.
+    pub(crate) async fn put_policy(
+        &self,
+        actor: &str,
+        name: String,
+        text: &str,
+    ) -> Result<usize, IdentityError> {
+        validate_name(&name, "policy")?;
+        let doc = PolicyDocument::parse(&name, text)
+            .map_err(|e| IdentityError::Invalid(format!("policy {name}: {e}")))?;
+        let _guard = self.changes.lock().await;
+        let json = doc.to_json();
+        let n = name.clone();
+        self.blocking(move |r| Ok(r.put_policy(&n, &json, now_ms())?))
+            .await?;
+        self.audit_now(Entry::new(
+            now_ms(),
+            actor,
+            "policy.put",
+            format!("policy:{name}"),
+            Outcome::Success,
+        ))
+        .await?;
+        self.refresh_directory().await
+    }
+
+    pub(crate) async fn delete_policy(
+        &self,
+        actor: &str,
+        name: String,
+    ) -> Result<usize, IdentityError> {
+        let _guard = self.changes.lock().await;
+        let n = name.clone();
+        if !self.blocking(move |r| Ok(r.delete_policy(&n)?)).await? {
+            return Err(IdentityError::NotFound(format!(
+                "stored policy {name} (built-in templates cannot be deleted)"
+            )));
+        }
+        self.audit_now(Entry::new(
+            now_ms(),
+            actor,
+            "policy.delete",
+            format!("policy:{name}"),
+            Outcome::Success,
+        ))
+        .await?;
+        self.refresh_directory().await
+    }
+
+    /// What the policies decide for `device` doing `action` on `topic` (a topic name, or a
+    /// filter for `subscribe`, or a client id for `connect`), and which statement decided.
+    pub(crate) fn test_policy(
+        &self,
+        device: &str,
+        action: Action,
+        topic: &str,
+    ) -> Result<Decision, IdentityError> {
+        let directory = self.directory.load();
+        let record = find_device(&directory, &self.registry, device)
+            .ok_or_else(|| IdentityError::NotFound(format!("device {device}")))?;
+        let bound = directory.bind_device(&record, device);
+        let decision = match action {
+            Action::Connect => bound.decide_connect(topic),
+            Action::Subscribe => {
+                let filter = TopicFilter::parse(topic)
+                    .map_err(|e| IdentityError::Invalid(format!("topic filter {topic:?}: {e}")))?;
+                bound.decide_subscribe(&filter)
+            }
+            _ => {
+                let name = TopicName::parse(topic)
+                    .map_err(|e| IdentityError::Invalid(format!("topic {topic:?}: {e}")))?;
+                bound.decide_topic(action, &name)
+            }
+        };
+        Ok(decision)
+    }
+
+    // ---- CRL -----------------------------------------------------------------------------
+
+    /// The current CRL (DER), re-signed when older than half its validity or after a change.
+    pub(crate) async fn crl(&self) -> Result<Arc<Vec<u8>>, IdentityError> {
+        let now = now_ms();
+        let half = u64::try_from(CRL_VALIDITY.as_millis() / 2).unwrap_or(u64::MAX);
+        if let Some(c) = self
+            .crl
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            && now.saturating_sub(c.made_ms) < half
+        {
+            return Ok(c.der.clone());
+        }
+        let ca = self.ca.clone();
+        let der = self
+            .blocking(move |r| {
+                let revoked = r
+                    .revoked_certificates(now)?
+                    .into_iter()
+                    .filter_map(|c| {
+                        Some(RevokedSerial {
+                            serial: parse_hex(&c.serial)?,
+                            revoked_at: from_ms(c.revoked_at_ms?),
+                            reason: c.reason.as_deref().and_then(reason_from_name),
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                let number = r.next_counter("crl_number")?;
+                let this_update = from_ms(now);
+                let crl =
+                    ca.issue_crl(&revoked, number, this_update, this_update + CRL_VALIDITY)?;
+                Ok(crl.as_ref().to_vec())
+            })
+            .await?;
+        let der = Arc::new(der);
+        *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedCrl {
+            der: der.clone(),
+            made_ms: now,
+        });
+        Ok(der)
+    }
+}
+
+/// Records an issued certificate (and the device, if new) in the registry.
+pub(crate) fn register_issued(
+    registry: &Registry,
+    id: &DeviceId,
+    cert: &IssuedCertificate,
+    source: &str,
+    group: Option<String>,
+) -> Result<(), IdentityError> {
+    let now = now_ms();
+    if registry.device(id.as_str())?.is_none() {
+        registry.put_device(&DeviceRecord {
+            id: id.to_string(),
+            group,
+            status: DeviceStatus::Active,
+            attrs: BTreeMap::new(),
+            policies: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        })?;
+    }
+    registry.add_certificate(&CertificateRecord {
+        serial: moat_pki::serial_hex(&cert.serial),
+        device_id: id.to_string(),
+        not_before_ms: to_ms(cert.not_before),
+        not_after_ms: to_ms(cert.not_after),
+        issued_at_ms: now,
+        source: source.to_owned(),
+        revoked_at_ms: None,
+        reason: None,
+    })?;
+    Ok(())
+}
+
+pub(crate) fn issued_entry(
+    actor: &str,
+    id: &DeviceId,
+    cert: &IssuedCertificate,
+    source: &str,
+) -> Entry {
+    Entry::new(
+        now_ms(),
+        actor,
+        "certificate.issue",
+        format!("device:{id}"),
+        Outcome::Success,
+    )
+    .with("serial", moat_pki::serial_hex(&cert.serial))
+    .with("not_after", cert.not_after)
+    .with("source", source)
+}
+
+fn validate_name(name: &str, what: &str) -> Result<(), IdentityError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::Invalid(format!(
+            "{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// RFC 5280 reason names as the API accepts them.
+pub(crate) fn reason_from_name(name: &str) -> Option<RevocationReason> {
+    Some(match name {
+        "unspecified" => RevocationReason::Unspecified,
+        "keyCompromise" => RevocationReason::KeyCompromise,
+        "affiliationChanged" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessationOfOperation" => RevocationReason::CessationOfOperation,
+        "privilegeWithdrawn" => RevocationReason::PrivilegeWithdrawn,
+        _ => return None,
+    })
+}

@@ -1,0 +1,916 @@
+//! Identity (issue 3) with real third-party clients: the `moat` CLI as an operator, curl and
+//! openssl as an EST client and certificate tooling, mosquitto_pub/sub and paho-mqtt as
+//! devices.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::*;
+
+/// `moat ARGS --data-dir DIR` (the operator CLI against this hub).
+fn cli(hub: &Hub, args: &[&str]) -> Output {
+    run_with_deadline(
+        Command::new(moat_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(hub.data_dir()),
+        EVENT_DEADLINE,
+    )
+}
+
+fn cli_ok(hub: &Hub, args: &[&str]) -> String {
+    let out = cli(hub, args);
+    assert!(
+        out.status.success(),
+        "moat {} failed\n{}",
+        args.join(" "),
+        show_output(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn tool(program: &str, args: &[&str], dir: &Path) -> Output {
+    run_with_deadline(
+        Command::new(program).args(args).current_dir(dir),
+        EVENT_DEADLINE,
+    )
+}
+
+fn tool_ok(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = tool(program, args, dir);
+    assert!(
+        out.status.success(),
+        "{program} {} failed\n{}",
+        args.join(" "),
+        show_output(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn api_url(hub: &Hub, path: &str) -> String {
+    format!("https://localhost:{}{path}", hub.addrs.api.port())
+}
+
+/// The hub's root CA as the API and the EST endpoints present it.
+fn root_ca(hub: &Hub) -> PathBuf {
+    hub.data_dir().join("pki").join("root-ca.crt")
+}
+
+/// curl with the hub's CA; returns (HTTP status, body).
+fn curl(hub: &Hub, dir: &Path, args: &[&str]) -> (u16, String) {
+    let ca = root_ca(hub);
+    let mut all = vec![
+        "-sS",
+        "--cacert",
+        ca.to_str().expect("utf-8 path"),
+        "-o",
+        "body.out",
+        "-w",
+        "%{http_code}",
+    ];
+    all.extend_from_slice(args);
+    let out = tool("curl", &all, dir);
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed\n{}",
+        show_output(&out)
+    );
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("curl printed the status");
+    let body = fs::read_to_string(dir.join("body.out")).unwrap_or_default();
+    (status, body)
+}
+
+/// Audit entries (JSON lines) with `action`, waiting (bounded) for the ones the hub writes
+/// asynchronously.
+fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
+    let end = std::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let found: Vec<String> = cli_ok(hub, &["audit", "export"])
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+            .map(str::to_owned)
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > end {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Makes an EC P-256 key and a PKCS#10 request for `cn` with `extra` openssl req options;
+/// returns (key file, base64 DER request file) in `dir`.
+fn key_and_csr(dir: &Path, name: &str, cn: &str, extra: &[&str]) -> (String, String) {
+    let key = format!("{name}.key");
+    tool_ok(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ],
+        dir,
+    );
+    let der = format!("{name}.csr.der");
+    let subj = format!("/CN={cn}");
+    let mut args = vec![
+        "req", "-new", "-key", &key, "-subj", &subj, "-outform", "DER", "-out", &der,
+    ];
+    args.extend_from_slice(extra);
+    tool_ok("openssl", &args, dir);
+    let b64 = format!("{name}.csr.b64");
+    tool_ok("openssl", &["base64", "-in", &der, "-out", &b64], dir);
+    (key, b64)
+}
+
+/// Decodes an EST certs-only response (base64 PKCS#7) into PEM certificates in `out`.
+fn est_certs(dir: &Path, body: &str, out: &str) -> String {
+    fs::write(dir.join("resp.b64"), body).expect("write");
+    tool_ok(
+        "openssl",
+        &["base64", "-d", "-in", "resp.b64", "-out", "resp.p7"],
+        dir,
+    );
+    tool_ok(
+        "openssl",
+        &[
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            "resp.p7",
+            "-print_certs",
+            "-out",
+            out,
+        ],
+        dir,
+    );
+    fs::read_to_string(dir.join(out)).expect("certs")
+}
+
+#[test]
+fn revocation_disabling_and_policy_changes_reach_live_sessions() {
+    let hub = Hub::start(HubOptions::new().plaintext_anonymous().wss());
+    for id in SCRIPT_DEVICES {
+        hub.add_device(id);
+    }
+    let data_dir = hub.data_dir();
+    run_script(
+        &hub,
+        "identity.py",
+        &[
+            "--moat",
+            moat_bin(),
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+        ],
+    );
+}
+
+#[test]
+fn revoked_certificate_is_refused_to_mosquitto_and_listed_in_the_signed_crl() {
+    let hub = Hub::start(HubOptions::new());
+    let creds = hub.add_device("lost1");
+    let via = Via::Device(creds);
+    mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/lost1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    let shown = cli_ok(&hub, &["device", "show", "lost1"]);
+    let serial = shown
+        .split("\"serial\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("device show lists the certificate serial")
+        .to_owned();
+    cli_ok(
+        &hub,
+        &["device", "revoke", "lost1", "--reason", "keyCompromise"],
+    );
+    for v in [Mqtt::V311, Mqtt::V5] {
+        let out = mosquitto_pub(
+            &hub,
+            &via,
+            v,
+            None,
+            &["-t", "devices/lost1/x", "-m", "1", "-q", "1"],
+        );
+        assert!(
+            !out.status.success(),
+            "a revoked certificate published\n{}",
+            out.show()
+        );
+    }
+    // The CRL: signed by the issuing CA, listing the serial.
+    let dir = hub.scratch("crl");
+    let (status, _) = curl(&hub, &dir, &[&api_url(&hub, "/pki/crl")]);
+    assert_eq!(status, 200);
+    fs::rename(dir.join("body.out"), dir.join("crl.der")).expect("rename");
+    let issuing = hub.data_dir().join("pki").join("issuing-ca.crt");
+    let verify = tool(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "crl.der",
+            "-noout",
+            "-verify",
+            "-CAfile",
+            issuing.to_str().expect("utf-8"),
+        ],
+        &dir,
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("verify OK")
+            || String::from_utf8_lossy(&verify.stdout).contains("verify OK"),
+        "CRL signature does not verify\n{}",
+        show_output(&verify)
+    );
+    let text = tool_ok(
+        "openssl",
+        &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
+        &dir,
+    );
+    assert!(
+        text.to_ascii_lowercase().replace(':', "").contains(&serial),
+        "CRL does not list serial {serial}\n{text}"
+    );
+    assert!(
+        text.contains("Key Compromise"),
+        "CRL entry lacks its reason\n{text}"
+    );
+    // Revocation survives a restart.
+    let mut hub = hub;
+    hub.restart();
+    let out = mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/lost1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "revocation did not survive a restart\n{}",
+        out.show()
+    );
+}
+
+#[test]
+fn est_enrollment_with_curl_takes_only_the_public_key_and_renewal_keeps_the_session() {
+    let hub = Hub::start(HubOptions::new().plaintext_anonymous());
+    let dir = hub.scratch("est");
+    let ca = root_ca(&hub);
+
+    // cacerts: the issuing CA and the root.
+    let (status, body) = curl(&hub, &dir, &[&api_url(&hub, "/.well-known/est/cacerts")]);
+    assert_eq!(status, 200, "cacerts: {body}");
+    let cas = est_certs(&dir, &body, "cacerts.pem");
+    assert_eq!(cas.matches("BEGIN CERTIFICATE").count(), 2, "{cas}");
+
+    let token = cli_ok(&hub, &["token", "create", "--uses", "1", "--ttl", "10m"]);
+    assert!(
+        token.starts_with("moat_et_"),
+        "token create printed {token:?}"
+    );
+
+    // A request asking for CA:TRUE, a DNS name and keyCertSign.
+    let (key, csr) = key_and_csr(
+        &dir,
+        "est1",
+        "est1",
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "subjectAltName=DNS:evil.example,IP:10.0.0.1",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let enroll = api_url(&hub, "/.well-known/est/simpleenroll");
+    let user = format!("est1:{token}");
+    let data = format!("@{csr}");
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &[
+            "-u",
+            &user,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data,
+            &enroll,
+        ],
+    );
+    assert_eq!(status, 200, "simpleenroll: {body}");
+    let cert = est_certs(&dir, &body, "est1.crt");
+    assert_eq!(cert.matches("BEGIN CERTIFICATE").count(), 1);
+    let text = tool_ok(
+        "openssl",
+        &["x509", "-in", "est1.crt", "-noout", "-text"],
+        &dir,
+    );
+    assert!(
+        text.contains("CA:FALSE"),
+        "issued certificate is not CA:FALSE\n{text}"
+    );
+    assert!(
+        !text.contains("evil.example") && !text.contains("10.0.0.1"),
+        "requested names were copied\n{text}"
+    );
+    assert!(
+        !text.contains("Certificate Sign"),
+        "requested key usage was copied\n{text}"
+    );
+    assert!(
+        text.contains("URI:urn:moat:device:est1"),
+        "no device identity\n{text}"
+    );
+    assert!(
+        text.contains("TLS Web Client Authentication"),
+        "no clientAuth\n{text}"
+    );
+    // The certificate carries the device's own key.
+    let pub_cert = tool_ok(
+        "openssl",
+        &["x509", "-in", "est1.crt", "-noout", "-pubkey"],
+        &dir,
+    );
+    let pub_key = tool_ok("openssl", &["pkey", "-in", &key, "-pubout"], &dir);
+    assert_eq!(
+        pub_cert, pub_key,
+        "the certificate's key is not the device's"
+    );
+
+    // The token was single-use.
+    let (key2, csr2) = key_and_csr(&dir, "est2", "est2", &[]);
+    let data2 = format!("@{csr2}");
+    let (status, _) = curl(
+        &hub,
+        &dir,
+        &[
+            "-u",
+            &format!("est2:{token}"),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data2,
+            &enroll,
+        ],
+    );
+    assert_eq!(status, 401, "a used-up token enrolled a second device");
+    let _ = key2;
+    // No token at all.
+    let (status, _) = curl(
+        &hub,
+        &dir,
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data2,
+            &enroll,
+        ],
+    );
+    assert_eq!(status, 401);
+
+    // The enrolled device connects with mosquitto and its own key.
+    let via = Via::Files {
+        cert: dir.join("est1.crt"),
+        key: dir.join(&key),
+        ca: ca.clone(),
+    };
+    mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        Some("est1"),
+        &["-t", "devices/est1/hello", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+
+    // Renewal over mutual TLS with the current certificate, while the device stays connected.
+    let mut sub = Sub::start(
+        &hub,
+        &via,
+        Mqtt::V5,
+        Some("est1"),
+        &["-t", "devices/est1/#", "-q", "1"],
+    );
+    let (key3, csr3) = key_and_csr(&dir, "est1-renew", "est1", &[]);
+    let data3 = format!("@{csr3}");
+    let reenroll = api_url(&hub, "/.well-known/est/simplereenroll");
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &[
+            "--cert",
+            "est1.crt",
+            "--key",
+            &key,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data3,
+            &reenroll,
+        ],
+    );
+    assert_eq!(status, 200, "simplereenroll: {body}");
+    est_certs(&dir, &body, "est1-renewed.crt");
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        None,
+        &[
+            "-t",
+            "devices/est1/after-renewal",
+            "-m",
+            "still-here",
+            "-q",
+            "1",
+        ],
+    )
+    .assert_ok();
+    sub.expect("devices/est1/after-renewal", "still-here");
+    sub.kill();
+    let renewed = Via::Files {
+        cert: dir.join("est1-renewed.crt"),
+        key: dir.join(&key3),
+        ca: ca.clone(),
+    };
+    mosquitto_pub(
+        &hub,
+        &renewed,
+        Mqtt::V5,
+        Some("est1"),
+        &["-t", "devices/est1/renewed", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    // Renewal without a client certificate is refused.
+    let (status, _) = curl(
+        &hub,
+        &dir,
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data3,
+            &reenroll,
+        ],
+    );
+    assert_eq!(status, 401);
+
+    let issued = audit_lines(&hub, "certificate.issue");
+    assert!(
+        issued.iter().any(|l| l.contains("\"source\":\"est\"")
+            && l.contains("CA:TRUE")
+            && l.contains("DNS:evil.example")),
+        "the enrollment and what it asked for are not in the audit trail: {issued:?}"
+    );
+    assert!(
+        issued.iter().any(|l| l.contains("\"source\":\"reenroll\"")),
+        "{issued:?}"
+    );
+}
+
+/// Signs a certificate for `id` with the hub's issuing CA key using `openssl ca`, with the
+/// given validity window (YYYYMMDDHHMMSSZ).
+fn sign_with_issuing_ca(hub: &Hub, dir: &Path, id: &str, start: &str, end: &str) -> Via {
+    let pki = hub.data_dir().join("pki");
+    fs::write(dir.join("index.txt"), "").expect("index");
+    fs::write(dir.join("serial"), "1000\n").expect("serial");
+    fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+             default_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n\
+             [ext]\nsubjectAltName = URI:urn:moat:device:{id}\nextendedKeyUsage = clientAuth\n\
+             basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+        ),
+    )
+    .expect("cnf");
+    let key = format!("{id}-{start}.key");
+    tool_ok(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ],
+        dir,
+    );
+    let csr = format!("{id}-{start}.csr");
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={id}"),
+            "-out",
+            &csr,
+        ],
+        dir,
+    );
+    let cert = format!("{id}-{start}.crt");
+    tool_ok(
+        "openssl",
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-notext",
+            "-extensions",
+            "ext",
+            "-cert",
+            pki.join("issuing-ca.crt").to_str().expect("utf-8"),
+            "-keyfile",
+            pki.join("issuing-ca.key").to_str().expect("utf-8"),
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-in",
+            &csr,
+            "-out",
+            &cert,
+        ],
+        dir,
+    );
+    Via::Files {
+        cert: dir.join(cert),
+        key: dir.join(key),
+        ca: root_ca(hub),
+    }
+}
+
+#[test]
+fn expired_not_yet_valid_foreign_and_mismatched_certificates_are_refused_with_reasons_on_record() {
+    let hub = Hub::start(HubOptions::new());
+    hub.add_device("old1");
+    let dir = hub.scratch("certs-bad");
+
+    let expired = sign_with_issuing_ca(&hub, &dir, "old1", "20200101000000Z", "20200102000000Z");
+    let out = mosquitto_pub(
+        &hub,
+        &expired,
+        Mqtt::V5,
+        Some("old1"),
+        &["-t", "devices/old1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "an expired certificate connected\n{}",
+        out.show()
+    );
+    let future = sign_with_issuing_ca(&hub, &dir, "old1", "20990101000000Z", "20990102000000Z");
+    let out = mosquitto_pub(
+        &hub,
+        &future,
+        Mqtt::V5,
+        Some("old1"),
+        &["-t", "devices/old1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "a not-yet-valid certificate connected\n{}",
+        out.show()
+    );
+
+    // A CA Moat does not know, issuing a perfect-looking device certificate.
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "foreign-ca.key",
+            "-out",
+            "foreign-ca.crt",
+            "-subj",
+            "/CN=Foreign CA",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        &dir,
+    );
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "forged.key",
+            "-out",
+            "forged.csr",
+            "-subj",
+            "/CN=old1",
+        ],
+        &dir,
+    );
+    fs::write(
+        dir.join("forged.ext"),
+        "subjectAltName = URI:urn:moat:device:old1\nextendedKeyUsage = clientAuth\n",
+    )
+    .expect("ext");
+    tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "forged.csr",
+            "-CA",
+            "foreign-ca.crt",
+            "-CAkey",
+            "foreign-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "forged.ext",
+            "-out",
+            "forged.crt",
+        ],
+        &dir,
+    );
+    let forged = Via::Files {
+        cert: dir.join("forged.crt"),
+        key: dir.join("forged.key"),
+        ca: root_ca(&hub),
+    };
+    let out = mosquitto_pub(
+        &hub,
+        &forged,
+        Mqtt::V5,
+        Some("old1"),
+        &["-t", "devices/old1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "a foreign-CA certificate connected\n{}",
+        out.show()
+    );
+
+    // Client id different from the certificate's device id.
+    let good = hub.add_device("good1");
+    let out = mosquitto_pub(
+        &hub,
+        &Via::Device(good),
+        Mqtt::V5,
+        Some("someone-else"),
+        &["-t", "devices/good1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "client id mismatch was accepted\n{}",
+        out.show()
+    );
+
+    let rejected = audit_lines(&hub, "auth.certificate_rejected");
+    let has = |needle: &str| rejected.iter().any(|l| l.contains(needle));
+    assert!(
+        has("\"reason_code\":\"expired\""),
+        "no expired-certificate reason in the audit trail: {rejected:?}"
+    );
+    assert!(
+        has("\"reason_code\":\"not_yet_valid\""),
+        "no not-yet-valid reason in the audit trail: {rejected:?}"
+    );
+    assert!(
+        has("\"reason_code\":\"unknown_issuer\""),
+        "no foreign-CA reason in the audit trail: {rejected:?}"
+    );
+    let refused = audit_lines(&hub, "auth.connect_refused");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("device:good1") && l.contains("client id does not match")),
+        "no client-id mismatch in the audit trail: {refused:?}"
+    );
+}
+
+#[test]
+fn audit_trail_tampering_is_detected() {
+    let mut hub = Hub::start(HubOptions::new());
+    hub.add_device("a1");
+    hub.add_device("a2");
+    cli_ok(&hub, &["device", "disable", "a1", "--reason", "test"]);
+    cli_ok(&hub, &["device", "enable", "a1"]);
+    let ok = cli_ok(&hub, &["audit", "verify"]);
+    assert!(ok.starts_with("audit trail intact"), "{ok}");
+    hub.stop();
+    let db = hub.data_dir().join("registry.db");
+    let edit = |sql: &str| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()\n";
+        let out = run_with_deadline(
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(&db)
+                .arg(sql),
+            EVENT_DEADLINE,
+        );
+        assert!(out.status.success(), "{}", show_output(&out));
+    };
+    let verify = |hub: &Hub| {
+        let out = cli(hub, &["audit", "verify"]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    edit("UPDATE audit SET actor = 'operator:mallory' WHERE seq = 2");
+    let (ok, text) = verify(&hub);
+    assert!(
+        !ok && text.contains("record 2 was edited"),
+        "an edited entry went unnoticed: {text}"
+    );
+    edit("UPDATE audit SET actor = (SELECT actor FROM audit WHERE seq = 1) WHERE seq = 2");
+    edit("DELETE FROM audit WHERE seq = 3");
+    let (ok, text) = verify(&hub);
+    assert!(
+        !ok && text.contains("TAMPERED"),
+        "a deleted entry went unnoticed: {text}"
+    );
+    edit("DELETE FROM audit WHERE seq >= 3");
+    let (ok, text) = verify(&hub);
+    assert!(
+        !ok && text.contains("deleted"),
+        "entries cut from the end went unnoticed: {text}"
+    );
+}
+
+#[test]
+fn operator_access_roles_tokens_and_login() {
+    let mut hub = Hub::start(HubOptions::new());
+    let dir = hub.scratch("ops");
+    // The first start showed the admin password once.
+    let first = hub.stderr();
+    let password = first
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: "))
+        .expect("the first start prints the admin password")
+        .trim()
+        .to_owned();
+    hub.add_device("r1");
+    let auditor = cli_ok(
+        &hub,
+        &[
+            "api-token",
+            "create",
+            "--name",
+            "audit-bot",
+            "--role",
+            "auditor",
+        ],
+    );
+    let bearer = format!("Authorization: Bearer {auditor}");
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &["-H", &bearer, &api_url(&hub, "/api/v1/devices")],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"id\":\"r1\""), "{body}");
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            &api_url(&hub, "/api/v1/devices/r1/revoke"),
+        ],
+    );
+    assert_eq!(status, 403, "an auditor revoked a device: {body}");
+    assert!(body.contains("\"code\":\"forbidden\""), "{body}");
+    let (status, body) = curl(&hub, &dir, &[&api_url(&hub, "/api/v1/devices")]);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = curl(
+        &hub,
+        &dir,
+        &[
+            "-H",
+            "Authorization: Bearer moat_at_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+            &api_url(&hub, "/api/v1/devices"),
+        ],
+    );
+    assert_eq!(status, 401);
+    let (status, body) = curl(&hub, &dir, &[&api_url(&hub, "/api/openapi.json")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("\"openapi\""), "{body}");
+
+    // Login with the first-start password; wrong passwords are limited per address.
+    let login = api_url(&hub, "/api/v1/login");
+    let good = format!("{{\"user\":\"admin\",\"password\":\"{password}\"}}");
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &["-H", "Content-Type: application/json", "-d", &good, &login],
+    );
+    assert_eq!(status, 200, "{body}");
+    let session = body
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("token")
+        .to_owned();
+    let (status, _) = curl(
+        &hub,
+        &dir,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {session}"),
+            &api_url(&hub, "/api/v1/groups"),
+        ],
+    );
+    assert_eq!(status, 200);
+    for _ in 0..5 {
+        let (status, _) = curl(
+            &hub,
+            &dir,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{\"user\":\"admin\",\"password\":\"guess\"}",
+                &login,
+            ],
+        );
+        assert_eq!(status, 401);
+    }
+    let (status, body) = curl(
+        &hub,
+        &dir,
+        &["-H", "Content-Type: application/json", "-d", &good, &login],
+    );
+    assert_eq!(status, 401, "login not limited after 5 failures: {body}");
+    assert!(body.contains("too many failed logins"), "{body}");
+    let failed = audit_lines(&hub, "operator.login");
+    assert!(
+        failed
+            .iter()
+            .filter(|l| l.contains("\"outcome\":\"denied\""))
+            .count()
+            >= 5,
+        "{failed:?}"
+    );
+    assert!(
+        !cli_ok(&hub, &["audit", "export"]).contains(&password),
+        "the password reached the audit trail"
+    );
+
+    // Shown once: a restart does not print it again.
+    hub.restart();
+    assert!(
+        !hub.stderr().contains(&password),
+        "the admin password was shown again"
+    );
+    assert!(
+        !hub.stderr().contains("password:"),
+        "a second operator credential was made"
+    );
+}
