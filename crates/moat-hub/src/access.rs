@@ -164,6 +164,8 @@ pub struct Access {
     pub(crate) token_key: hmac::Key,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<Failures>,
+    /// A hash of a random password, checked when the user does not exist.
+    decoy_hash: String,
 }
 
 impl std::fmt::Debug for Access {
@@ -194,6 +196,10 @@ impl Access {
             token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
+            decoy_hash: random_bytes::<16>()
+                .ok()
+                .and_then(|b| hash_password(&hex(&b)).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -299,24 +305,31 @@ impl Access {
                 )));
             }
         }
-        let ok = user.len() <= MAX_CREDENTIAL_LEN
-            && password.len() <= MAX_CREDENTIAL_LEN
-            && self
-                .registry
-                .operator(user)?
-                .is_some_and(|o| verify_password(password, &o.password_hash));
+        let operator = if user.len() <= MAX_CREDENTIAL_LEN && password.len() <= MAX_CREDENTIAL_LEN {
+            self.registry.operator(user)?
+        } else {
+            None
+        };
+        // An unknown user costs the same argon2 work as a known one, so response time does
+        // not tell which user names exist.
+        let ok = match &operator {
+            Some(o) => verify_password(password, &o.password_hash),
+            None => {
+                let _ = verify_password(password, &self.decoy_hash);
+                false
+            }
+        };
         if !ok {
             let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-            if f.by_source.len() >= MAX_TRACKED_LOGIN_SOURCES && !f.by_source.contains_key(&source)
-            {
-                if let Some(oldest) = f
+            if f.by_source.len() >= MAX_TRACKED_LOGIN_SOURCES
+                && !f.by_source.contains_key(&source)
+                && let Some(oldest) = f
                     .by_source
                     .iter()
                     .min_by_key(|(_, (t, _))| *t)
                     .map(|(k, _)| *k)
-                {
-                    f.by_source.remove(&oldest);
-                }
+            {
+                f.by_source.remove(&oldest);
             }
             let entry = f.by_source.entry(source).or_insert((now, 0));
             entry.1 += 1;
@@ -324,9 +337,7 @@ impl Access {
                 "wrong user name or password".into(),
             ));
         }
-        let role = self
-            .registry
-            .operator(user)?
+        let role = operator
             .and_then(|o| Role::parse(&o.role))
             .unwrap_or(Role::Auditor);
         let caller = Caller {

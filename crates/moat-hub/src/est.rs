@@ -93,12 +93,12 @@ fn token_from(headers: &HeaderMap) -> Option<String> {
     Some(password.to_owned())
 }
 
-fn csr_from(body: &[u8]) -> Result<Vec<u8>, Response> {
+fn csr_from(body: &[u8]) -> Result<Vec<u8>, Box<Response>> {
     moat_pki::decode_est_base64(body).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("body is not base64 DER: {e}"),
-        )
+        ))
     })
 }
 
@@ -120,7 +120,7 @@ async fn simpleenroll(
     };
     let csr = match csr_from(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s
         .identity
@@ -145,7 +145,7 @@ async fn simplereenroll(
     };
     let csr = match csr_from(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.identity.reenroll(&device, &csr, peer.addr.ip()).await {
         Ok(cert) => issued(&cert),

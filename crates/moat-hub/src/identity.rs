@@ -599,7 +599,7 @@ impl Identity {
     /// Reloads the snapshot from the registry and applies it to live sessions; returns how
     /// many connections were closed.
     pub(crate) async fn refresh_directory(&self) -> Result<usize, IdentityError> {
-        let directory = self.blocking(|r| Directory::load(r)).await?;
+        let directory = self.blocking(Directory::load).await?;
         self.directory.store(Arc::new(directory));
         *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(self
@@ -1007,7 +1007,7 @@ fn validate_name(name: &str, what: &str) -> Result<(), IdentityError> {
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -83,10 +83,9 @@ pub(crate) async fn run<T: Transport>(
     let mut outbox = Outbox::new();
     let accepted = Box::pin(accept_connect(
         &mut io,
-        peer,
         &mut rbuf,
         &mut wbuf,
-        principal,
+        (peer, principal),
         &notify,
         &mut outbox,
         &ctx,
@@ -118,10 +117,9 @@ pub(crate) async fn run<T: Transport>(
 /// `outbox`; on refusal it has been written and `None` is returned.
 async fn accept_connect<T: Transport>(
     io: &mut T,
-    peer: SocketAddr,
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
-    principal: Principal,
+    (peer, principal): (SocketAddr, Principal),
     notify: &Arc<NotifyWaker>,
     outbox: &mut Outbox,
     ctx: &DriverContext,
