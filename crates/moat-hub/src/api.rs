@@ -83,7 +83,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             IdentityError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             IdentityError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            IdentityError::Store(_) | IdentityError::Pki(_) => {
+            IdentityError::Store(_) | IdentityError::Pki(_) | IdentityError::Internal(_) => {
                 tracing::error!(error = %e, "API operation failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -224,7 +224,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/groups", get(list_groups))
         .route("/groups/{name}", put(put_group).delete(delete_group))
         .route("/policies", get(list_policies))
-        .route("/policies/test", post(test_policy))
+        .route("/policy-decisions", post(test_policy))
         .route(
             "/policies/{name}",
             get(get_policy).put(put_policy).delete(delete_policy),

@@ -60,7 +60,7 @@ fn identity_error(e: &IdentityError) -> Response {
         IdentityError::NotFound(_) | IdentityError::Invalid(_) => StatusCode::BAD_REQUEST,
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
         IdentityError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        IdentityError::Store(_) | IdentityError::Pki(_) => {
+        IdentityError::Store(_) | IdentityError::Pki(_) | IdentityError::Internal(_) => {
             tracing::error!(error = %e, "EST operation failed");
             return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }

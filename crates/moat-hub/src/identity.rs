@@ -68,6 +68,9 @@ pub enum IdentityError {
     /// Credentials are missing or wrong.
     #[error("{0}")]
     Unauthorized(String),
+    /// An internal task failed (a bug, or the runtime shutting down).
+    #[error("internal: {0}")]
+    Internal(String),
     /// The registry failed.
     #[error("registry: {0}")]
     Store(#[from] moat_store::StoreError),
@@ -586,7 +589,7 @@ impl Identity {
         let registry = self.registry.clone();
         tokio::task::spawn_blocking(move || f(&registry))
             .await
-            .map_err(|e| IdentityError::Invalid(format!("internal task failed: {e}")))?
+            .map_err(|e| IdentityError::Internal(format!("task failed: {e}")))?
     }
 
     /// Writes `entry` to the audit trail before returning (operator actions are not
@@ -685,6 +688,12 @@ impl Identity {
                 "device {id} is revoked; a revoked identity is never reissued"
             )));
         }
+        if validity.is_zero() || validity > moat_pki::MAX_DEVICE_CERT_VALIDITY {
+            return Err(IdentityError::Invalid(format!(
+                "certificate validity must be between 1 s and {} days",
+                moat_pki::MAX_DEVICE_CERT_VALIDITY.as_secs() / 86_400
+            )));
+        }
         let issued = self
             .ca
             .issue_device_certificate(id, validity, OffsetDateTime::now_utc())?;
@@ -761,10 +770,16 @@ impl Identity {
     ) -> Result<GroupRecord, IdentityError> {
         validate_name(&name, "group")?;
         let _guard = self.changes.lock().await;
+        let created_at_ms = self
+            .directory
+            .load()
+            .groups
+            .get(&name)
+            .map_or_else(now_ms, |g| g.created_at_ms);
         let record = GroupRecord {
             name: name.clone(),
             policies,
-            created_at_ms: now_ms(),
+            created_at_ms,
         };
         let stored = record.clone();
         self.blocking(move |r| Ok(r.put_group(&stored)?)).await?;

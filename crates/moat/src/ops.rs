@@ -480,7 +480,7 @@ pub fn policy(t: &Target, cmd: PolicyCommand) -> ExitCode {
             call(
                 t,
                 "POST",
-                "/api/v1/policies/test",
+                "/api/v1/policy-decisions",
                 Some(json!({"device": device, "action": action, "topic": topic})),
             )
             .map(|v| {
