@@ -43,6 +43,8 @@ pub(crate) struct Peer {
     /// The device a verified client certificate names (mutual TLS is optional here; EST
     /// renewal requires it).
     pub device: Option<DeviceId>,
+    /// A registered manufacturer's factory certificate (just-in-time enrollment only).
+    pub factory: Option<crate::jit::Factory>,
 }
 
 /// Shared by every handler.
@@ -221,6 +223,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/devices/{id}/revoke", post(revoke_device))
         .route("/devices/{id}/disable", post(disable_device))
         .route("/devices/{id}/enable", post(enable_device))
+        .route("/devices/{id}/approve", post(approve_device))
+        .route("/manufacturers", get(list_manufacturers))
+        .route(
+            "/manufacturers/{name}",
+            put(put_manufacturer).delete(delete_manufacturer),
+        )
         .route("/groups", get(list_groups))
         .route("/groups/{name}", put(put_group).delete(delete_group))
         .route("/policies", get(list_policies))
@@ -532,6 +540,54 @@ async fn enable_device(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     set_status(&s, &caller, &id, DeviceStatus::Active, None).await
+}
+
+async fn approve_device(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let id = device_id(&id)?;
+    s.identity.approve(&caller.actor, &id).await?;
+    ok(json!({"device": id.as_str(), "status": "active"}))
+}
+
+async fn list_manufacturers(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(json!({"items": s.identity.manufacturers()}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManufacturerBody {
+    ca_pem: String,
+    group: Option<String>,
+    #[serde(default)]
+    require_approval: bool,
+}
+
+async fn put_manufacturer(
+    State(s): State<AppState>,
+    Authed(caller): Authed<ADMIN>,
+    Path(name): Path<String>,
+    Json(body): Json<ManufacturerBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let m = s
+        .identity
+        .put_manufacturer(&caller.actor, name, body.ca_pem, body.group, body.require_approval)
+        .await?;
+    ok(json!(m))
+}
+
+async fn delete_manufacturer(
+    State(s): State<AppState>,
+    Authed(caller): Authed<ADMIN>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.identity.delete_manufacturer(&caller.actor, name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_groups(

@@ -112,22 +112,41 @@ async fn simpleenroll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(token) = token_from(&headers) else {
+    // Authentication before the body is parsed.
+    let token = token_from(&headers);
+    if token.is_none() && peer.factory.is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
-            "an enrollment token is required (HTTP Basic password or Bearer)",
+            "an enrollment token (HTTP Basic password or Bearer) or a registered manufacturer's factory certificate is required",
         );
-    };
+    }
     let csr = match csr_from(&body) {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match s
-        .identity
-        .enroll(&s.access, &token, &csr, peer.addr.ip())
-        .await
-    {
-        Ok(cert) => issued(&cert),
+    if let Some(token) = token {
+        return match s.identity.enroll(&s.access, &token, &csr, peer.addr.ip()).await {
+            Ok(cert) => issued(&cert),
+            Err(e) => identity_error(&e),
+        };
+    }
+    let Some(factory) = &peer.factory else {
+        return error(StatusCode::UNAUTHORIZED, "no credentials");
+    };
+    match s.identity.enroll_jit(factory, &csr, peer.addr.ip()).await {
+        Ok(crate::jit::JitOutcome::Issued(cert)) => issued(&cert),
+        Ok(crate::jit::JitOutcome::Pending) => {
+            let mut r = (
+                StatusCode::ACCEPTED,
+                "held for an operator's approval; ask again later\n",
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::jit::APPROVAL_RETRY_AFTER_SECS),
+            );
+            r
+        }
         Err(e) => identity_error(&e),
     }
 }

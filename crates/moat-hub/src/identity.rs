@@ -86,6 +86,8 @@ pub(crate) struct Directory {
     groups: HashMap<String, GroupRecord>,
     policies: HashMap<String, Arc<PolicyDocument>>,
     revoked_serials: HashSet<String>,
+    /// Manufacturer CAs whose factory certificates may enroll just in time.
+    pub(crate) manufacturers: Vec<moat_store::registry::ManufacturerRecord>,
 }
 
 impl Directory {
@@ -125,6 +127,7 @@ impl Directory {
                 .into_iter()
                 .map(|c| c.serial)
                 .collect(),
+            manufacturers: registry.manufacturers()?,
         })
     }
 
@@ -533,8 +536,10 @@ struct CachedCrl {
 pub struct Identity {
     pub(crate) registry: Arc<Registry>,
     pub(crate) ca: Arc<CertificateAuthority>,
-    directory: Arc<ArcSwap<Directory>>,
+    pub(crate) directory: Arc<ArcSwap<Directory>>,
     broker: OnceLock<Broker>,
+    /// The API listener's TLS, rebuilt when the manufacturer CAs it trusts change.
+    pub(crate) api_tls: OnceLock<Arc<crate::jit::ApiTls>>,
     pub(crate) audit: AuditSink,
     crl: Mutex<Option<CachedCrl>>,
     /// Serialises changes: registry write, snapshot rebuild, re-authorization.
@@ -555,6 +560,7 @@ impl Identity {
             ca,
             directory: Arc::new(ArcSwap::from_pointee(directory)),
             broker: OnceLock::new(),
+            api_tls: OnceLock::new(),
             audit,
             crl: Mutex::new(None),
             changes: tokio::sync::Mutex::new(()),
@@ -603,7 +609,11 @@ impl Identity {
     /// many connections were closed.
     pub(crate) async fn refresh_directory(&self) -> Result<usize, IdentityError> {
         let directory = self.blocking(Directory::load).await?;
+        let manufacturers_changed = directory.manufacturers != self.directory.load().manufacturers;
         self.directory.store(Arc::new(directory));
+        if manufacturers_changed && let Some(tls) = self.api_tls.get() {
+            tls.update(&self.directory.load().manufacturers);
+        }
         *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(self
             .broker
@@ -1006,7 +1016,7 @@ pub(crate) fn issued_entry(
     .with("source", source)
 }
 
-fn validate_name(name: &str, what: &str) -> Result<(), IdentityError> {
+pub(crate) fn validate_name(name: &str, what: &str) -> Result<(), IdentityError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

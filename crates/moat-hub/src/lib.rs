@@ -18,6 +18,7 @@ pub mod config;
 mod enroll;
 mod est;
 mod identity;
+mod jit;
 mod metrics;
 mod openapi;
 mod run;

@@ -309,12 +309,18 @@ pub async fn run(
         addr: config.api_listen,
         source,
     })?;
-    let api_tls = moat_net::server_config_optional_client_auth(
+    let api_check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(crate::jit::ApiCertificateCheck {
+        inner: identity.certificate_check(),
+        identity_directory: identity.directory.clone(),
+    });
+    let api_tls = Arc::new(crate::jit::ApiTls::new(
         server.certificate.chain.clone(),
         server.key.der().clone_key(),
-        &roots,
-        check.clone(),
-    )?;
+        roots.to_vec(),
+        api_check,
+        &identity.manufacturers(),
+    )?);
+    let _ = identity.api_tls.set(api_tls.clone());
 
     let mut tasks = Vec::new();
     for l in listeners {
@@ -334,7 +340,13 @@ pub async fn run(
         broker: broker.clone(),
         net: net.clone(),
     });
-    tasks.push(tokio::spawn(serve_api(api, api_tls, app, stop_rx.clone())));
+    tasks.push(tokio::spawn(serve_api(
+        api,
+        api_tls,
+        identity.clone(),
+        app,
+        stop_rx.clone(),
+    )));
     let audit_task = tokio::spawn(crate::identity::audit_writer(
         registry.clone(),
         audit_rx,
@@ -413,11 +425,11 @@ pub async fn run(
 
 async fn serve_api(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::jit::ApiTls>,
+    identity: Arc<Identity>,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, addr) = tokio::select! {
             a = listener.accept() => match a {
@@ -426,8 +438,10 @@ async fn serve_api(
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let acceptor = acceptor.clone();
+        // The current configuration: manufacturer CAs registered since start are trusted.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let app = app.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -435,14 +449,17 @@ async fn serve_api(
                 return;
             };
             // A client certificate, if one was presented, has passed the same chain and
-            // live checks as on the MQTT listeners.
-            let device = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| moat_pki::device_id_from_certificate(leaf).ok());
-            let app = app.layer(axum::Extension(Peer { addr, device }));
+            // live checks as on the MQTT listeners, or is a registered manufacturer's.
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let factory = leaf.and_then(|l| crate::jit::factory_of(&identity.directory.load(), l));
+            let device = leaf
+                .filter(|_| factory.is_none())
+                .and_then(|l| moat_pki::device_id_from_certificate(l).ok());
+            let app = app.layer(axum::Extension(Peer {
+                addr,
+                device,
+                factory,
+            }));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)

@@ -50,6 +50,18 @@ pub enum PkiError {
         /// The mode it must have.
         required: u32,
     },
+    /// A CA key file is encrypted and no passphrase was given.
+    #[error("{}: the key is encrypted and needs a passphrase", .path.display())]
+    PassphraseRequired {
+        /// The encrypted key file.
+        path: PathBuf,
+    },
+    /// The passphrase given does not open a CA key file. Never carries the passphrase.
+    #[error("{}: wrong passphrase, or the encrypted key is damaged", .path.display())]
+    WrongPassphrase {
+        /// The encrypted key file.
+        path: PathBuf,
+    },
     /// Anything else the operator has to fix: an incomplete CA directory, an expired CA, an
     /// unsupported key type.
     #[error("{0}")]
@@ -105,7 +117,7 @@ pub enum Blame {
     Environment,
     /// The stored CA files are damaged or do not belong together.
     StoredState,
-    /// The operator's setup (permissions, missing files, expired CA).
+    /// The operator's setup (permissions, missing files, expired CA, passphrases).
     Operator,
     /// The caller asked for a certificate that will not be issued.
     Caller,
@@ -121,7 +133,10 @@ impl PkiError {
         match self {
             Self::Io { .. } => Blame::Environment,
             Self::Corrupt { .. } | Self::KeyMismatch { .. } => Blame::StoredState,
-            Self::InsecurePermissions { .. } | Self::Misconfigured(_) => Blame::Operator,
+            Self::InsecurePermissions { .. }
+            | Self::PassphraseRequired { .. }
+            | Self::WrongPassphrase { .. }
+            | Self::Misconfigured(_) => Blame::Operator,
             Self::InvalidRequest(_) => Blame::Caller,
             Self::InvalidDeviceCertificate(_)
             | Self::InvalidEncoding(_)

@@ -38,6 +38,7 @@ mod authority;
 mod base64;
 mod crl;
 mod csr;
+mod der;
 mod error;
 mod est;
 mod identity;
@@ -62,7 +63,8 @@ pub use csr::{
 pub use error::{Blame, PkiError};
 pub use est::{MAX_EST_BODY_SIZE, decode_est_base64, encode_est_base64};
 pub use identity::{
-    CertificateFacts, DEVICE_URI_PREFIX, MAX_DEVICE_CERTIFICATE_SIZE, certificate_facts,
+    CertificateFacts, DEVICE_URI_PREFIX, MAX_DEVICE_CERTIFICATE_SIZE, ca_certificate_subject,
+    certificate_facts,
     device_id_from_certificate, device_uri, serial_hex,
 };
 pub use key::{CaKeyRole, CaSigningKey, FileKeySource, KeyAlgorithm, KeySource};

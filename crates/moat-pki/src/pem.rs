@@ -1,5 +1,7 @@
 //! PEM encoding (RFC 7468), so certificates read from disk are handed out in one canonical
-//! form whatever surrounded them in the file. Decoding is rustls-pki-types' job.
+//! form whatever surrounded them in the file. Decoding certificates and requests is
+//! rustls-pki-types' job; [`decode_block`] reads the one label it does not know,
+//! `ENCRYPTED PRIVATE KEY` (RFC 5958 3).
 
 use crate::base64;
 
@@ -23,6 +25,34 @@ pub(crate) fn push_lines(out: &mut String, b64: &str, eol: &str) {
     }
 }
 
+/// The label and contents of the only PEM block in `text`. Explanatory text before the
+/// block is skipped (RFC 7468 2); after it only whitespace may follow. The error says what is
+/// wrong without quoting the text (it may be a key).
+pub(crate) fn decode_block(text: &str) -> Result<(&str, Vec<u8>), &'static str> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    const DASHES: &str = "-----";
+    let start = text.find(BEGIN).ok_or("no PEM block")?;
+    let after_begin = &text[start + BEGIN.len()..];
+    let label_end = after_begin.find(DASHES).ok_or("malformed PEM header")?;
+    let label = &after_begin[..label_end];
+    if label.contains(['\r', '\n']) {
+        return Err("malformed PEM header");
+    }
+    let body_and_rest = &after_begin[label_end + DASHES.len()..];
+    let footer = format!("{END}{label}{DASHES}");
+    let body_end = body_and_rest
+        .find(&footer)
+        .ok_or("no PEM footer matching the header")?;
+    let trailing = &body_and_rest[body_end + footer.len()..];
+    if !trailing.trim().is_empty() {
+        return Err("data after the PEM block");
+    }
+    let der = base64::decode(body_and_rest[..body_end].as_bytes())
+        .map_err(|_| "the PEM body is not valid base64")?;
+    Ok((label, der))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +70,25 @@ mod tests {
         assert_eq!(body("fooba"), "Zm9vYmE=");
         assert_eq!(body("foobar"), "Zm9vYmFy");
         assert_eq!(encode("X", b""), "-----BEGIN X-----\n-----END X-----\n");
+    }
+
+    #[test]
+    fn blocks_decode_strictly() {
+        let pem = encode("ENCRYPTED PRIVATE KEY", &[1, 2, 3, 250]);
+        assert_eq!(
+            decode_block(&pem),
+            Ok(("ENCRYPTED PRIVATE KEY", vec![1, 2, 3, 250]))
+        );
+        let explained = format!("Comment: made by hand\n{pem}\n\n");
+        assert_eq!(decode_block(&explained).map(|(_, der)| der), Ok(vec![1, 2, 3, 250]));
+        for bad in [
+            String::new(),
+            "-----BEGIN X-----\nAQID\n-----END Y-----\n".to_owned(),
+            "-----BEGIN X-----\nAQ!D\n-----END X-----\n".to_owned(),
+            format!("{pem}{pem}"),
+        ] {
+            assert!(decode_block(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

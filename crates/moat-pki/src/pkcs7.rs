@@ -18,11 +18,9 @@
 
 use rustls_pki_types::CertificateDer;
 
-const TAG_INTEGER: u8 = 0x02;
-const TAG_SEQUENCE: u8 = 0x30;
-const TAG_SET: u8 = 0x31;
-/// `[0]`, constructed: both the EXPLICIT content wrapper and the IMPLICIT certificates set.
-const TAG_CONTEXT_0: u8 = 0xa0;
+// `[0]`, constructed, is both the EXPLICIT content wrapper and the IMPLICIT certificates set.
+use crate::der::{TAG_CONTEXT_0, TAG_INTEGER, TAG_SEQUENCE, TAG_SET, tlv};
+
 /// id-signedData, RFC 5652 5.1, as a complete DER OBJECT IDENTIFIER.
 const OID_SIGNED_DATA: [u8; 11] = [
     0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
@@ -58,51 +56,9 @@ pub fn certs_only(certs: &[CertificateDer<'_>]) -> Vec<u8> {
     tlv(TAG_SEQUENCE, &content_info)
 }
 
-/// One DER tag-length-value.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 10);
-    out.push(tag);
-    push_length(&mut out, content.len());
-    out.extend_from_slice(content);
-    out
-}
-
-/// X.690 8.1.3: short form below 128, else 0x80 | the number of length bytes, then the
-/// length in as few big-endian bytes as possible (10.1).
-fn push_length(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        // Checked just above: fits in seven bits.
-        out.push(len as u8);
-        return;
-    }
-    let bytes = len.to_be_bytes();
-    let skip = bytes.iter().take_while(|&&b| b == 0).count();
-    let significant = &bytes[skip..];
-    // At most size_of::<usize>() bytes, far below 0x7f.
-    out.push(0x80 | significant.len() as u8);
-    out.extend_from_slice(significant);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn length(len: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        push_length(&mut out, len);
-        out
-    }
-
-    #[test]
-    fn lengths_are_minimal_der() {
-        assert_eq!(length(0), [0x00]);
-        assert_eq!(length(127), [0x7f]);
-        assert_eq!(length(128), [0x81, 0x80]);
-        assert_eq!(length(255), [0x81, 0xff]);
-        assert_eq!(length(256), [0x82, 0x01, 0x00]);
-        assert_eq!(length(65_535), [0x82, 0xff, 0xff]);
-        assert_eq!(length(65_536), [0x83, 0x01, 0x00, 0x00]);
-    }
 
     #[test]
     fn empty_message_matches_the_hand_assembled_encoding() {

@@ -72,6 +72,36 @@ pub(crate) fn write_atomically(
     File::open(dir)?.sync_all()
 }
 
+/// Moves `from` to `to` in the same directory, failing with `AlreadyExists` rather than
+/// replacing `to`: link(2), which is atomic create-or-fail, then unlink(2) of `from`. A crash
+/// in between leaves the file under both names, never under neither.
+pub(crate) fn move_refusing(from: &Path, to: &Path) -> Result<(), io::Error> {
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)?;
+    File::open(parent_dir(to))?.sync_all()
+}
+
+/// Removes `path`; `Ok(false)` if it did not exist. Syncs the directory afterwards.
+pub(crate) fn remove(path: &Path) -> Result<bool, io::Error> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+        Ok(()) => {
+            File::open(parent_dir(path))?.sync_all()?;
+            Ok(true)
+        }
+    }
+}
+
+/// Whether something exists at `path` (a symbolic link counts, dangling or not).
+pub(crate) fn exists(path: &Path) -> Result<bool, io::Error> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), io::Error> {
     let mut file = OpenOptions::new()
         .write(true)

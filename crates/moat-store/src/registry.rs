@@ -104,6 +104,15 @@ CREATE TABLE IF NOT EXISTS audit (
     hash    BLOB    NOT NULL
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS manufacturers (
+    name             TEXT    NOT NULL PRIMARY KEY,
+    ca_pem           TEXT    NOT NULL,
+    subject_dn       TEXT    NOT NULL,
+    grp              TEXT,
+    require_approval INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT NOT NULL PRIMARY KEY,
     value BLOB NOT NULL
@@ -255,6 +264,23 @@ pub struct ApiTokenRecord {
     pub expires_at_ms: Option<u64>,
     /// Revoked.
     pub revoked: bool,
+}
+
+/// A manufacturer CA whose factory certificates may enroll just in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManufacturerRecord {
+    /// Name.
+    pub name: String,
+    /// The CA certificate that issues factory certificates, PEM.
+    pub ca_pem: String,
+    /// That CA's subject (RFC 4514), which is the issuer of its factory certificates.
+    pub subject_dn: String,
+    /// Group devices enrolled this way join.
+    pub group: Option<String>,
+    /// Whether an operator must approve each device before it gets a certificate.
+    pub require_approval: bool,
+    /// Milliseconds since the epoch.
+    pub created_at_ms: u64,
 }
 
 /// The registry file.
@@ -740,6 +766,59 @@ impl Registry {
         self.with(|i| {
             Ok(i.conn
                 .execute("UPDATE api_tokens SET revoked = 1 WHERE id = ?1", [id])?
+                > 0)
+        })
+    }
+
+    // ---- manufacturers -------------------------------------------------------------------
+
+    /// Inserts or replaces a manufacturer.
+    pub fn put_manufacturer(&self, m: &ManufacturerRecord) -> Result<()> {
+        self.with(|i| {
+            i.conn.execute(
+                "INSERT OR REPLACE INTO manufacturers
+                 (name, ca_pem, subject_dn, grp, require_approval, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    m.name,
+                    m.ca_pem,
+                    m.subject_dn,
+                    m.group,
+                    m.require_approval,
+                    to_i64(m.created_at_ms)
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every manufacturer.
+    pub fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>> {
+        self.with(|i| {
+            let mut st = i.conn.prepare(
+                "SELECT name, ca_pem, subject_dn, grp, require_approval, created_at
+                 FROM manufacturers ORDER BY name",
+            )?;
+            st.query_map([], |r| {
+                Ok(ManufacturerRecord {
+                    name: r.get(0)?,
+                    ca_pem: r.get(1)?,
+                    subject_dn: r.get(2)?,
+                    group: r.get(3)?,
+                    require_approval: r.get(4)?,
+                    created_at_ms: to_u64(r.get(5)?),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Deletes a manufacturer; whether it existed.
+    pub fn delete_manufacturer(&self, name: &str) -> Result<bool> {
+        self.with(|i| {
+            Ok(i
+                .conn
+                .execute("DELETE FROM manufacturers WHERE name = ?1", [name])?
                 > 0)
         })
     }

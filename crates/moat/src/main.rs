@@ -64,6 +64,13 @@ enum Command {
         #[command(flatten)]
         target: ops::Target,
     },
+    /// Manufacturer CAs whose factory certificates enroll just in time (admin only).
+    Manufacturer {
+        #[command(subcommand)]
+        command: ops::ManufacturerCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
     /// API tokens for scripts (admin only).
     ApiToken {
         #[command(subcommand)]
@@ -143,6 +150,8 @@ enum DeviceCommand {
     },
     /// Allow a disabled device again.
     Enable { id: String },
+    /// Approve a device that enrolled with a factory certificate and waits for approval.
+    Approve { id: String },
 }
 
 fn init_logging() {
@@ -165,6 +174,7 @@ fn main() -> ExitCode {
         Command::Group { command, target } => ops::group(&target, command),
         Command::Audit { command, target } => ops::audit(&target, command),
         Command::ApiToken { command, target } => ops::api_token(&target, command),
+        Command::Manufacturer { command, target } => ops::manufacturer(&target, command),
     }
 }
 
@@ -208,6 +218,7 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
         DeviceCommand::Revoke { id, reason } => ops::device_status(target, &id, "revoke", reason),
         DeviceCommand::Disable { id, reason } => ops::device_status(target, &id, "disable", reason),
         DeviceCommand::Enable { id } => ops::device_status(target, &id, "enable", None),
+        DeviceCommand::Approve { id } => ops::device_status(target, &id, "approve", None),
     }
 }
 

@@ -120,6 +120,28 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ManufacturerCommand {
+    /// Register (or replace) a manufacturer CA: devices with a factory certificate it
+    /// issued (CN = device id) may enroll over EST without a token.
+    Add {
+        name: String,
+        /// The manufacturer's CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Group the devices join.
+        #[arg(long)]
+        group: Option<String>,
+        /// Hold each device for an operator's approval (`moat device approve ID`).
+        #[arg(long)]
+        approval: bool,
+    },
+    /// List manufacturers.
+    List,
+    /// Remove a manufacturer.
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ApiTokenCommand {
     /// Create an API token with a role (printed once).
     Create {
@@ -558,6 +580,65 @@ pub fn api_token(t: &Target, cmd: ApiTokenCommand) -> ExitCode {
                 None,
             )
             .map(|_| format!("API token {id} revoked")),
+        ),
+    }
+}
+
+pub fn manufacturer(t: &Target, cmd: ManufacturerCommand) -> ExitCode {
+    match cmd {
+        ManufacturerCommand::Add {
+            name,
+            ca,
+            group,
+            approval,
+        } => {
+            let pem = match std::fs::read_to_string(&ca) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", ca.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            finish(
+                call(
+                    t,
+                    "PUT",
+                    &format!("/api/v1/manufacturers/{}", encode_path(&name)),
+                    Some(json!({"ca_pem": pem, "group": group, "require_approval": approval})),
+                )
+                .map(|v| {
+                    if t.json {
+                        pretty(&v)
+                    } else {
+                        format!("manufacturer {name} registered: {}", s(&v["subject_dn"]))
+                    }
+                }),
+            )
+        }
+        ManufacturerCommand::List => finish(call(t, "GET", "/api/v1/manufacturers", None).map(|v| {
+            if t.json {
+                return pretty(&v);
+            }
+            let rows = v["items"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            vec![
+                                s(&m["name"]),
+                                s(&m["subject_dn"]),
+                                s(&m["group"]),
+                                s(&m["require_approval"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["NAME", "CA SUBJECT", "GROUP", "APPROVAL"], rows)
+        })),
+        ManufacturerCommand::Delete { name } => finish(
+            call(t, "DELETE", &format!("/api/v1/manufacturers/{}", encode_path(&name)), None)
+                .map(|_| format!("manufacturer {name} deleted")),
         ),
     }
 }
