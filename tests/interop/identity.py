@@ -194,7 +194,31 @@ def disable_and_revoke(args):
           "the refused handshake of the revoked device is not in the audit trail with its reason")
 
 
+def conflicts(args):
+    dev = args.device_ids[0]
+    step("the same certificate live from two addresses: takeover plus a suspected-clone record")
+    first = PahoClient(args, device=dev)
+    first.connect(bind_address="127.0.0.1")
+    second = PahoClient(args, device=dev)
+    second.connect(bind_address="127.0.0.2")
+    rc = first.expect_disconnected()
+    check(rc == 0x8E, f"the first connection got {rc}, expected 0x8E Session taken over")
+    step("a certificate claiming another client id is refused and counted")
+    other = PahoClient(args, device=dev, client_id=unique("not-" + dev))
+    other.connect(expect_rc=0x87)
+    second.disconnect()
+    found = json.loads(moat(args, "device", "conflicts", "--json"))
+    mine = [c for c in found["items"] if c["device"] == dev]
+    check(mine, f"no conflict recorded for {dev}: {found}")
+    check(mine[0]["suspected_clones"] >= 1, f"suspected clone not counted: {mine[0]}")
+    check(mine[0]["client_id_mismatches"] >= 1, f"client id mismatch not counted: {mine[0]}")
+    check({"127.0.0.1", "127.0.0.2"} <= set(mine[0]["addresses"]), f"addresses: {mine[0]}")
+    clones = audit_entries(args, "security.suspected_clone", f"device:{dev}")
+    check(clones, "no security.suspected_clone entry in the audit trail")
+
+
 def main(args):
+    conflicts(args)
     policies_live(args)
     disable_and_revoke(args)
 

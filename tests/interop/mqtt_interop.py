@@ -248,7 +248,7 @@ class PahoClient:
 
     # -- operations
     def connect(self, *, clean_start=True, session_expiry=None, keepalive=60, properties=None,
-                will=None, expect_rc=0, port=None):
+                will=None, expect_rc=0, port=None, bind_address=""):
         """Connect and wait for CONNACK. Returns (flags, reason_code, properties).
 
         v5: clean_start / session_expiry here; v3.1.1: clean_session in the constructor."""
@@ -269,7 +269,8 @@ class PahoClient:
         if self.protocol == MQTTv5:
             kwargs = dict(clean_start=clean_start, properties=properties)
         try:
-            self.c.connect(self.args.host, port, keepalive=keepalive, **kwargs)
+            self.c.connect(self.args.host, port, keepalive=keepalive, bind_address=bind_address,
+                           **kwargs)
         except (OSError, ssl.SSLError) as e:
             raise Failure(f"{self.label}: connect to {self.args.host}:{port} failed: {e!r}")
         self.c.loop_start()

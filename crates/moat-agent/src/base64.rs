@@ -133,7 +133,11 @@ mod tests {
             b"-----BEGIN",
             b"Zm8===",
         ] {
-            assert!(decode(bad).is_err(), "{:?} decoded", String::from_utf8_lossy(bad));
+            assert!(
+                decode(bad).is_err(),
+                "{:?} decoded",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

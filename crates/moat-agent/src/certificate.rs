@@ -185,6 +185,7 @@ impl DeviceKey {
             .map_err(|_| "not a usable private key (PEM PKCS#8 P-256 expected)".into())
     }
 
+    #[cfg(test)]
     pub(crate) fn pair(&self) -> &KeyPair {
         &self.pair
     }
@@ -409,8 +410,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_good_certificate_verifies_and_the_chain_includes_the_issuing_ca()
-    -> Result<(), AgentError> {
+    fn a_good_certificate_verifies_and_the_chain_includes_the_issuing_ca() -> Result<(), AgentError>
+    {
         let ca = TestCa::new();
         let key = DeviceKey::generate()?;
         let (nb, na) = now();
@@ -418,9 +419,9 @@ pub(crate) mod tests {
         let v = verify_issued(
             &id("dev1"),
             key,
-            &[leaf.clone()],
+            std::slice::from_ref(&leaf),
             &[ca.issuing.clone(), ca.root.clone()],
-            &[ca.root.clone()],
+            std::slice::from_ref(&ca.root),
             UnixTime::now(),
         )?;
         assert_eq!(v.chain, vec![leaf, ca.issuing.clone()]);
@@ -435,14 +436,7 @@ pub(crate) mod tests {
         let cacerts = [ca.issuing.clone(), ca.root.clone()];
         let roots = [ca.root.clone()];
         let check = |key: DeviceKey, leaf: CertificateDer<'static>, roots: &[_]| {
-            verify_issued(
-                &id("dev1"),
-                key,
-                &[leaf],
-                &cacerts,
-                roots,
-                UnixTime::now(),
-            )
+            verify_issued(&id("dev1"), key, &[leaf], &cacerts, roots, UnixTime::now())
         };
 
         let key = DeviceKey::generate()?;
@@ -463,7 +457,7 @@ pub(crate) mod tests {
         let key = DeviceKey::generate()?;
         let leaf = ca.issue("dev1", key.pair(), nb, na);
         assert!(matches!(
-            check(key, leaf, &[other_ca.root.clone()]),
+            check(key, leaf, std::slice::from_ref(&other_ca.root)),
             Err(AgentError::NotVerified(_))
         ));
 

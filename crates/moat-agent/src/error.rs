@@ -104,6 +104,17 @@ pub enum AgentError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The certificate has expired: renewal over mutual TLS is impossible.
+    #[error(
+        "the certificate of {device} expired at {not_after}; renewal needs a valid \
+         certificate: enroll again with a new token (--force)"
+    )]
+    Expired {
+        /// The device.
+        device: moat_types::DeviceId,
+        /// When it expired (RFC 3339).
+        not_after: String,
+    },
     /// Key or request generation failed.
     #[error("cryptographic operation failed: {0}")]
     Crypto(String),
@@ -113,9 +124,10 @@ impl AgentError {
     /// Who has to act.
     pub fn blame(&self) -> Blame {
         match self {
-            Self::Misconfigured(_) | Self::IdentityExists { .. } | Self::NoIdentity { .. } => {
-                Blame::Misconfigured
-            }
+            Self::Misconfigured(_)
+            | Self::IdentityExists { .. }
+            | Self::NoIdentity { .. }
+            | Self::Expired { .. } => Blame::Misconfigured,
             Self::Refused { .. } => Blame::Refused,
             Self::HubNotTrusted(_) | Self::NotVerified(_) => Blame::Untrusted,
             Self::Unreachable { .. } | Self::Timeout { .. } => Blame::Unreachable,
@@ -127,5 +139,11 @@ impl AgentError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+}
+
+impl From<crate::ScheduleError> for AgentError {
+    fn from(e: crate::ScheduleError) -> Self {
+        Self::Misconfigured(e.to_string())
     }
 }

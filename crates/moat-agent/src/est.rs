@@ -83,7 +83,10 @@ impl HubUrl {
             let (host, after) = v6.split_once(']').ok_or_else(|| fail("unclosed '['"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| fail("bad port"))?)),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| fail("bad port"))?),
+                ),
             }
         } else {
             match authority.split_once(':') {
@@ -217,11 +220,11 @@ impl EstClient {
             .with_root_certificates(store);
         let mut config = match auth {
             ClientAuth::None => builder.with_no_client_auth(),
-            ClientAuth::Device { chain, key } => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| {
+            ClientAuth::Device { chain, key } => {
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
                     AgentError::Misconfigured(format!("the device key or certificate: {e}"))
-                })?,
+                })?
+            }
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(EstClient {
@@ -396,7 +399,10 @@ fn one_line(body: &[u8], status: StatusCode) -> String {
         .collect();
     let text = text.trim();
     if text.is_empty() {
-        status.canonical_reason().unwrap_or("no reason given").to_owned()
+        status
+            .canonical_reason()
+            .unwrap_or("no reason given")
+            .to_owned()
     } else {
         text.to_owned()
     }
@@ -405,7 +411,10 @@ fn one_line(body: &[u8], status: StatusCode) -> String {
 /// A failed TLS connection: an untrusted hub certificate is [`AgentError::HubNotTrusted`];
 /// anything else (an alert from the hub, a reset) is [`AgentError::Unreachable`].
 fn tls_error(url: &HubUrl, e: std::io::Error) -> AgentError {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(reason)) => {
             AgentError::HubNotTrusted(format!("{reason:?}"))
         }
@@ -431,9 +440,18 @@ mod tests {
     fn hub_urls_parse_strictly() -> Result<(), UrlError> {
         let u = HubUrl::parse("https://localhost:8443")?;
         assert_eq!(u.to_string(), "https://localhost:8443");
-        assert_eq!(HubUrl::parse("HTTPS://Hub.Example/")?.to_string(), "https://hub.example:443");
-        assert_eq!(HubUrl::parse("https://[::1]:9000")?.to_string(), "https://[::1]:9000");
-        assert_eq!(HubUrl::parse("https://10.0.0.1:1")?.authority(), "10.0.0.1:1");
+        assert_eq!(
+            HubUrl::parse("HTTPS://Hub.Example/")?.to_string(),
+            "https://hub.example:443"
+        );
+        assert_eq!(
+            HubUrl::parse("https://[::1]:9000")?.to_string(),
+            "https://[::1]:9000"
+        );
+        assert_eq!(
+            HubUrl::parse("https://10.0.0.1:1")?.authority(),
+            "10.0.0.1:1"
+        );
         for bad in [
             "http://localhost:8443",
             "localhost:8443",
@@ -455,8 +473,8 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_shown() -> Result<(), AgentError> {
-        let t = EnrollmentToken::new("moat_et_abc.secret")?;
-        assert!(!format!("{t:?}").contains("secret"));
+        let t = EnrollmentToken::new("moat_et_abc.hunter2")?;
+        assert!(!format!("{t:?}").contains("hunter2"));
         for bad in ["", "   ", "a b", "tab\there", "é"] {
             assert!(EnrollmentToken::new(bad).is_err(), "{bad:?}");
         }
@@ -467,11 +485,17 @@ mod tests {
     #[test]
     fn error_bodies_become_one_printable_bounded_line() {
         assert_eq!(
-            one_line(b"invalid or expired enrollment token\n", StatusCode::UNAUTHORIZED),
+            one_line(
+                b"invalid or expired enrollment token\n",
+                StatusCode::UNAUTHORIZED
+            ),
             "invalid or expired enrollment token"
         );
         assert_eq!(one_line(b"", StatusCode::CONFLICT), "Conflict");
-        assert_eq!(one_line(b"a\x1b[31mb\nsecond", StatusCode::BAD_REQUEST), "a?[31mb");
+        assert_eq!(
+            one_line(b"a\x1b[31mb\nsecond", StatusCode::BAD_REQUEST),
+            "a?[31mb"
+        );
         let long = vec![b'x'; 10_000];
         assert_eq!(
             one_line(&long, StatusCode::BAD_REQUEST).len(),

@@ -12,7 +12,7 @@
 //! Every file is written to a temporary name, flushed to disk, renamed over the old one and
 //! the directory flushed, so a crash leaves either the old or the new file. A key and its
 //! certificate are two files and no rename covers both, so they are committed in steps that
-//! [`recover`] can finish or undo:
+//! `recover` can finish or undo:
 //!
 //! ```text
 //! 1. write device.key.new, device.crt.new     (each atomically; old pair untouched)
@@ -20,8 +20,9 @@
 //! 3. rename device.crt.new -> device.crt      (new pair)
 //! ```
 //!
-//! Before any read of the identity, [`recover`] completes a commit interrupted after step 1
-//! (when the staged pair matches) or after step 2, and discards an incomplete stage.
+//! Before an enrollment or renewal changes anything, `recover` completes a commit interrupted
+//! after step 1 (when the staged pair matches) or after step 2, and discards an incomplete
+//! stage.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -300,9 +301,8 @@ pub(crate) fn read_state(files: &IdentityFiles) -> Result<State, AgentError> {
         }
         r => r?,
     };
-    let bad = |reason: String| {
-        AgentError::Misconfigured(format!("{}: {reason}", files.state.display()))
-    };
+    let bad =
+        |reason: String| AgentError::Misconfigured(format!("{}: {reason}", files.state.display()));
     let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if file.version != STATE_VERSION {
         return Err(bad(format!("unknown version {}", file.version)));
@@ -330,10 +330,8 @@ mod tests {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let p = std::env::temp_dir().join(format!(
-                "moat-agent-{label}-{}-{nanos}",
-                std::process::id()
-            ));
+            let p = std::env::temp_dir()
+                .join(format!("moat-agent-{label}-{}-{nanos}", std::process::id()));
             ensure_dir(&p).expect("scratch dir");
             Scratch(p)
         }
@@ -364,8 +362,8 @@ mod tests {
             &DeviceId::parse(id).map_err(|e| AgentError::Misconfigured(e.to_string()))?,
             key,
             &[leaf],
-            &[ca.issuing.clone()],
-            &[ca.root.clone()],
+            std::slice::from_ref(&ca.issuing),
+            std::slice::from_ref(&ca.root),
             rustls_pki_types::UnixTime::now(),
         )
     }
@@ -434,7 +432,11 @@ mod tests {
 
         // Crash after staging both files: the staged pair is completed.
         let new = identity(&ca, "dev1")?;
-        write_atomic(&files.staged_key(), new.key.pem().as_bytes(), Access::OwnerOnly)?;
+        write_atomic(
+            &files.staged_key(),
+            new.key.pem().as_bytes(),
+            Access::OwnerOnly,
+        )?;
         write_atomic(
             &files.staged_cert(),
             certificates_to_pem(&new.chain).as_bytes(),

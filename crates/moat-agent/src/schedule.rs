@@ -42,16 +42,21 @@ impl RenewalThreshold {
     /// Largest denominator accepted (keeps the arithmetic far from overflow).
     pub const MAX_DENOMINATOR: u32 = 1_000_000;
 
-    /// `numerator / denominator`, which must be strictly between 0 and 1.
+    /// `numerator / denominator`, which must be strictly between 0 and 1; kept in lowest
+    /// terms, so `25%` equals `1/4`.
     pub fn new(numerator: u32, denominator: u32) -> Result<Self, ScheduleError> {
         if numerator == 0 || numerator >= denominator || denominator > Self::MAX_DENOMINATOR {
             return Err(ScheduleError::BadThreshold(format!(
                 "{numerator}/{denominator}"
             )));
         }
+        let (mut a, mut b) = (numerator, denominator);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
         Ok(RenewalThreshold {
-            numerator,
-            denominator,
+            numerator: numerator / a,
+            denominator: denominator / a,
         })
     }
 
@@ -179,12 +184,28 @@ mod tests {
     #[test]
     fn thresholds_parse_as_fractions_or_percentages() -> Result<(), ScheduleError> {
         assert_eq!(RenewalThreshold::parse("1/3")?, RenewalThreshold::DEFAULT);
-        assert_eq!(RenewalThreshold::parse(" 1 / 3 ")?, RenewalThreshold::DEFAULT);
-        assert_eq!(RenewalThreshold::parse("25%")?, RenewalThreshold::new(1, 4)?);
+        assert_eq!(
+            RenewalThreshold::parse(" 1 / 3 ")?,
+            RenewalThreshold::DEFAULT
+        );
+        assert_eq!(
+            RenewalThreshold::parse("25%")?,
+            RenewalThreshold::new(1, 4)?
+        );
         let s = RenewalSchedule::new(at(0), at(100), RenewalThreshold::parse("25%")?)?;
         assert_eq!(s.due_at, at(75));
         for bad in [
-            "0/3", "3/3", "4/3", "1/0", "0%", "100%", "abc", "", "1/", "-1/3", "1/9999999",
+            "0/3",
+            "3/3",
+            "4/3",
+            "1/0",
+            "0%",
+            "100%",
+            "abc",
+            "",
+            "1/",
+            "-1/3",
+            "1/9999999",
         ] {
             assert!(RenewalThreshold::parse(bad).is_err(), "{bad:?} parsed");
         }

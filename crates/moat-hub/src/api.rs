@@ -54,6 +54,7 @@ pub(crate) struct AppState {
     pub access: Arc<Access>,
     pub broker: Broker,
     pub net: Arc<NetStats>,
+    pub events: Arc<crate::identity::NetEvents>,
 }
 
 /// An API error: status, stable code, message.
@@ -225,6 +226,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/devices/{id}/enable", post(enable_device))
         .route("/devices/{id}/approve", post(approve_device))
         .route("/manufacturers", get(list_manufacturers))
+        .route("/identity-conflicts", get(identity_conflicts))
         .route(
             "/manufacturers/{name}",
             put(put_manufacturer).delete(delete_manufacturer),
@@ -550,6 +552,13 @@ async fn approve_device(
     let id = device_id(&id)?;
     s.identity.approve(&caller.actor, &id).await?;
     ok(json!({"device": id.as_str(), "status": "active"}))
+}
+
+async fn identity_conflicts(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(json!({"items": s.events.conflicts()}))
 }
 
 async fn list_manufacturers(

@@ -427,24 +427,87 @@ pub(crate) async fn audit_writer(
     }
 }
 
-/// The network layer's security events, audited.
+/// The network layer's security events, audited, and the identity conflicts they reveal.
 #[derive(Debug)]
 pub(crate) struct NetEvents {
     pub(crate) audit: AuditSink,
-    /// Last address each device connected from, to flag a second one (a suspected clone).
-    last_seen: Mutex<HashMap<DeviceId, std::net::SocketAddr>>,
+    state: Mutex<ConflictState>,
 }
 
-/// Most devices whose last address is remembered for clone detection; beyond it the map is
-/// cleared (bounded memory under identity churn).
-pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
+/// Most identities tracked for clone detection and conflict counts; beyond it the oldest
+/// records are dropped (bounded memory under identity churn).
+pub const MAX_TRACKED_IDENTITIES: usize = 100_000;
+/// Addresses remembered per conflicting identity.
+pub const MAX_CONFLICT_ADDRESSES: usize = 8;
+
+#[derive(Debug, Default)]
+struct ConflictState {
+    /// Live connections per device, by address.
+    live: HashMap<DeviceId, Vec<std::net::SocketAddr>>,
+    /// Devices seen in a conflict.
+    conflicts: HashMap<String, Conflict>,
+}
+
+/// One identity's conflicts: the same certificate live from two addresses (a suspected
+/// clone), or CONNECTs naming a client id that is not the certificate's.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(crate) struct Conflict {
+    pub device: String,
+    pub suspected_clones: u64,
+    pub client_id_mismatches: u64,
+    /// Other client ids the device tried to use (at most [`MAX_CONFLICT_ADDRESSES`]).
+    pub claimed_client_ids: Vec<String>,
+    /// Addresses involved (at most [`MAX_CONFLICT_ADDRESSES`]).
+    pub addresses: Vec<String>,
+    pub last_at_ms: u64,
+}
+
+impl Conflict {
+    fn note_address(&mut self, a: std::net::IpAddr) {
+        let a = a.to_string();
+        if !self.addresses.contains(&a) && self.addresses.len() < MAX_CONFLICT_ADDRESSES {
+            self.addresses.push(a);
+        }
+    }
+}
 
 impl NetEvents {
     pub(crate) fn new(audit: AuditSink) -> Self {
         Self {
             audit,
-            last_seen: Mutex::new(HashMap::new()),
+            state: Mutex::new(ConflictState::default()),
         }
+    }
+
+    fn conflict<R>(&self, device: &str, f: impl FnOnce(&mut Conflict) -> R) -> R {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.conflicts.len() >= MAX_TRACKED_IDENTITIES && !st.conflicts.contains_key(device) {
+            if let Some(oldest) = st
+                .conflicts
+                .values()
+                .min_by_key(|c| c.last_at_ms)
+                .map(|c| c.device.clone())
+            {
+                st.conflicts.remove(&oldest);
+            }
+        }
+        let c = st
+            .conflicts
+            .entry(device.to_owned())
+            .or_insert_with(|| Conflict {
+                device: device.to_owned(),
+                ..Conflict::default()
+            });
+        c.last_at_ms = now_ms();
+        f(c)
+    }
+
+    /// Identities seen in conflicts, most recent first.
+    pub(crate) fn conflicts(&self) -> Vec<Conflict> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<Conflict> = st.conflicts.values().cloned().collect();
+        all.sort_by(|a, b| b.last_at_ms.cmp(&a.last_at_ms));
+        all
     }
 }
 
@@ -471,6 +534,16 @@ impl moat_net::SecurityEvents for NetEvents {
     ) {
         let why = match (principal, reason) {
             (Principal::Device(id), ReasonCode::NotAuthorized) if id.as_str() != client_id => {
+                self.conflict(id.as_str(), |c| {
+                    c.client_id_mismatches += 1;
+                    c.note_address(peer.ip());
+                    let claimed = client_id.escape_debug().to_string();
+                    if !c.claimed_client_ids.contains(&claimed)
+                        && c.claimed_client_ids.len() < MAX_CONFLICT_ADDRESSES
+                    {
+                        c.claimed_client_ids.push(claimed);
+                    }
+                });
                 "client id does not match the certificate".to_owned()
             }
             (_, r) => format!("{r:?}"),
@@ -493,22 +566,29 @@ impl moat_net::SecurityEvents for NetEvents {
         let Principal::Device(id) = principal else {
             return;
         };
-        let previous = {
-            let mut seen = self
-                .last_seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if seen.len() >= MAX_TRACKED_ADDRESSES && !seen.contains_key(id) {
-                seen.clear();
+        let others: Vec<std::net::SocketAddr> = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if st.live.len() >= MAX_TRACKED_IDENTITIES && !st.live.contains_key(id) {
+                // Only live connections are tracked, so this bounds a pathological fleet;
+                // dropping the map loses clone detection for connections already open.
+                st.live.clear();
             }
-            seen.insert(id.clone(), peer)
+            let live = st.live.entry(id.clone()).or_default();
+            let others = live.iter().filter(|a| a.ip() != peer.ip()).copied().collect();
+            if live.len() < MAX_CONFLICT_ADDRESSES {
+                live.push(peer);
+            }
+            others
         };
-        // A new connection of the same identity from another host while or after one from
-        // elsewhere: the takeover happens as MQTT requires, and the security team hears of it.
-        if let Some(prev) = previous
-            && prev.ip() != peer.ip()
-        {
-            tracing::warn!(device = %id, %prev, %peer, "same identity from another address: suspected clone");
+        // The same identity live from another host: the takeover happens as MQTT requires,
+        // and the security team hears of it.
+        if let Some(prev) = others.first() {
+            tracing::warn!(device = %id, %prev, %peer, "same identity live from another address: suspected clone");
+            self.conflict(id.as_str(), |c| {
+                c.suspected_clones += 1;
+                c.note_address(prev.ip());
+                c.note_address(peer.ip());
+            });
             self.audit.record(
                 Entry::new(
                     now_ms(),
@@ -520,6 +600,21 @@ impl moat_net::SecurityEvents for NetEvents {
                 .with("previous_address", prev)
                 .with("address", peer),
             );
+        }
+    }
+
+    fn disconnected(&self, peer: std::net::SocketAddr, principal: &Principal) {
+        let Principal::Device(id) = principal else {
+            return;
+        };
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(live) = st.live.get_mut(id) {
+            if let Some(i) = live.iter().position(|a| *a == peer) {
+                live.swap_remove(i);
+            }
+            if live.is_empty() {
+                st.live.remove(id);
+            }
         }
     }
 }

@@ -209,7 +209,8 @@ pub async fn run(
         );
     }
     let check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(identity.certificate_check());
-    let events: Arc<dyn moat_net::SecurityEvents> = Arc::new(NetEvents::new(audit.clone()));
+    let net_events = Arc::new(NetEvents::new(audit.clone()));
+    let events: Arc<dyn moat_net::SecurityEvents> = net_events.clone();
     let mqtt_tls = moat_net::server_config(
         server.certificate.chain.clone(),
         server.key.der().clone_key(),
@@ -339,6 +340,7 @@ pub async fn run(
         access: access.clone(),
         broker: broker.clone(),
         net: net.clone(),
+        events: net_events,
     });
     tasks.push(tokio::spawn(serve_api(
         api,

@@ -108,9 +108,11 @@ pub(crate) async fn run<T: Transport>(
     ))
     .instrument(span.clone())
     .await;
+    let principal_of_closed = conn.principal().clone();
     Box::pin(finish(&mut io, conn, close, &mut wbuf, &ctx))
         .instrument(span)
         .await;
+    ctx.events.disconnected(peer, &principal_of_closed);
 }
 
 /// Reads CONNECT within the deadline and asks the broker. On success the CONNACK is in

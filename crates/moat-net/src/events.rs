@@ -23,6 +23,8 @@ pub trait SecurityEvents: Send + Sync + fmt::Debug {
     }
     /// A CONNECT from `peer` was accepted.
     fn connected(&self, _peer: SocketAddr, _principal: &Principal, _client_id: &ClientId) {}
+    /// A connection accepted with [`connected`](Self::connected) ended.
+    fn disconnected(&self, _peer: SocketAddr, _principal: &Principal) {}
 }
 
 /// Discards every event.

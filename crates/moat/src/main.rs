@@ -150,6 +150,9 @@ enum DeviceCommand {
     },
     /// Allow a disabled device again.
     Enable { id: String },
+    /// Identities seen live from two addresses at once (suspected clones) or claiming
+    /// client ids that are not theirs.
+    Conflicts,
     /// Approve a device that enrolled with a factory certificate and waits for approval.
     Approve { id: String },
 }
@@ -208,6 +211,7 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
             }
         }
         DeviceCommand::List => ops::device_list(target),
+        DeviceCommand::Conflicts => ops::device_conflicts(target),
         DeviceCommand::Show { id } => ops::device_show(target, &id),
         DeviceCommand::Set {
             id,

@@ -319,6 +319,34 @@ pub fn device_list(t: &Target) -> ExitCode {
     }))
 }
 
+pub fn device_conflicts(t: &Target) -> ExitCode {
+    finish(call(t, "GET", "/api/v1/identity-conflicts", None).map(|v| {
+        if t.json {
+            return pretty(&v);
+        }
+        let rows = v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        vec![
+                            s(&c["device"]),
+                            s(&c["suspected_clones"]),
+                            s(&c["client_id_mismatches"]),
+                            s(&c["addresses"]),
+                            s(&c["claimed_client_ids"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &["DEVICE", "SUSPECTED CLONES", "CLIENT-ID MISMATCHES", "ADDRESSES", "CLAIMED IDS"],
+            rows,
+        )
+    }))
+}
+
 pub fn device_show(t: &Target, id: &str) -> ExitCode {
     finish(
         call(
