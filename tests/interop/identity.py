@@ -151,7 +151,7 @@ topics = ["nowhere"]
     rc = dropped_within(c, returned, f"{dev} after its policy stopped allowing connect")
     check(rc == 0x87, f"DISCONNECT reason {rc}, expected 0x87 Not authorized")
     # Back to the default rule for later steps.
-    moat(args, "device", "set", dev)
+    moat(args, "device", "set", dev, "--reset")
 
 
 def disable_and_revoke(args):
@@ -215,6 +215,10 @@ def conflicts(args):
     check({"127.0.0.1", "127.0.0.2"} <= set(mine[0]["addresses"]), f"addresses: {mine[0]}")
     clones = audit_entries(args, "security.suspected_clone", f"device:{dev}")
     check(clones, "no security.suspected_clone entry in the audit trail")
+
+    step("an anonymous client may not use a registered device's client id (nor its session)")
+    squatter = PahoClient(args, transport="plain", client_id=dev)
+    squatter.connect(expect_rc=0x87)
 
 
 def main(args):

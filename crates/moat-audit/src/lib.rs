@@ -390,6 +390,9 @@ pub enum Tampered {
         /// The number found.
         found: u64,
     },
+    /// The trail has entries but no anchor: the anchor was deleted.
+    #[error("the trail has entries but no anchor: the anchor was deleted")]
+    AnchorMissing,
     /// The anchor's MAC is wrong: the anchor (or the key) was replaced.
     #[error("the audit anchor is not authentic: it was edited or the key changed")]
     AnchorForged,

@@ -1,12 +1,16 @@
 //! Who a connection is, and what it may do.
 //!
 //! The network layer produces a [`Principal`] (from a verified client certificate, or
-//! anonymous on a dangerous plaintext listener). Every publish and subscribe goes through an
-//! [`Authorizer`]; only this module can make the [`Authorized`] token the router requires,
-//! so routing a message that skipped the check does not compile.
+//! anonymous on a dangerous plaintext listener). At CONNECT the [`Authorizer`] decides whether
+//! it may connect and binds its [`Permissions`] (publish, retain, subscribe, receive), which
+//! the session keeps and the hub swaps when policies or the device's standing change
+//! ([`Broker::reauthorize`](crate::Broker::reauthorize)). Every publish and subscribe is
+//! checked against them; only this module can make the [`Authorized`] token the router
+//! requires, so routing a message that skipped the check does not compile.
 //!
-//! Today's authorizer is [`NamespaceAuthorizer`]: a device may publish and subscribe only
-//! under `devices/{its id}/#`. The policy engine replaces it through the same trait.
+//! The hub's authorizer is the policy engine (`moat-hub`, `moat-policy`).
+//! [`NamespaceAuthorizer`], the foundation's fixed rule (`devices/{id}/#`), remains for
+//! embedders and tests without policies.
 
 use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
 use std::fmt;

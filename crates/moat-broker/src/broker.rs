@@ -276,8 +276,27 @@ impl Broker {
         let (cell, session_present) = {
             let mut sessions = lock(&self.shared.sessions);
             let existing = sessions.get(&client_id).cloned();
+            // A session belongs to the identity that made it: another principal using the
+            // same client id neither resumes nor takes it over. The one exception is a
+            // device, whose client id is bound to its certificate: the id is its own, so
+            // whatever another principal left under it is discarded (a clean start).
+            let foreign = existing.as_ref().is_some_and(|cell| {
+                cell.lock()
+                    .principal
+                    .as_ref()
+                    .is_some_and(|owner| *owner != principal)
+            });
+            if foreign && !matches!(principal, Principal::Device(_)) {
+                drop(sessions);
+                self.shared
+                    .stats
+                    .connect_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                return refused(ReasonCode::NotAuthorized);
+            }
+            let clean_start = connect.clean_start || foreign;
             let resumed = match existing {
-                Some(cell) if !connect.clean_start => {
+                Some(cell) if !clean_start => {
                     let mut st = cell.lock();
                     // Takeover (MQTT-3.1.4-3): the old connection is told to go.
                     if let Some(old) = st.attached.take() {
@@ -368,6 +387,28 @@ impl Broker {
                 // QoS 0 messages are not kept for a session between connections.
                 if session_present {
                     st.queue.retain(|p| p.qos != QoS::AtMostOnce);
+                }
+                // What was queued under earlier permissions is delivered only if the current
+                // ones allow receiving it.
+                if session_present && permissions.checks_receive() {
+                    let mut withheld = 0u64;
+                    st.queue.retain(|p| {
+                        if permissions.may_receive(&p.message.topic) {
+                            return true;
+                        }
+                        withheld += 1;
+                        if p.stored {
+                            ops.push(StoreOp::DeleteOutbound {
+                                client_id: client_id.clone(),
+                                seq: p.seq,
+                            });
+                        }
+                        false
+                    });
+                    self.shared
+                        .stats
+                        .receive_denied
+                        .fetch_add(withheld, Ordering::Relaxed);
                 }
             }
             cell.set_permissions(permissions);
@@ -928,7 +969,6 @@ impl Broker {
         self.submit(ops);
     }
 
-    /// Asks every connected client to go (hub shutdown), with `reason`.
     /// Applies changed policies to every session: re-binds each one's permissions, closes
     /// the connections of identities that may no longer connect (with `reason`), and removes
     /// subscriptions that are no longer allowed, so that they stop receiving at once.
@@ -1017,6 +1057,7 @@ impl Broker {
         removed
     }
 
+    /// Asks every connected client to go (hub shutdown), with `reason`.
     pub fn kick_all(&self, reason: ReasonCode) {
         let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
         for cell in cells {

@@ -30,6 +30,8 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 /// Most addresses the failed-login limiter tracks (bounded under address churn: the oldest
 /// windows are dropped first).
 pub const MAX_TRACKED_LOGIN_SOURCES: usize = 10_000;
+/// Most password checks running at once (argon2id uses ~19 MiB each).
+pub const MAX_CONCURRENT_LOGINS: usize = 4;
 /// Longest accepted token or password, in bytes.
 pub const MAX_CREDENTIAL_LEN: usize = 256;
 
@@ -156,6 +158,7 @@ struct Session {
 #[derive(Debug, Default)]
 struct Failures {
     by_source: HashMap<IpAddr, (Instant, u32)>,
+    in_flight: usize,
 }
 
 /// Operator access control.
@@ -292,6 +295,9 @@ impl Access {
         source: IpAddr,
     ) -> Result<(String, Caller), IdentityError> {
         let now = Instant::now();
+        // Every attempt counts as a failure until it succeeds, so that parallel guesses from
+        // one address cannot all pass the check before any is counted; and at most
+        // MAX_CONCURRENT_LOGINS argon2 verifications run at once (each takes ~19 MiB).
         {
             let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
             f.by_source
@@ -304,9 +310,26 @@ impl Access {
                     "too many failed logins from {source}; try again later"
                 )));
             }
+            if f.in_flight >= MAX_CONCURRENT_LOGINS {
+                return Err(IdentityError::Unauthorized(
+                    "too many logins in progress; try again in a moment".into(),
+                ));
+            }
+            if f.by_source.len() >= MAX_TRACKED_LOGIN_SOURCES
+                && !f.by_source.contains_key(&source)
+                && let Some(oldest) = f
+                    .by_source
+                    .iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, _)| *k)
+            {
+                f.by_source.remove(&oldest);
+            }
+            f.by_source.entry(source).or_insert((now, 0)).1 += 1;
+            f.in_flight += 1;
         }
         let operator = if user.len() <= MAX_CREDENTIAL_LEN && password.len() <= MAX_CREDENTIAL_LEN {
-            self.registry.operator(user)?
+            self.registry.operator(user).ok().flatten()
         } else {
             None
         };
@@ -319,20 +342,14 @@ impl Access {
                 false
             }
         };
-        if !ok {
+        {
             let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-            if f.by_source.len() >= MAX_TRACKED_LOGIN_SOURCES
-                && !f.by_source.contains_key(&source)
-                && let Some(oldest) = f
-                    .by_source
-                    .iter()
-                    .min_by_key(|(_, (t, _))| *t)
-                    .map(|(k, _)| *k)
-            {
-                f.by_source.remove(&oldest);
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if ok && let Some(entry) = f.by_source.get_mut(&source) {
+                entry.1 = entry.1.saturating_sub(1);
             }
-            let entry = f.by_source.entry(source).or_insert((now, 0));
-            entry.1 += 1;
+        }
+        if !ok {
             return Err(IdentityError::Unauthorized(
                 "wrong user name or password".into(),
             ));

@@ -87,8 +87,13 @@ impl From<IdentityError> for ApiError {
             IdentityError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             IdentityError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             IdentityError::Store(_) | IdentityError::Pki(_) | IdentityError::Internal(_) => {
+                // The details go to the log, not to the caller.
                 tracing::error!(error = %e, "API operation failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the hub's log has the details",
+                );
             }
         };
         Self::new(status, code, e.to_string())
@@ -265,7 +270,12 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let body = crate::metrics::render(&s.broker, &s.net, s.identity.audit.dropped());
+    let body = crate::metrics::render(
+        &s.broker,
+        &s.net,
+        s.identity.audit.dropped(),
+        s.identity.audit.suppressed(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -585,7 +595,13 @@ async fn put_manufacturer(
 ) -> ApiResult<axum::Json<Value>> {
     let m = s
         .identity
-        .put_manufacturer(&caller.actor, name, body.ca_pem, body.group, body.require_approval)
+        .put_manufacturer(
+            &caller.actor,
+            name,
+            body.ca_pem,
+            body.group,
+            body.require_approval,
+        )
         .await?;
     ok(json!(m))
 }

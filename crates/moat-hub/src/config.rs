@@ -68,7 +68,7 @@ macro_rules! ranged_fn {
 }
 
 ranged_fn!(keepalive, u16, 1, u16::MAX, "max-keepalive");
-ranged_fn!(cert_days, u32, 1, 825, "device-cert-validity-days");
+ranged_fn!(cert_days, u32, 1, 365, "device-cert-validity-days");
 ranged_fn!(packet_size, u32, 128, 268_435_460, "max-packet-size");
 ranged_fn!(queued, usize, 1, 10_000_000, "max-queued-messages");
 ranged_fn!(receive_max, u16, 1, u16::MAX, "receive-maximum");

@@ -195,18 +195,21 @@ impl Identity {
                 _ => format!("device {id} is already enrolled; renew with simplereenroll"),
             }));
         }
-        if !self
-            .registry
-            .take_enrollment_token_use(&record.id, now_ms())?
-        {
-            return Err(unauthorized());
-        }
+        // Issued first, then the token's use is taken: a failed issuance does not spend it,
+        // and a certificate whose use could not be taken is never registered (without a
+        // device record it opens no connection).
         let cert = self.ca.issue_device_certificate_for_request(
             &id,
             &request,
             self.device_validity,
             OffsetDateTime::now_utc(),
         )?;
+        if !self
+            .registry
+            .take_enrollment_token_use(&record.id, now_ms())?
+        {
+            return Err(unauthorized());
+        }
         register_issued(&self.registry, &id, &cert, "est", record.group.clone())?;
         self.refresh_directory().await?;
         Ok((id, cert, request))

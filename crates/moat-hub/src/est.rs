@@ -125,7 +125,11 @@ async fn simpleenroll(
         Err(r) => return *r,
     };
     if let Some(token) = token {
-        return match s.identity.enroll(&s.access, &token, &csr, peer.addr.ip()).await {
+        return match s
+            .identity
+            .enroll(&s.access, &token, &csr, peer.addr.ip())
+            .await
+        {
             Ok(cert) => issued(&cert),
             Err(e) => identity_error(&e),
         };

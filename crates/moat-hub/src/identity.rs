@@ -234,6 +234,13 @@ impl Authorizer for PolicyAuthorizer {
                 }
                 Ok(Arc::new(PolicyPermissions(bound)))
             }
+            // A registered device's client id (and so its session) belongs to the device:
+            // an anonymous client may not claim it, whatever the policies say.
+            Principal::Anonymous
+                if find_device(&directory, &self.registry, client_id.as_str()).is_some() =>
+            {
+                Err(ConnectDenied::NotAuthorized)
+            }
             Principal::Anonymous => match directory.groups.get(ANONYMOUS_GROUP) {
                 None => Ok(Arc::new(Namespace::unrestricted())),
                 Some(group) => {
@@ -334,7 +341,7 @@ impl moat_net::ClientCertCheck for CertificateCheck {
                 .with("issuer", &f.issuer_dn)
                 .with("not_after", f.not_after);
         }
-        self.audit.record(entry);
+        self.audit.record_unauthenticated(None, entry);
     }
 }
 
@@ -360,11 +367,59 @@ fn certificate_reason_code(e: &CertificateError, reason: &str) -> &'static str {
     }
 }
 
+/// Audit records an unauthenticated source (one address) may cause per minute; beyond it
+/// they are counted (`moat_audit_suppressed_total`) but not written, so that a stream of
+/// bad handshakes neither floods the queue nor grows the trail without bound.
+pub const MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE: u32 = 60;
+/// The same for events whose source address is unknown (rejected certificates, seen by the
+/// TLS verifier), all sources together.
+pub const MAX_UNATTRIBUTED_AUDIT_PER_MINUTE: u32 = 600;
+/// Most sources the limiter tracks; beyond it the oldest windows are dropped.
+pub const MAX_AUDIT_LIMITER_SOURCES: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct AuditLimiter {
+    windows: HashMap<Option<std::net::IpAddr>, (std::time::Instant, u32)>,
+}
+
+impl AuditLimiter {
+    fn admit(&mut self, source: Option<std::net::IpAddr>) -> bool {
+        let now = std::time::Instant::now();
+        let window = std::time::Duration::from_secs(60);
+        if self.windows.len() >= MAX_AUDIT_LIMITER_SOURCES && !self.windows.contains_key(&source) {
+            self.windows
+                .retain(|_, (start, _)| now.duration_since(*start) < window);
+            if self.windows.len() >= MAX_AUDIT_LIMITER_SOURCES
+                && let Some(oldest) = self
+                    .windows
+                    .iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, _)| *k)
+            {
+                self.windows.remove(&oldest);
+            }
+        }
+        let limit = if source.is_some() {
+            MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE
+        } else {
+            MAX_UNATTRIBUTED_AUDIT_PER_MINUTE
+        };
+        let w = self.windows.entry(source).or_insert((now, 0));
+        if now.duration_since(w.0) >= window {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= limit
+    }
+}
+
 /// Audit events from the packet path, queued to a writer task (never blocking).
 #[derive(Debug, Clone)]
 pub(crate) struct AuditSink {
     tx: mpsc::Sender<Entry>,
     dropped: Arc<AtomicU64>,
+    suppressed: Arc<AtomicU64>,
+    limiter: Arc<Mutex<AuditLimiter>>,
 }
 
 impl AuditSink {
@@ -375,6 +430,8 @@ impl AuditSink {
             Self {
                 tx,
                 dropped: Arc::new(AtomicU64::new(0)),
+                suppressed: Arc::new(AtomicU64::new(0)),
+                limiter: Arc::new(Mutex::new(AuditLimiter::default())),
             },
             rx,
         )
@@ -386,8 +443,27 @@ impl AuditSink {
         }
     }
 
+    /// Records an event caused by an unauthenticated party at `source` (or at an unknown
+    /// address), within [`MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE`].
+    pub(crate) fn record_unauthenticated(&self, source: Option<std::net::IpAddr>, entry: Entry) {
+        let admitted = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(source);
+        if admitted {
+            self.record(entry);
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn suppressed(&self) -> u64 {
+        self.suppressed.load(Ordering::Relaxed)
     }
 }
 
@@ -481,15 +557,15 @@ impl NetEvents {
 
     fn conflict<R>(&self, device: &str, f: impl FnOnce(&mut Conflict) -> R) -> R {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if st.conflicts.len() >= MAX_TRACKED_IDENTITIES && !st.conflicts.contains_key(device) {
-            if let Some(oldest) = st
+        if st.conflicts.len() >= MAX_TRACKED_IDENTITIES
+            && !st.conflicts.contains_key(device)
+            && let Some(oldest) = st
                 .conflicts
                 .values()
                 .min_by_key(|c| c.last_at_ms)
                 .map(|c| c.device.clone())
-            {
-                st.conflicts.remove(&oldest);
-            }
+        {
+            st.conflicts.remove(&oldest);
         }
         let c = st
             .conflicts
@@ -506,14 +582,15 @@ impl NetEvents {
     pub(crate) fn conflicts(&self) -> Vec<Conflict> {
         let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<Conflict> = st.conflicts.values().cloned().collect();
-        all.sort_by(|a, b| b.last_at_ms.cmp(&a.last_at_ms));
+        all.sort_by_key(|c| std::cmp::Reverse(c.last_at_ms));
         all
     }
 }
 
 impl moat_net::SecurityEvents for NetEvents {
     fn handshake_failed(&self, peer: std::net::SocketAddr, reason: &str) {
-        self.audit.record(
+        self.audit.record_unauthenticated(
+            Some(peer.ip()),
             Entry::new(
                 now_ms(),
                 format!("peer:{peer}"),
@@ -548,7 +625,8 @@ impl moat_net::SecurityEvents for NetEvents {
             }
             (_, r) => format!("{r:?}"),
         };
-        self.audit.record(
+        self.audit.record_unauthenticated(
+            Some(peer.ip()),
             Entry::new(
                 now_ms(),
                 principal.to_string(),
@@ -574,7 +652,11 @@ impl moat_net::SecurityEvents for NetEvents {
                 st.live.clear();
             }
             let live = st.live.entry(id.clone()).or_default();
-            let others = live.iter().filter(|a| a.ip() != peer.ip()).copied().collect();
+            let others = live
+                .iter()
+                .filter(|a| a.ip() != peer.ip())
+                .copied()
+                .collect();
             if live.len() < MAX_CONFLICT_ADDRESSES {
                 live.push(peer);
             }
@@ -909,6 +991,17 @@ impl Identity {
         name: String,
     ) -> Result<(), IdentityError> {
         let _guard = self.changes.lock().await;
+        let members = self
+            .registry
+            .all_devices()?
+            .into_iter()
+            .filter(|d| d.group.as_deref() == Some(name.as_str()))
+            .count();
+        if members > 0 {
+            return Err(IdentityError::Conflict(format!(
+                "group {name} has {members} device(s); move them to another group first"
+            )));
+        }
         let n = name.clone();
         if !self.blocking(move |r| Ok(r.delete_group(&n)?)).await? {
             return Err(IdentityError::NotFound(format!("group {name}")));

@@ -104,9 +104,17 @@ impl ApiTls {
     /// Rebuilds with a new set of manufacturer CAs (a bad one is logged and the old
     /// configuration kept).
     pub(crate) fn update(&self, manufacturers: &[ManufacturerRecord]) {
-        match Self::build(&self.chain, &self.key, &self.roots, &self.check, manufacturers) {
+        match Self::build(
+            &self.chain,
+            &self.key,
+            &self.roots,
+            &self.check,
+            manufacturers,
+        ) {
             Ok(config) => self.current.store(config),
-            Err(e) => tracing::error!(error = %e, "cannot trust the manufacturer CAs; API TLS unchanged"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot trust the manufacturer CAs; API TLS unchanged")
+            }
         }
     }
 }
@@ -208,16 +216,26 @@ impl Identity {
         };
         self.registry.put_manufacturer(&record)?;
         self.audit_now(
-            Entry::new(now_ms(), actor, "manufacturer.put", format!("manufacturer:{name}"), Outcome::Success)
-                .with("subject", &record.subject_dn)
-                .with("require_approval", require_approval),
+            Entry::new(
+                now_ms(),
+                actor,
+                "manufacturer.put",
+                format!("manufacturer:{name}"),
+                Outcome::Success,
+            )
+            .with("subject", &record.subject_dn)
+            .with("require_approval", require_approval),
         )
         .await?;
         self.refresh_directory().await?;
         Ok(record)
     }
 
-    pub(crate) async fn delete_manufacturer(&self, actor: &str, name: String) -> Result<(), IdentityError> {
+    pub(crate) async fn delete_manufacturer(
+        &self,
+        actor: &str,
+        name: String,
+    ) -> Result<(), IdentityError> {
         let _guard = self.changes.lock().await;
         if !self.registry.delete_manufacturer(&name)? {
             return Err(IdentityError::NotFound(format!("manufacturer {name}")));
@@ -253,25 +271,43 @@ impl Identity {
                 .await?;
             }
             Ok(JitOutcome::Pending) => self.audit.record(
-                Entry::new(now_ms(), &actor, "enroll.pending", format!("device:{}", factory.device), Outcome::Denied)
-                    .with("peer", peer)
-                    .with("reason", "waiting for an operator's approval"),
+                Entry::new(
+                    now_ms(),
+                    &actor,
+                    "enroll.pending",
+                    format!("device:{}", factory.device),
+                    Outcome::Denied,
+                )
+                .with("peer", peer)
+                .with("reason", "waiting for an operator's approval"),
             ),
             Err(e) => self.audit.record(
-                Entry::new(now_ms(), &actor, "enroll.refused", format!("device:{}", factory.device), Outcome::Denied)
-                    .with("peer", peer)
-                    .with("reason", e),
+                Entry::new(
+                    now_ms(),
+                    &actor,
+                    "enroll.refused",
+                    format!("device:{}", factory.device),
+                    Outcome::Denied,
+                )
+                .with("peer", peer)
+                .with("reason", e),
             ),
         }
         result
     }
 
-    async fn enroll_jit_inner(&self, factory: &Factory, csr_der: &[u8]) -> Result<JitOutcome, IdentityError> {
+    async fn enroll_jit_inner(
+        &self,
+        factory: &Factory,
+        csr_der: &[u8],
+    ) -> Result<JitOutcome, IdentityError> {
         let manufacturer = self
             .manufacturers()
             .into_iter()
             .find(|m| m.name == factory.manufacturer)
-            .ok_or_else(|| IdentityError::Unauthorized("the manufacturer is no longer registered".into()))?;
+            .ok_or_else(|| {
+                IdentityError::Unauthorized("the manufacturer is no longer registered".into())
+            })?;
         let request = moat_pki::parse_certificate_request(csr_der)
             .map_err(|e| IdentityError::Invalid(format!("certificate request: {e}")))?;
         let id = &factory.device;
@@ -314,7 +350,10 @@ impl Identity {
                     )));
                 }
                 other => {
-                    return Err(IdentityError::Conflict(format!("device {id} is {}", other.as_str())));
+                    return Err(IdentityError::Conflict(format!(
+                        "device {id} is {}",
+                        other.as_str()
+                    )));
                 }
             },
         }
@@ -338,7 +377,8 @@ impl Identity {
                 device.status.as_str()
             )));
         }
-        self.set_status(actor, id, DeviceStatus::Active, "approved").await?;
+        self.set_status(actor, id, DeviceStatus::Active, "approved")
+            .await?;
         Ok(())
     }
 }

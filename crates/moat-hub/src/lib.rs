@@ -1,13 +1,20 @@
 //! Composition: configuration, wiring and lifecycle of the hub.
 //!
-//! Owns: the data directory layout, start-up (CA, server certificate, store, restore),
-//! binding listeners, periodic broker work, the HTTPS endpoint for `/metrics` and
-//! `/healthz`, and graceful shutdown.
+//! Owns: the data directory layout, start-up (CA, server certificate, store, registry,
+//! restore), binding listeners, periodic broker work, the identity service (`identity.rs`:
+//! device directory, policy authorizer, live certificate check, revocation, audit sink),
+//! enrollment (`enroll.rs`, `jit.rs`), operator access (`access.rs`), the HTTPS API
+//! (`api.rs`: REST under `/api/v1`, `est.rs`: EST, `/pki/`, `/metrics`, `/healthz`,
+//! `/api/openapi.json`), the CLI's client (`client.rs`), and graceful shutdown.
 //!
-//! Does not own: protocol logic (moat-broker), sockets per connection (moat-net), SQL
-//! (moat-store), key material (moat-pki).
+//! Does not own: protocol logic (moat-broker), sockets per MQTT connection (moat-net), SQL
+//! (moat-store), key material (moat-pki), policy semantics (moat-policy), the audit chain
+//! (moat-audit).
 //!
-//! Data directory layout: `pki/` (CA keys and certificates, 0700), `moat.db` (SQLite, 0600).
+//! Data directory layout: `pki/` (CA keys and certificates, 0700), `moat.db` (messages and
+//! sessions, 0600), `registry.db` (devices, certificates, policies, tokens, audit trail,
+//! 0600), `secrets/` (0700: `audit.key`, `token.key`, `cli.token`, each 0600), `hub.json`
+//! (the running hub's API address, removed at shutdown).
 
 #![forbid(unsafe_code)]
 

@@ -14,7 +14,12 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
-pub fn render(broker: &Broker, net: &NetStats, audit_dropped: u64) -> String {
+pub fn render(
+    broker: &Broker,
+    net: &NetStats,
+    audit_dropped: u64,
+    audit_suppressed: u64,
+) -> String {
     let s = broker.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
@@ -136,6 +141,13 @@ pub fn render(broker: &Broker, net: &NetStats, audit_dropped: u64) -> String {
         "counter",
         "Security events not written to the audit trail because its queue was full.",
         audit_dropped,
+    );
+    metric(
+        &mut out,
+        "moat_audit_suppressed_total",
+        "counter",
+        "Security events of unauthenticated sources beyond the per-minute audit allowance (counted, not written).",
+        audit_suppressed,
     );
     metric(
         &mut out,

@@ -63,6 +63,13 @@ pub enum HubError {
     },
 }
 
+/// Most API connections open at once; further ones are closed at accept.
+pub const MAX_API_CONNECTIONS: usize = 512;
+/// Longest an API client may take for its TLS handshake.
+pub const API_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an API client may take to send a request's header, or stay idle between requests.
+pub const API_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Written to the data directory while the hub runs: where its API listens (JSON).
 pub const HUB_FILE: &str = "hub.json";
 
@@ -198,6 +205,16 @@ pub async fn run(
         audit.clone(),
         config.device_cert_validity,
     )?);
+    // The whole trail is checked once at start, in the background: tampering while the hub
+    // was down is reported loudly (and `moat audit verify` says where).
+    let check_registry = registry.clone();
+    tokio::task::spawn_blocking(move || match check_registry.verify_audit() {
+        Ok(Ok(v)) => tracing::info!(entries = v.count, "audit trail verified"),
+        Ok(Err(t)) => {
+            tracing::error!(problem = %t, "AUDIT TRAIL TAMPERED; run `moat audit verify`")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the audit trail"),
+    });
     let access = Arc::new(Access::new(registry.clone(), &token_key));
     if let Some(first) = access.bootstrap(&config.data_dir)? {
         // Shown once: only its argon2id hash is kept.
@@ -432,21 +449,33 @@ async fn serve_api(
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_API_CONNECTIONS));
     loop {
-        let (tcp, addr) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, limit = MAX_API_CONNECTIONS, "API connection refused: too many open");
+            continue;
         };
         // The current configuration: manufacturer CAs registered since start are trusted.
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let app = app.clone();
         let identity = identity.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                tokio::time::timeout(API_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
             };
@@ -463,9 +492,14 @@ async fn serve_api(
                 factory,
             }));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that sends no complete request header within the limit (including an
+            // idle keep-alive connection) is dropped.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(API_HEADER_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }

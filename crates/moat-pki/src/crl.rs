@@ -1,14 +1,17 @@
-//! Certificate revocation lists (RFC 5280 5) signed by the issuing CA.
+//! Certificate revocation lists (RFC 5280 5) signed by an issuing CA.
 //!
 //! This crate only encodes and signs a list; which serials are revoked, the CRL number
 //! sequence and the publication schedule belong to the caller (`moat-hub` and its store).
+//! After an issuing-CA rotation each trusted issuing CA signs its own CRL: a CRL speaks only
+//! for certificates of its issuer (RFC 5280 6.3.3), so the previous CA's revocations must be
+//! signed by the previous CA's key.
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use rustls_pki_types::CertificateRevocationListDer;
 use time::OffsetDateTime;
 
 use crate::authority::to_utc_seconds;
-use crate::{CertificateAuthority, PkiError, serial_hex};
+use crate::{CertificateAuthority, IssuerSlot, PkiError, serial_hex};
 
 /// Most entries [`CertificateAuthority::issue_crl`] puts in one CRL: 65,536 (about 2.5 MiB).
 /// A larger list means the installation needs shorter certificate lifetimes, not a bigger
@@ -77,8 +80,9 @@ pub struct RevokedSerial {
 }
 
 impl CertificateAuthority {
-    /// A DER CRL (v2, RFC 5280 5.1) listing `revoked`, signed by the issuing CA with its
-    /// Authority Key Identifier and `crl_number` (5.2.3; the caller keeps it increasing).
+    /// A DER CRL (v2, RFC 5280 5.1) listing `revoked`, signed by the current issuing CA with
+    /// its Authority Key Identifier and `crl_number` (5.2.3; the caller keeps it increasing).
+    /// The same as [`issue_crl_for`](Self::issue_crl_for) with [`IssuerSlot::Current`].
     ///
     /// Times are converted to UTC and truncated to whole seconds. Refused
     /// ([`PkiError::InvalidRequest`]): more than [`MAX_CRL_ENTRIES`] entries, a serial that
@@ -92,6 +96,30 @@ impl CertificateAuthority {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<CertificateRevocationListDer<'static>, PkiError> {
+        self.issue_crl_for(
+            IssuerSlot::Current,
+            revoked,
+            crl_number,
+            this_update,
+            next_update,
+        )
+    }
+
+    /// Like [`issue_crl`](Self::issue_crl), signed by the issuing CA in `slot`: after a
+    /// rotation, [`IssuerSlot::Previous`] publishes the revocations of certificates the
+    /// previous issuing CA issued ([`issuer_of`](Self::issuer_of) tells which CA issued a
+    /// certificate). Refused ([`PkiError::InvalidRequest`]) if no issuing CA is in `slot`.
+    pub fn issue_crl_for(
+        &self,
+        slot: IssuerSlot,
+        revoked: &[RevokedSerial],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<CertificateRevocationListDer<'static>, PkiError> {
+        let issuing = self.issuing_ca(slot).ok_or_else(|| {
+            PkiError::InvalidRequest("there is no previous issuing CA (or it has expired)".into())
+        })?;
         if revoked.len() > MAX_CRL_ENTRIES {
             return Err(PkiError::InvalidRequest(format!(
                 "{} revoked serials, more than the limit of {MAX_CRL_ENTRIES} per CRL",
@@ -137,14 +165,16 @@ impl CertificateAuthority {
             crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs,
-            // The Authority Key Identifier (RFC 5280 5.2.1) must equal the issuing CA's
+            // The Authority Key Identifier (RFC 5280 5.2.1) must equal the signing CA's
             // Subject Key Identifier; rcgen would otherwise derive it afresh, which matches
             // only if the CA was created with the same method.
-            key_identifier_method: self
-                .issuing_key_identifier()
+            key_identifier_method: issuing
+                .cert
+                .key_id
+                .clone()
                 .map_or(KeyIdMethod::Sha256, KeyIdMethod::PreSpecified),
         };
-        let crl = params.signed_by(self.issuer())?;
+        let crl = params.signed_by(&issuing.issuer)?;
         Ok(crl.der().clone())
     }
 }

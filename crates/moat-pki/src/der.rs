@@ -152,9 +152,7 @@ impl<'a> Reader<'a> {
                 if digits.len() > 4 {
                     return Err(DerError::BadInteger);
                 }
-                Ok(digits
-                    .iter()
-                    .fold(0u32, |n, &b| (n << 8) | u32::from(b)))
+                Ok(digits.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)))
             }
         }
     }
@@ -197,7 +195,10 @@ mod tests {
             (127, &[0x02, 0x01, 0x7f]),
             (128, &[0x02, 0x02, 0x00, 0x80]),
             (600_000, &[0x02, 0x03, 0x09, 0x27, 0xc0]),
-            (u64::from(u32::MAX), &[0x02, 0x05, 0x00, 0xff, 0xff, 0xff, 0xff]),
+            (
+                u64::from(u32::MAX),
+                &[0x02, 0x05, 0x00, 0xff, 0xff, 0xff, 0xff],
+            ),
         ] {
             assert_eq!(integer(value), der, "{value}");
             let mut reader = Reader::new(der);
@@ -226,7 +227,11 @@ mod tests {
         );
         let long: Vec<u8> = [&[0x30, 0x81, 0x80][..], &[0u8; 0x80]].concat();
         assert_eq!(read(&long), Ok(0x80));
-        for bad in [&[0x02, 0x00][..], &[0x02, 0x01, 0x80], &[0x02, 0x02, 0x00, 0x01]] {
+        for bad in [
+            &[0x02, 0x00][..],
+            &[0x02, 0x01, 0x80],
+            &[0x02, 0x02, 0x00, 0x01],
+        ] {
             assert_eq!(Reader::new(bad).read_u32(), Err(DerError::BadInteger));
         }
         assert_eq!(

@@ -231,6 +231,25 @@ fn truncated(s: &str, max_len: usize) -> (&str, &'static str) {
     (&s[..end], if end < s.len() { "..." } else { "" })
 }
 
+/// A CA certificate an operator registers (a manufacturer's): its subject in RFC 4514
+/// notation, which is the issuer name of the certificates it signs.
+///
+/// Refuses anything that is not exactly one X.509 certificate with basicConstraints cA TRUE.
+pub fn ca_certificate_subject(der: &[u8]) -> Result<String, PkiError> {
+    let cert = parse(der)?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(PkiError::InvalidRequest(
+            "the certificate is not a CA certificate (basicConstraints cA is not TRUE)".into(),
+        ));
+    }
+    Ok(cert.subject().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,23 +271,4 @@ mod tests {
         ));
         assert!(device_id_from_certificate(&vec![0u8; MAX_DEVICE_CERTIFICATE_SIZE + 1]).is_err());
     }
-}
-
-/// A CA certificate an operator registers (a manufacturer's): its subject in RFC 4514
-/// notation, which is the issuer name of the certificates it signs.
-///
-/// Refuses anything that is not exactly one X.509 certificate with basicConstraints cA TRUE.
-pub fn ca_certificate_subject(der: &[u8]) -> Result<String, PkiError> {
-    let cert = parse(der)?;
-    let is_ca = cert
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .is_some_and(|bc| bc.value.ca);
-    if !is_ca {
-        return Err(PkiError::InvalidRequest(
-            "the certificate is not a CA certificate (basicConstraints cA is not TRUE)".into(),
-        ));
-    }
-    Ok(cert.subject().to_string())
 }

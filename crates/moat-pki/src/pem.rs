@@ -48,7 +48,7 @@ pub(crate) fn decode_block(text: &str) -> Result<(&str, Vec<u8>), &'static str> 
     if !trailing.trim().is_empty() {
         return Err("data after the PEM block");
     }
-    let der = base64::decode(body_and_rest[..body_end].as_bytes())
+    let der = base64::decode(&body_and_rest.as_bytes()[..body_end])
         .map_err(|_| "the PEM body is not valid base64")?;
     Ok((label, der))
 }
@@ -80,7 +80,10 @@ mod tests {
             Ok(("ENCRYPTED PRIVATE KEY", vec![1, 2, 3, 250]))
         );
         let explained = format!("Comment: made by hand\n{pem}\n\n");
-        assert_eq!(decode_block(&explained).map(|(_, der)| der), Ok(vec![1, 2, 3, 250]));
+        assert_eq!(
+            decode_block(&explained).map(|(_, der)| der),
+            Ok(vec![1, 2, 3, 250])
+        );
         for bad in [
             String::new(),
             "-----BEGIN X-----\nAQID\n-----END Y-----\n".to_owned(),

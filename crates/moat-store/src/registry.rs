@@ -816,8 +816,7 @@ impl Registry {
     /// Deletes a manufacturer; whether it existed.
     pub fn delete_manufacturer(&self, name: &str) -> Result<bool> {
         self.with(|i| {
-            Ok(i
-                .conn
+            Ok(i.conn
                 .execute("DELETE FROM manufacturers WHERE name = ?1", [name])?
                 > 0)
         })
@@ -860,7 +859,31 @@ impl Registry {
             let tx = i
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut chain = Chain::resume(last_audit_record(&tx)?.as_ref());
+            let last = last_audit_record(&tx)?;
+            let stored_anchor: Option<Vec<u8>> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'audit_anchor'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            // The anchor moves forward only from a head it vouches for: re-signing over a
+            // trail someone cut or rewrote would launder the change. Appends go on (events
+            // are not lost), and verification keeps reporting the break.
+            let anchored = match (&last, stored_anchor.as_deref().map(decode_anchor)) {
+                (None, None) => true,
+                (Some(_), None) | (_, Some(None)) => false,
+                (last, Some(Some(a))) => {
+                    a.is_authentic(&i.anchor_key)
+                        && a.count == last.as_ref().map_or(0, |r| r.seq)
+                        && a.head == last.as_ref().map_or(moat_audit::GENESIS, |r| r.hash)
+                }
+            };
+            if !anchored {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "the audit trail does not match its anchor (entries edited or removed); the anchor is not moved: run `moat audit verify`"
+                );
+            }
+            let mut chain = Chain::resume(last.as_ref());
             let records: Vec<Record> = entries.into_iter().map(|e| chain.seal(e)).collect();
             let anchor = chain.anchor(&i.anchor_key);
             {
@@ -882,10 +905,12 @@ impl Registry {
                     ])?;
                 }
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor', ?1)",
-                [encode_anchor(&anchor)],
-            )?;
+            if anchored {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor', ?1)",
+                    [encode_anchor(&anchor)],
+                )?;
+            }
             tx.commit()?;
             Ok(records)
         })
@@ -919,6 +944,12 @@ impl Registry {
             .optional()
             .map_err(|e| StoreError::from_sqlite(&self.path, e))?;
         let anchor = match anchor {
+            None if !read_audit(&tx, 0, 1)
+                .map_err(|e| row_error(&self.path, e))?
+                .is_empty() =>
+            {
+                return Ok(Err(moat_audit::Tampered::AnchorMissing));
+            }
             None => None,
             Some(bytes) => match decode_anchor(&bytes) {
                 Some(a) => Some(a),
@@ -1243,6 +1274,24 @@ mod tests {
             r.verify_audit().expect("read"),
             Err(moat_audit::Tampered::Truncated { .. })
         ));
+        // A later append does not launder the cut by re-signing the anchor.
+        r.append_audit(vec![e(4)]).expect("append after the cut");
+        assert!(
+            r.verify_audit().expect("read").is_err(),
+            "the cut was laundered"
+        );
+        // Nor does deleting the anchor.
+        conn.execute("DELETE FROM meta WHERE key = 'audit_anchor'", [])
+            .expect("drop anchor");
+        assert_eq!(
+            r.verify_audit().expect("read"),
+            Err(moat_audit::Tampered::AnchorMissing)
+        );
+        r.append_audit(vec![e(5)]).expect("append without anchor");
+        assert_eq!(
+            r.verify_audit().expect("read"),
+            Err(moat_audit::Tampered::AnchorMissing)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

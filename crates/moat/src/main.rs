@@ -103,7 +103,7 @@ struct ServeArgs {
     /// Largest keep alive granted to clients, seconds [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     max_keepalive: Option<u16>,
-    /// HTTPS listener for /metrics and /healthz [default: 127.0.0.1:8443].
+    /// HTTPS listener for the REST API, EST, /metrics and /healthz [default: 127.0.0.1:8443].
     #[arg(long)]
     api_listen: Option<SocketAddr>,
 }
@@ -134,6 +134,9 @@ enum DeviceCommand {
         attrs: Vec<String>,
         #[arg(long = "policy")]
         policies: Vec<String>,
+        /// Clear the group, attributes and policies first (then apply what is given).
+        #[arg(long)]
+        reset: bool,
     },
     /// Revoke a device for good: its certificates are revoked and its live sessions closed.
     Revoke {
@@ -218,7 +221,8 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
             group,
             attrs,
             policies,
-        } => ops::device_set(target, &id, group, attrs, policies),
+            reset,
+        } => ops::device_set(target, &id, group, attrs, policies, reset),
         DeviceCommand::Revoke { id, reason } => ops::device_status(target, &id, "revoke", reason),
         DeviceCommand::Disable { id, reason } => ops::device_status(target, &id, "disable", reason),
         DeviceCommand::Enable { id } => ops::device_status(target, &id, "enable", None),

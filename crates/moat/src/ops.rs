@@ -246,7 +246,9 @@ fn finish(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{}", out.trim_end());
+                // A closed pipe (`moat device list | head`) is not an error worth a panic.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{}", out.trim_end());
             }
             ExitCode::SUCCESS
         }
@@ -341,7 +343,13 @@ pub fn device_conflicts(t: &Target) -> ExitCode {
             })
             .unwrap_or_default();
         table(
-            &["DEVICE", "SUSPECTED CLONES", "CLIENT-ID MISMATCHES", "ADDRESSES", "CLAIMED IDS"],
+            &[
+                "DEVICE",
+                "SUSPECTED CLONES",
+                "CLIENT-ID MISMATCHES",
+                "ADDRESSES",
+                "CLAIMED IDS",
+            ],
             rows,
         )
     }))
@@ -389,6 +397,7 @@ pub fn device_set(
     group: Option<String>,
     attrs: Vec<String>,
     policies: Vec<String>,
+    reset: bool,
 ) -> ExitCode {
     let mut map = serde_json::Map::new();
     for a in attrs {
@@ -398,16 +407,39 @@ pub fn device_set(
         };
         map.insert(k.to_owned(), Value::String(v.to_owned()));
     }
-    let body = json!({"group": group, "attrs": map, "policies": policies});
-    finish(
-        call(
-            t,
-            "PUT",
-            &format!("/api/v1/devices/{}", encode_path(id)),
-            Some(body),
-        )
-        .map(|v| pretty(&v)),
-    )
+    // Only what is given changes: the rest is read back first.
+    let path = format!("/api/v1/devices/{}", encode_path(id));
+    let current = match call(t, "GET", &path, None) {
+        Ok(v) => v,
+        Err(e) => return finish(Err(e)),
+    };
+    let d = if reset {
+        &json!({"group": null, "attrs": {}, "policies": []})
+    } else {
+        &current["device"]
+    };
+    let group = group.map_or_else(
+        || d["group"].clone(),
+        |g| {
+            if g.is_empty() {
+                Value::Null
+            } else {
+                Value::String(g)
+            }
+        },
+    );
+    let attrs = if map.is_empty() {
+        d["attrs"].clone()
+    } else {
+        Value::Object(map)
+    };
+    let policies = if policies.is_empty() {
+        d["policies"].clone()
+    } else {
+        json!(policies)
+    };
+    let body = json!({"group": group, "attrs": attrs, "policies": policies});
+    finish(call(t, "PUT", &path, Some(body)).map(|v| pretty(&v)))
 }
 
 pub fn token(t: &Target, cmd: TokenCommand) -> ExitCode {
@@ -643,30 +675,37 @@ pub fn manufacturer(t: &Target, cmd: ManufacturerCommand) -> ExitCode {
                 }),
             )
         }
-        ManufacturerCommand::List => finish(call(t, "GET", "/api/v1/manufacturers", None).map(|v| {
-            if t.json {
-                return pretty(&v);
-            }
-            let rows = v["items"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|m| {
-                            vec![
-                                s(&m["name"]),
-                                s(&m["subject_dn"]),
-                                s(&m["group"]),
-                                s(&m["require_approval"]),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["NAME", "CA SUBJECT", "GROUP", "APPROVAL"], rows)
-        })),
+        ManufacturerCommand::List => {
+            finish(call(t, "GET", "/api/v1/manufacturers", None).map(|v| {
+                if t.json {
+                    return pretty(&v);
+                }
+                let rows = v["items"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                vec![
+                                    s(&m["name"]),
+                                    s(&m["subject_dn"]),
+                                    s(&m["group"]),
+                                    s(&m["require_approval"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["NAME", "CA SUBJECT", "GROUP", "APPROVAL"], rows)
+            }))
+        }
         ManufacturerCommand::Delete { name } => finish(
-            call(t, "DELETE", &format!("/api/v1/manufacturers/{}", encode_path(&name)), None)
-                .map(|_| format!("manufacturer {name} deleted")),
+            call(
+                t,
+                "DELETE",
+                &format!("/api/v1/manufacturers/{}", encode_path(&name)),
+                None,
+            )
+            .map(|_| format!("manufacturer {name} deleted")),
         ),
     }
 }

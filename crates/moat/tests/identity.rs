@@ -921,60 +921,201 @@ fn factory_certificates_of_a_registered_manufacturer_enroll_just_in_time_after_a
     let dir = hub.scratch("jit");
     // The manufacturer's CA and a device's factory certificate (CN = device id).
     let make_ca = |name: &str| {
-        tool_ok("openssl", &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-subj", &format!("/O=Acme/CN={name}"),
-            "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"], &dir);
+        tool_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+                "-subj",
+                &format!("/O=Acme/CN={name}"),
+                "-days",
+                "30",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+            &dir,
+        );
     };
     make_ca("acme-ca");
     make_ca("rogue-ca");
     let factory_cert = |ca: &str, cn: &str| {
-        tool_ok("openssl", &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{cn}-{ca}.key"), "-out", &format!("{cn}-{ca}.csr"), "-subj", &format!("/CN={cn}")], &dir);
-        fs::write(dir.join("factory.ext"), "extendedKeyUsage = clientAuth\nbasicConstraints = critical,CA:FALSE\n").expect("ext");
-        tool_ok("openssl", &["x509", "-req", "-in", &format!("{cn}-{ca}.csr"), "-CA", &format!("{ca}.crt"),
-            "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-days", "30", "-extfile", "factory.ext",
-            "-out", &format!("{cn}-{ca}.crt")], &dir);
+        tool_ok(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{cn}-{ca}.key"),
+                "-out",
+                &format!("{cn}-{ca}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+            &dir,
+        );
+        fs::write(
+            dir.join("factory.ext"),
+            "extendedKeyUsage = clientAuth\nbasicConstraints = critical,CA:FALSE\n",
+        )
+        .expect("ext");
+        tool_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{cn}-{ca}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                "factory.ext",
+                "-out",
+                &format!("{cn}-{ca}.crt"),
+            ],
+            &dir,
+        );
     };
     factory_cert("acme-ca", "fac1");
     factory_cert("rogue-ca", "fac2");
-    let out = cli_ok(&hub, &["manufacturer", "add", "acme", "--ca", dir.join("acme-ca.crt").to_str().expect("utf-8"), "--approval"]);
+    let out = cli_ok(
+        &hub,
+        &[
+            "manufacturer",
+            "add",
+            "acme",
+            "--ca",
+            dir.join("acme-ca.crt").to_str().expect("utf-8"),
+            "--approval",
+        ],
+    );
     assert!(out.contains("CN=acme-ca"), "{out}");
 
     let (key, csr) = key_and_csr(&dir, "fac1-op", "fac1", &[]);
     let data = format!("@{csr}");
     let enroll = api_url(&hub, "/.well-known/est/simpleenroll");
     let with_factory = |ca: &str, cn: &str| {
-        curl(&hub, &dir, &["--cert", &format!("{cn}-{ca}.crt"), "--key", &format!("{cn}-{ca}.key"),
-            "-H", "Content-Type: application/pkcs10", "--data-binary", &data, &enroll])
+        curl(
+            &hub,
+            &dir,
+            &[
+                "--cert",
+                &format!("{cn}-{ca}.crt"),
+                "--key",
+                &format!("{cn}-{ca}.key"),
+                "-H",
+                "Content-Type: application/pkcs10",
+                "--data-binary",
+                &data,
+                &enroll,
+            ],
+        )
     };
     let (status, body) = with_factory("acme-ca", "fac1");
     assert_eq!(status, 202, "held for approval expected: {body}");
     let listed = cli_ok(&hub, &["device", "list"]);
-    assert!(listed.lines().any(|l| l.starts_with("fac1") && l.contains("pending")), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("fac1") && l.contains("pending")),
+        "{listed}"
+    );
     // Still pending: asking again changes nothing.
     assert_eq!(with_factory("acme-ca", "fac1").0, 202);
     cli_ok(&hub, &["device", "approve", "fac1"]);
     let (status, body) = with_factory("acme-ca", "fac1");
     assert_eq!(status, 200, "after approval: {body}");
     est_certs(&dir, &body, "fac1-op.crt");
-    let via = Via::Files { cert: dir.join("fac1-op.crt"), key: dir.join(&key), ca: root_ca(&hub) };
-    mosquitto_pub(&hub, &via, Mqtt::V5, Some("fac1"), &["-t", "devices/fac1/up", "-m", "1", "-q", "1"]).assert_ok();
+    let via = Via::Files {
+        cert: dir.join("fac1-op.crt"),
+        key: dir.join(&key),
+        ca: root_ca(&hub),
+    };
+    mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        Some("fac1"),
+        &["-t", "devices/fac1/up", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
     // Enrolled once: the factory certificate cannot mint a second identity.
     assert_eq!(with_factory("acme-ca", "fac1").0, 409);
     // The factory certificate itself is no MQTT credential.
-    let factory_via = Via::Files { cert: dir.join("fac1-acme-ca.crt"), key: dir.join("fac1-acme-ca.key"), ca: root_ca(&hub) };
-    let out = mosquitto_pub(&hub, &factory_via, Mqtt::V5, Some("fac1"), &["-t", "devices/fac1/up", "-m", "1"]);
-    assert!(!out.status.success(), "a factory certificate connected over MQTT\n{}", out.show());
+    let factory_via = Via::Files {
+        cert: dir.join("fac1-acme-ca.crt"),
+        key: dir.join("fac1-acme-ca.key"),
+        ca: root_ca(&hub),
+    };
+    let out = mosquitto_pub(
+        &hub,
+        &factory_via,
+        Mqtt::V5,
+        Some("fac1"),
+        &["-t", "devices/fac1/up", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "a factory certificate connected over MQTT\n{}",
+        out.show()
+    );
     // An unregistered manufacturer's certificate does not even complete the TLS handshake
     // with a certificate the hub accepts: no enrollment.
     let (key2, csr2) = key_and_csr(&dir, "fac2-op", "fac2", &[]);
     let _ = key2;
     let data2 = format!("@{csr2}");
-    let out = tool("curl", &["-sS", "--cacert", root_ca(&hub).to_str().expect("utf-8"), "--cert", "fac2-rogue-ca.crt",
-        "--key", "fac2-rogue-ca.key", "-o", "rogue.out", "-w", "%{http_code}", "-H", "Content-Type: application/pkcs10",
-        "--data-binary", &data2, &enroll], &dir);
+    let out = tool(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            root_ca(&hub).to_str().expect("utf-8"),
+            "--cert",
+            "fac2-rogue-ca.crt",
+            "--key",
+            "fac2-rogue-ca.key",
+            "-o",
+            "rogue.out",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data2,
+            &enroll,
+        ],
+        &dir,
+    );
     let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(!out.status.success() || code == "401", "a rogue factory certificate enrolled: {code}\n{}", show_output(&out));
+    assert!(
+        !out.status.success() || code == "401",
+        "a rogue factory certificate enrolled: {code}\n{}",
+        show_output(&out)
+    );
     let issued = audit_lines(&hub, "certificate.issue");
-    assert!(issued.iter().any(|l| l.contains("\"source\":\"jit\"") && l.contains("\"manufacturer\":\"acme\"")), "{issued:?}");
+    assert!(
+        issued
+            .iter()
+            .any(|l| l.contains("\"source\":\"jit\"") && l.contains("\"manufacturer\":\"acme\"")),
+        "{issued:?}"
+    );
 }

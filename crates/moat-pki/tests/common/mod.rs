@@ -6,9 +6,14 @@ use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use moat_pki::{CertificateAuthority, DeviceId};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
 
 pub type TestResult = Result<(), Box<dyn Error>>;
@@ -117,3 +122,74 @@ pub const P384: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-38
 pub const ED25519: &[&str] = &["-newkey", "ed25519"];
 pub const RSA2048: &[&str] = &["-newkey", "rsa:2048"];
 pub const RSA1024: &[&str] = &["-newkey", "rsa:1024"];
+
+/// `t` as rustls' clock reading.
+pub fn unix_time(t: OffsetDateTime) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(t.unix_timestamp()).expect("after 1970"),
+    ))
+}
+
+/// The crypto provider the hub uses (crates/moat-net/src/tls.rs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The hub's client certificate verifier: WebPKI over aws-lc-rs with `anchors` as trust
+/// anchors and, if any are given, `crls` checked for end-entity certificates.
+pub fn client_verifier(
+    anchors: &[CertificateDer<'static>],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, Box<dyn Error>> {
+    let mut roots = RootCertStore::empty();
+    for anchor in anchors {
+        roots.add(anchor.clone())?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if crls.is_empty() {
+        builder
+    } else {
+        builder.with_crls(crls).only_check_end_entity_revocation()
+    };
+    Ok(builder.build()?)
+}
+
+/// `openssl verify` of the leaf in `leaf` against the root in `root`, with the intermediates
+/// in `untrusted` and the CRLs in `crls` (then with `-crl_check`), for `purpose`.
+pub fn openssl_verify(
+    dir: &Path,
+    root: &str,
+    untrusted: &str,
+    crls: &[&str],
+    purpose: &str,
+    leaf: &str,
+) -> Result<String, Box<dyn Error>> {
+    let mut args = vec![
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        root,
+        "-untrusted",
+        untrusted,
+        "-purpose",
+        purpose,
+    ];
+    if !crls.is_empty() {
+        args.push("-crl_check");
+    }
+    for crl in crls {
+        args.extend(["-CRLfile", crl]);
+    }
+    args.push(leaf);
+    let out = openssl(&args, dir)?;
+    if !out.contains(&format!("{leaf}: OK")) {
+        return Err(format!("openssl verify {leaf}: {out}").into());
+    }
+    Ok(out)
+}
+
+/// The file mode bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+}
