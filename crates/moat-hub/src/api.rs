@@ -232,6 +232,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/devices/{id}/approve", post(approve_device))
         .route("/manufacturers", get(list_manufacturers))
         .route("/identity-conflicts", get(identity_conflicts))
+        .route("/ca", get(ca_info))
+        .route("/ca/rotate", post(ca_rotate))
+        .route("/ca/reload", post(ca_reload))
         .route(
             "/manufacturers/{name}",
             put(put_manufacturer).delete(delete_manufacturer),
@@ -263,6 +266,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/pki/ca.pem", get(ca_pem))
         .route("/pki/crl", get(crl))
+        .route("/pki/crl/previous", get(crl_previous))
         .merge(crate::est::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -295,12 +299,26 @@ async fn openapi() -> impl IntoResponse {
 async fn ca_pem(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
-        s.identity.ca.root_cert_pem().to_owned(),
+        s.identity.ca.load().root_cert_pem().to_owned(),
     )
 }
 
 async fn crl(State(s): State<AppState>) -> ApiResult<Response> {
-    let der = s.identity.crl().await?;
+    crl_of(&s, moat_pki::IssuerSlot::Current).await
+}
+
+async fn crl_previous(State(s): State<AppState>) -> ApiResult<Response> {
+    crl_of(&s, moat_pki::IssuerSlot::Previous).await
+}
+
+async fn crl_of(s: &AppState, slot: moat_pki::IssuerSlot) -> ApiResult<Response> {
+    let der = s.identity.crl(slot).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no previous issuing CA: no rotation is in its overlap",
+        )
+    })?;
     Ok((
         [(header::CONTENT_TYPE, "application/pkix-crl")],
         der.as_ref().clone(),
@@ -496,7 +514,7 @@ async fn issue_certificate(
     ok(json!({
         "certificate_pem": issued.certificate.cert_pem,
         "key_pem": issued.key.pem(),
-        "ca_pem": s.identity.ca.root_cert_pem(),
+        "ca_pem": s.identity.ca.load().root_cert_pem(),
         "serial": moat_pki::serial_hex(&issued.certificate.serial),
     }))
 }
@@ -562,6 +580,27 @@ async fn approve_device(
     let id = device_id(&id)?;
     s.identity.approve(&caller.actor, &id).await?;
     ok(json!({"device": id.as_str(), "status": "active"}))
+}
+
+async fn ca_info(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(s.identity.ca_info())
+}
+
+async fn ca_rotate(
+    State(s): State<AppState>,
+    Authed(caller): Authed<ADMIN>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(s.identity.rotate_ca(&caller.actor).await?)
+}
+
+async fn ca_reload(
+    State(s): State<AppState>,
+    Authed(caller): Authed<ADMIN>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(s.identity.reload_ca(&caller.actor).await?)
 }
 
 async fn identity_conflicts(

@@ -140,6 +140,10 @@ pub struct Settings {
     pub api_listen: Option<SocketAddr>,
     /// Extra DNS names or IP addresses for the server certificate.
     pub server_names: Option<Vec<String>>,
+    /// Key algorithm of the CA created at first start: `p256` (default) or `ed25519`.
+    pub ca_algorithm: Option<CaAlgorithm>,
+    /// File holding the passphrase the CA key files are encrypted with (0600).
+    pub ca_passphrase_file: Option<PathBuf>,
     /// Lifetime of device certificates the hub issues (enrollment, renewal, API), days.
     #[serde(default, deserialize_with = "cert_days")]
     pub device_cert_validity_days: Option<u32>,
@@ -182,6 +186,8 @@ impl Settings {
             api_listen,
             server_names,
             device_cert_validity_days,
+            ca_algorithm,
+            ca_passphrase_file,
             limits
         );
         self
@@ -255,10 +261,34 @@ impl Settings {
                 .map_or(moat_pki::DEFAULT_DEVICE_CERT_VALIDITY, |d| {
                     Duration::from_secs(u64::from(d) * 86_400)
                 }),
+            ca: crate::CaSettings {
+                algorithm: match self.ca_algorithm {
+                    Some(CaAlgorithm::Ed25519) => moat_pki::KeyAlgorithm::Ed25519,
+                    Some(CaAlgorithm::P256) | None => moat_pki::KeyAlgorithm::EcdsaP256Sha256,
+                },
+                passphrase: match &self.ca_passphrase_file {
+                    Some(f) => {
+                        Some(moat_pki::Passphrase::read_file(f).map_err(|e| {
+                            ConfigError::Conflict(format!("ca-passphrase-file: {e}"))
+                        })?)
+                    }
+                    None => None,
+                },
+            },
             broker,
             net,
         })
     }
+}
+
+/// CA key algorithms a hub can create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaAlgorithm {
+    /// ECDSA P-256 with SHA-256 (default): every device TLS stack accepts it.
+    P256,
+    /// Ed25519: smaller and faster; mbedTLS devices cannot verify it.
+    Ed25519,
 }
 
 /// The resolved configuration the hub runs with.
@@ -284,6 +314,8 @@ pub struct HubConfig {
     pub net: NetLimits,
     /// Lifetime of device certificates the hub issues.
     pub device_cert_validity: Duration,
+    /// How the CA is created and its keys protected.
+    pub ca: crate::CaSettings,
 }
 
 #[cfg(test)]

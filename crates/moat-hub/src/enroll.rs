@@ -198,7 +198,7 @@ impl Identity {
         // Issued first, then the token's use is taken: a failed issuance does not spend it,
         // and a certificate whose use could not be taken is never registered (without a
         // device record it opens no connection).
-        let cert = self.ca.issue_device_certificate_for_request(
+        let cert = self.ca.load().issue_device_certificate_for_request(
             &id,
             &request,
             self.device_validity,
@@ -241,7 +241,7 @@ impl Identity {
                     "the request's CN {cn:?} is not the authenticated device {device}"
                 )));
             }
-            let cert = self.ca.issue_device_certificate_for_request(
+            let cert = self.ca.load().issue_device_certificate_for_request(
                 device,
                 &request,
                 self.device_validity,

@@ -69,10 +69,11 @@ fn identity_error(e: &IdentityError) -> Response {
 }
 
 async fn cacerts(State(s): State<AppState>) -> Response {
-    pkcs7_response(&[
-        s.identity.ca.issuing_cert_der(),
-        s.identity.ca.root_cert_der(),
-    ])
+    // The current issuing CA, the previous one during a rotation overlap, and the root.
+    let ca = s.identity.ca.load();
+    let mut certs = ca.trusted_issuing_certs();
+    certs.push(ca.root_cert_der());
+    pkcs7_response(&certs)
 }
 
 async fn csrattrs() -> StatusCode {

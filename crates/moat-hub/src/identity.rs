@@ -712,13 +712,17 @@ struct CachedCrl {
 #[derive(Debug)]
 pub struct Identity {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) ca: Arc<CertificateAuthority>,
+    /// Swapped when the issuing CA is rotated or imported.
+    pub(crate) ca: ArcSwap<CertificateAuthority>,
     pub(crate) directory: Arc<ArcSwap<Directory>>,
     broker: OnceLock<Broker>,
-    /// The API listener's TLS, rebuilt when the manufacturer CAs it trusts change.
-    pub(crate) api_tls: OnceLock<Arc<crate::jit::ApiTls>>,
+    /// The listeners' TLS, rebuilt when the CA or the manufacturer CAs change.
+    pub(crate) tls: OnceLock<Arc<crate::tls::TlsSet>>,
+    /// Where the CA lives and its key source, for rotation and reload.
+    pub(crate) ca_home: OnceLock<crate::ca::CaHome>,
     pub(crate) audit: AuditSink,
-    crl: Mutex<Option<CachedCrl>>,
+    /// Current and previous issuing CA's CRLs.
+    crl: Mutex<[Option<CachedCrl>; 2]>,
     /// Serialises changes: registry write, snapshot rebuild, re-authorization.
     pub(crate) changes: tokio::sync::Mutex<()>,
     pub(crate) device_validity: Duration,
@@ -734,12 +738,13 @@ impl Identity {
         let directory = Directory::load(&registry)?;
         Ok(Self {
             registry,
-            ca,
+            ca: ArcSwap::new(ca),
             directory: Arc::new(ArcSwap::from_pointee(directory)),
             broker: OnceLock::new(),
-            api_tls: OnceLock::new(),
+            tls: OnceLock::new(),
+            ca_home: OnceLock::new(),
             audit,
-            crl: Mutex::new(None),
+            crl: Mutex::new([None, None]),
             changes: tokio::sync::Mutex::new(()),
             device_validity,
         })
@@ -788,10 +793,10 @@ impl Identity {
         let directory = self.blocking(Directory::load).await?;
         let manufacturers_changed = directory.manufacturers != self.directory.load().manufacturers;
         self.directory.store(Arc::new(directory));
-        if manufacturers_changed && let Some(tls) = self.api_tls.get() {
-            tls.update(&self.directory.load().manufacturers);
+        if manufacturers_changed && let Some(tls) = self.tls.get() {
+            tls.manufacturers_changed(&self.directory.load().manufacturers);
         }
-        *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = [None, None];
         Ok(self
             .broker
             .get()
@@ -881,9 +886,10 @@ impl Identity {
                 moat_pki::MAX_DEVICE_CERT_VALIDITY.as_secs() / 86_400
             )));
         }
-        let issued = self
-            .ca
-            .issue_device_certificate(id, validity, OffsetDateTime::now_utc())?;
+        let issued =
+            self.ca
+                .load()
+                .issue_device_certificate(id, validity, OffsetDateTime::now_utc())?;
         register_issued(&self.registry, id, &issued.certificate, "api", None)?;
         self.audit_now(issued_entry(actor, id, &issued.certificate, "api"))
             .await?;
@@ -1110,20 +1116,26 @@ impl Identity {
 
     // ---- CRL -----------------------------------------------------------------------------
 
-    /// The current CRL (DER), re-signed when older than half its validity or after a change.
-    pub(crate) async fn crl(&self) -> Result<Arc<Vec<u8>>, IdentityError> {
+    /// The CRL (DER) of the current issuing CA, or of the previous one during a rotation
+    /// overlap (`None` if there is none); re-signed when older than half its validity or
+    /// after a change. Each lists every revoked, unexpired serial: serials are random 127-bit
+    /// numbers, so a serial the other CA issued names no certificate of this one.
+    pub(crate) async fn crl(
+        &self,
+        slot: moat_pki::IssuerSlot,
+    ) -> Result<Option<Arc<Vec<u8>>>, IdentityError> {
+        let index = usize::from(slot == moat_pki::IssuerSlot::Previous);
+        let ca = self.ca.load_full();
+        if index == 1 && ca.previous_issuing_cert_pem().is_none() {
+            return Ok(None);
+        }
         let now = now_ms();
         let half = u64::try_from(CRL_VALIDITY.as_millis() / 2).unwrap_or(u64::MAX);
-        if let Some(c) = self
-            .crl
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
+        if let Some(c) = &self.crl.lock().unwrap_or_else(PoisonError::into_inner)[index]
             && now.saturating_sub(c.made_ms) < half
         {
-            return Ok(c.der.clone());
+            return Ok(Some(c.der.clone()));
         }
-        let ca = self.ca.clone();
         let der = self
             .blocking(move |r| {
                 let revoked = r
@@ -1139,17 +1151,22 @@ impl Identity {
                     .collect::<Vec<_>>();
                 let number = r.next_counter("crl_number")?;
                 let this_update = from_ms(now);
-                let crl =
-                    ca.issue_crl(&revoked, number, this_update, this_update + CRL_VALIDITY)?;
+                let crl = ca.issue_crl_for(
+                    slot,
+                    &revoked,
+                    number,
+                    this_update,
+                    this_update + CRL_VALIDITY,
+                )?;
                 Ok(crl.as_ref().to_vec())
             })
             .await?;
         let der = Arc::new(der);
-        *self.crl.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedCrl {
+        self.crl.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(CachedCrl {
             der: der.clone(),
             made_ms: now,
         });
-        Ok(der)
+        Ok(Some(der))
     }
 }
 

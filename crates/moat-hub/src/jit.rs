@@ -17,7 +17,7 @@ use moat_pki::IssuedCertificate;
 use moat_store::registry::{DeviceRecord, DeviceStatus, ManufacturerRecord};
 use moat_types::DeviceId;
 use rustls::CertificateError;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::identity::{Identity, IdentityError, issued_entry, now_ms, register_issued};
@@ -26,98 +26,6 @@ use crate::identity::{Identity, IdentityError, issued_entry, now_ms, register_is
 pub const APPROVAL_RETRY_AFTER_SECS: u64 = 60;
 /// Most registered manufacturer CAs.
 pub const MAX_MANUFACTURERS: usize = 64;
-
-/// The API listener's TLS configuration: Moat's CAs plus the manufacturer CAs as client
-/// trust anchors (client certificates are optional there).
-pub(crate) struct ApiTls {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    roots: Vec<CertificateDer<'static>>,
-    check: Arc<dyn moat_net::ClientCertCheck>,
-    current: ArcSwap<rustls::ServerConfig>,
-}
-
-impl std::fmt::Debug for ApiTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiTls").finish_non_exhaustive()
-    }
-}
-
-fn pem_to_der(pem: &str) -> Vec<CertificateDer<'static>> {
-    pem.split("-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .filter_map(|block| {
-            let body: String = block
-                .split("-----END CERTIFICATE-----")
-                .next()?
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            moat_pki::decode_est_base64(body.as_bytes()).ok()
-        })
-        .map(CertificateDer::from)
-        .collect()
-}
-
-impl ApiTls {
-    pub(crate) fn new(
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-        roots: Vec<CertificateDer<'static>>,
-        check: Arc<dyn moat_net::ClientCertCheck>,
-        manufacturers: &[ManufacturerRecord],
-    ) -> Result<Self, moat_net::TlsError> {
-        let config = Self::build(&chain, &key, &roots, &check, manufacturers)?;
-        Ok(Self {
-            chain,
-            key,
-            roots,
-            check,
-            current: ArcSwap::new(config),
-        })
-    }
-
-    fn build(
-        chain: &[CertificateDer<'static>],
-        key: &PrivateKeyDer<'static>,
-        roots: &[CertificateDer<'static>],
-        check: &Arc<dyn moat_net::ClientCertCheck>,
-        manufacturers: &[ManufacturerRecord],
-    ) -> Result<Arc<rustls::ServerConfig>, moat_net::TlsError> {
-        let mut all = roots.to_vec();
-        for m in manufacturers {
-            all.extend(pem_to_der(&m.ca_pem));
-        }
-        moat_net::server_config_optional_client_auth(
-            chain.to_vec(),
-            key.clone_key(),
-            &all,
-            check.clone(),
-        )
-    }
-
-    /// The configuration for the next connection.
-    pub(crate) fn current(&self) -> Arc<rustls::ServerConfig> {
-        self.current.load_full()
-    }
-
-    /// Rebuilds with a new set of manufacturer CAs (a bad one is logged and the old
-    /// configuration kept).
-    pub(crate) fn update(&self, manufacturers: &[ManufacturerRecord]) {
-        match Self::build(
-            &self.chain,
-            &self.key,
-            &self.roots,
-            &self.check,
-            manufacturers,
-        ) {
-            Ok(config) => self.current.store(config),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot trust the manufacturer CAs; API TLS unchanged")
-            }
-        }
-    }
-}
 
 /// A verified factory certificate.
 #[derive(Clone, Debug)]
@@ -190,7 +98,7 @@ impl Identity {
         require_approval: bool,
     ) -> Result<ManufacturerRecord, IdentityError> {
         crate::identity::validate_name(&name, "manufacturer")?;
-        let certs = pem_to_der(&ca_pem);
+        let certs = crate::tls::pem_certs(&ca_pem);
         let [cert] = certs.as_slice() else {
             return Err(IdentityError::Invalid(format!(
                 "ca_pem must hold exactly one PEM certificate, found {}",
@@ -357,7 +265,7 @@ impl Identity {
                 }
             },
         }
-        let cert = self.ca.issue_device_certificate_for_request(
+        let cert = self.ca.load().issue_device_certificate_for_request(
             id,
             &request,
             self.device_validity,

@@ -20,6 +20,7 @@
 
 mod access;
 mod api;
+pub mod ca;
 pub mod client;
 pub mod config;
 mod enroll;
@@ -29,8 +30,9 @@ mod jit;
 mod metrics;
 mod openapi;
 mod run;
+mod tls;
 
 pub use access::{Role, cli_token_path};
 pub use config::{ConfigError, HubConfig, Settings};
-pub use identity::{ANONYMOUS_GROUP, DEFAULT_POLICY};
-pub use run::{HUB_FILE, HubError, Ready, add_device, open_registry, run};
+pub use identity::{ANONYMOUS_GROUP, DEFAULT_POLICY, IdentityError};
+pub use run::{CaSettings, HUB_FILE, HubError, Ready, add_device, open_registry, run};

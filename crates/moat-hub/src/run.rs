@@ -41,6 +41,9 @@ pub enum HubError {
     /// TLS configuration failed.
     #[error("TLS: {0}")]
     Tls(#[from] moat_net::TlsError),
+    /// The listeners' TLS could not be set up.
+    #[error("TLS: {0}")]
+    TlsSet(#[from] crate::tls::TlsSetError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -106,13 +109,38 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-fn load_ca(data_dir: &Path) -> Result<CertificateAuthority, HubError> {
-    prepare_dir(data_dir)?;
-    let (ca, created) = CertificateAuthority::load_or_create(&data_dir.join("pki"), now())?;
-    if created {
-        tracing::info!(dir = %data_dir.join("pki").display(), "created a new root and issuing CA");
+/// How the CA is kept: created with which algorithm, keys encrypted with which passphrase.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// Key algorithm of a CA created at first start.
+    pub algorithm: moat_pki::KeyAlgorithm,
+    /// Passphrase the CA key files are (or will be) encrypted with.
+    pub passphrase: Option<moat_pki::Passphrase>,
+}
+
+impl Default for CaSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: moat_pki::KeyAlgorithm::EcdsaP256Sha256,
+            passphrase: None,
+        }
     }
-    Ok(ca)
+}
+
+fn load_ca(
+    data_dir: &Path,
+    settings: &CaSettings,
+) -> Result<(CertificateAuthority, Arc<dyn moat_pki::KeySource>), HubError> {
+    prepare_dir(data_dir)?;
+    let dir = data_dir.join("pki");
+    let keys = crate::ca::key_source(&dir, settings.passphrase.clone());
+    let options = moat_pki::CaOptions::with_algorithm(settings.algorithm);
+    let (ca, created) =
+        CertificateAuthority::load_or_create_with(&dir, keys.as_ref(), &options, now())?;
+    if created {
+        tracing::info!(dir = %dir.display(), algorithm = %settings.algorithm, "created a new root and issuing CA");
+    }
+    Ok((ca, keys))
 }
 
 /// Opens the registry (`registry.db`) with the audit anchor key from `secrets/`.
@@ -135,11 +163,12 @@ pub fn open_registry(data_dir: &Path) -> Result<Registry, HubError> {
 /// device in the registry at its first handshake).
 pub fn add_device(
     data_dir: &Path,
+    ca_settings: &CaSettings,
     id: &DeviceId,
     out: &Path,
     validity: Duration,
 ) -> Result<(), HubError> {
-    let ca = load_ca(data_dir)?;
+    let (ca, _) = load_ca(data_dir, ca_settings)?;
     let registry = open_registry(data_dir)?;
     if let Some(d) = registry.device(id.as_str())?
         && d.status == moat_store::registry::DeviceStatus::Revoked
@@ -184,12 +213,8 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), HubError> {
-    let ca = Arc::new(load_ca(&config.data_dir)?);
-    let server = ca.issue_server_certificate(&config.server_names, now())?;
-    // The issuing CA is a trust anchor too: path building stops at it, so a handshake
-    // verifies one signature (the device's) instead of two; the root stays an anchor for
-    // chains that do not include the issuing CA's certificate.
-    let roots = [ca.issuing_cert_der(), ca.root_cert_der()];
+    let (ca, ca_keys) = load_ca(&config.data_dir, &config.ca)?;
+    let ca = Arc::new(ca);
 
     let registry = Arc::new(open_registry(&config.data_dir)?);
     let token_key =
@@ -226,15 +251,24 @@ pub async fn run(
         );
     }
     let check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(identity.certificate_check());
+    let api_check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(crate::jit::ApiCertificateCheck {
+        inner: identity.certificate_check(),
+        identity_directory: identity.directory.clone(),
+    });
     let net_events = Arc::new(NetEvents::new(audit.clone()));
     let events: Arc<dyn moat_net::SecurityEvents> = net_events.clone();
-    let mqtt_tls = moat_net::server_config(
-        server.certificate.chain.clone(),
-        server.key.der().clone_key(),
-        &roots,
-        check.clone(),
-        &[],
-    )?;
+    let tls = Arc::new(crate::tls::TlsSet::new(
+        &ca,
+        config.server_names.clone(),
+        check,
+        api_check,
+        &identity.manufacturers(),
+    )?);
+    let _ = identity.tls.set(tls.clone());
+    let _ = identity.ca_home.set(crate::ca::CaHome {
+        dir: config.data_dir.join("pki"),
+        keys: ca_keys,
+    });
 
     let (store, snapshot) = SqliteStore::open(&config.data_dir.join("moat.db"))?;
     let store = Arc::new(store);
@@ -281,29 +315,22 @@ pub async fn run(
 
     let net = Arc::new(NetStats::default());
     let mut listeners = Vec::new();
-    let tls = bind(config.mqtt_tls_listen).await?;
-    let tls_addr = tls.local_addr().map_err(|source| HubError::Bind {
+    let tls_listener = bind(config.mqtt_tls_listen).await?;
+    let tls_addr = tls_listener.local_addr().map_err(|source| HubError::Bind {
         addr: config.mqtt_tls_listen,
         source,
     })?;
     listeners.push(Listener {
-        tcp: tls,
-        kind: ListenerKind::MqttTls(mqtt_tls),
+        tcp: tls_listener,
+        kind: ListenerKind::MqttTls(tls.mqtt.clone()),
     });
     let mut wss_addr = None;
     if let Some(addr) = config.mqtt_wss_listen {
-        let wss = moat_net::server_config(
-            server.certificate.chain.clone(),
-            server.key.der().clone_key(),
-            &roots,
-            check.clone(),
-            &[b"http/1.1"],
-        )?;
         let l = bind(addr).await?;
         wss_addr = l.local_addr().ok();
         listeners.push(Listener {
             tcp: l,
-            kind: ListenerKind::MqttWss(wss),
+            kind: ListenerKind::MqttWss(tls.wss.clone()),
         });
     }
     let mut plain_addr = None;
@@ -327,19 +354,6 @@ pub async fn run(
         addr: config.api_listen,
         source,
     })?;
-    let api_check: Arc<dyn moat_net::ClientCertCheck> = Arc::new(crate::jit::ApiCertificateCheck {
-        inner: identity.certificate_check(),
-        identity_directory: identity.directory.clone(),
-    });
-    let api_tls = Arc::new(crate::jit::ApiTls::new(
-        server.certificate.chain.clone(),
-        server.key.der().clone_key(),
-        roots.to_vec(),
-        api_check,
-        &identity.manufacturers(),
-    )?);
-    let _ = identity.api_tls.set(api_tls.clone());
-
     let mut tasks = Vec::new();
     for l in listeners {
         tasks.push(tokio::spawn(moat_net::serve(
@@ -361,7 +375,7 @@ pub async fn run(
     });
     tasks.push(tokio::spawn(serve_api(
         api,
-        api_tls,
+        tls.api.clone(),
         identity.clone(),
         app,
         stop_rx.clone(),
@@ -422,7 +436,7 @@ pub async fn run(
         let _ = t.await;
     }
     // Queued security events are written before exit.
-    drop((events, check, identity, audit));
+    drop((events, tls, identity, audit));
     if tokio::time::timeout(Duration::from_secs(5), audit_task)
         .await
         .is_err()
@@ -444,7 +458,7 @@ pub async fn run(
 
 async fn serve_api(
     listener: TcpListener,
-    tls: Arc<crate::jit::ApiTls>,
+    tls: moat_net::TlsSlot,
     identity: Arc<Identity>,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
@@ -469,7 +483,7 @@ async fn serve_api(
             continue;
         };
         // The current configuration: manufacturer CAs registered since start are trusted.
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
         let app = app.clone();
         let identity = identity.clone();
         tokio::spawn(async move {

@@ -23,7 +23,7 @@ mod ws;
 
 pub use driver::Committed;
 pub use events::{NoEvents, SecurityEvents};
-pub use listener::{Listener, ListenerKind, NetLimits, serve};
+pub use listener::{Listener, ListenerKind, NetLimits, TlsSlot, serve, tls_slot};
 pub use stats::{HandshakeFailure, NetStats};
 pub use tls::{
     AcceptAll, ClientCertCheck, TlsError, server_config, server_config_no_client_auth,

@@ -40,13 +40,22 @@ impl Default for NetLimits {
     }
 }
 
+/// A listener's TLS configuration, replaceable while it runs (CA rotation, new trust
+/// anchors): each handshake uses the configuration current when it starts.
+pub type TlsSlot = Arc<arc_swap::ArcSwap<ServerConfig>>;
+
+/// A slot holding `config`.
+pub fn tls_slot(config: Arc<ServerConfig>) -> TlsSlot {
+    Arc::new(arc_swap::ArcSwap::new(config))
+}
+
 /// What a listener speaks.
 #[derive(Clone)]
 pub enum ListenerKind {
     /// MQTT over mutual TLS.
-    MqttTls(Arc<ServerConfig>),
+    MqttTls(TlsSlot),
     /// MQTT over WebSocket over mutual TLS, path `/mqtt`.
-    MqttWss(Arc<ServerConfig>),
+    MqttWss(TlsSlot),
     /// MQTT over plain TCP: only with an explicit `--danger-...` option. Without
     /// `allow_anonymous` every CONNECT is refused (there are no credentials to check yet).
     DangerPlaintext {
@@ -123,15 +132,15 @@ pub async fn serve(
                     driver::run(Stream(tcp), peer, principal, ctx).instrument(span),
                 );
             }
-            ListenerKind::MqttTls(config) => {
-                let config = config.clone();
+            ListenerKind::MqttTls(slot) => {
+                let config = slot.load_full();
                 spawn_counted(
                     ctx.clone(),
                     mqtt_tls(tcp, peer, config, ctx).instrument(span),
                 );
             }
-            ListenerKind::MqttWss(config) => {
-                let config = config.clone();
+            ListenerKind::MqttWss(slot) => {
+                let config = slot.load_full();
                 spawn_counted(
                     ctx.clone(),
                     mqtt_wss(tcp, peer, config, ctx).instrument(span),

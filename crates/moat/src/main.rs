@@ -64,6 +64,13 @@ enum Command {
         #[command(flatten)]
         target: ops::Target,
     },
+    /// The certificate authority: inspection, rotation, the offline-root ceremony.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
     /// Manufacturer CAs whose factory certificates enroll just in time (admin only).
     Manufacturer {
         #[command(subcommand)]
@@ -103,9 +110,76 @@ struct ServeArgs {
     /// Largest keep alive granted to clients, seconds [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     max_keepalive: Option<u16>,
+    /// Key algorithm of the CA created at first start: p256 (default) or ed25519.
+    #[arg(long, value_enum)]
+    ca_algorithm: Option<CaAlgorithmArg>,
+    /// Encrypt (and unlock) the CA key files with the passphrase in this file (0600).
+    #[arg(long)]
+    ca_passphrase_file: Option<PathBuf>,
     /// HTTPS listener for the REST API, EST, /metrics and /healthz [default: 127.0.0.1:8443].
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CaAlgorithmArg {
+    P256,
+    Ed25519,
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Show the running hub's CA hierarchy.
+    Show,
+    /// Rotate the issuing CA (the root key must be on the hub). Devices keep connecting: the
+    /// previous issuing CA stays trusted until it expires.
+    Rotate,
+    /// Offline machine: create a root CA in DIR; only its certificate ever leaves.
+    InitRoot {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Ed25519 instead of ECDSA P-256.
+        #[arg(long)]
+        ed25519: bool,
+        /// Encrypt the root key with the passphrase in this file (0600).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Hub machine: make an issuing-CA key (in the data directory) and a request for the
+    /// offline root to sign.
+    IssuingRequest {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        ed25519: bool,
+        /// The hub's CA key passphrase file, if its keys are encrypted.
+        #[arg(long)]
+        ca_passphrase_file: Option<PathBuf>,
+    },
+    /// Offline machine: sign an issuing-CA request with the root in DIR.
+    SignIssuing {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity of the issuing CA, days (at most the root's remaining life).
+        #[arg(long, default_value_t = 1826)]
+        validity_days: u64,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Hub machine: install the signed issuing CA and its root; a running hub switches to
+    /// it at once.
+    ImportIssuing {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        ca_passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +194,9 @@ enum DeviceCommand {
         /// Certificate validity in days.
         #[arg(long, default_value_t = 30)]
         validity_days: u64,
+        /// The CA key passphrase file, if the hub's CA keys are encrypted.
+        #[arg(long)]
+        ca_passphrase_file: Option<PathBuf>,
     },
     /// List devices.
     List,
@@ -181,6 +258,7 @@ fn main() -> ExitCode {
         Command::Audit { command, target } => ops::audit(&target, command),
         Command::ApiToken { command, target } => ops::api_token(&target, command),
         Command::Manufacturer { command, target } => ops::manufacturer(&target, command),
+        Command::Ca { command, target } => ca(command, &target),
     }
 }
 
@@ -190,7 +268,16 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
             id,
             out,
             validity_days,
+            ca_passphrase_file,
         } => {
+            let passphrase = match passphrase(ca_passphrase_file.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let ca_settings = moat_hub::CaSettings {
+                passphrase,
+                ..moat_hub::CaSettings::default()
+            };
             let id = match DeviceId::parse(&id) {
                 Ok(id) => id,
                 Err(e) => {
@@ -199,7 +286,7 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
                 }
             };
             let validity = Duration::from_secs(validity_days.saturating_mul(86_400));
-            match moat_hub::add_device(&target.data_dir(), &id, &out, validity) {
+            match moat_hub::add_device(&target.data_dir(), &ca_settings, &id, &out, validity) {
                 Ok(()) => {
                     println!(
                         "issued {id}: {out}/{id}.crt, {out}/{id}.key (keep it secret), {out}/ca.crt",
@@ -230,6 +317,113 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
     }
 }
 
+/// Reads a passphrase file (0600), or exits with a configuration error.
+fn passphrase(path: Option<&std::path::Path>) -> Result<Option<moat_pki::Passphrase>, ExitCode> {
+    match path {
+        None => Ok(None),
+        Some(p) => moat_pki::Passphrase::read_file(p).map(Some).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }),
+    }
+}
+
+fn algorithm(ed25519: bool) -> moat_pki::KeyAlgorithm {
+    if ed25519 {
+        moat_pki::KeyAlgorithm::Ed25519
+    } else {
+        moat_pki::KeyAlgorithm::EcdsaP256Sha256
+    }
+}
+
+fn ca(command: CaCommand, target: &ops::Target) -> ExitCode {
+    let done = |r: Result<String, moat_hub::IdentityError>| match r {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    };
+    match command {
+        CaCommand::Show => ops::ca_show(target),
+        CaCommand::Rotate => ops::ca_post(target, "rotate"),
+        CaCommand::InitRoot {
+            dir,
+            ed25519,
+            passphrase_file,
+        } => {
+            let p = match passphrase(passphrase_file.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            done(
+                moat_hub::ca::init_root(&dir, algorithm(ed25519), p).map(|root| {
+                    format!(
+                        "root CA created in {}; carry {} (the certificate only) to the hub",
+                        dir.display(),
+                        root.display()
+                    )
+                }),
+            )
+        }
+        CaCommand::IssuingRequest {
+            out,
+            ed25519,
+            ca_passphrase_file,
+        } => {
+            let p = match passphrase(ca_passphrase_file.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            done(
+                moat_hub::ca::issuing_request(&target.data_dir(), algorithm(ed25519), p, &out)
+                    .map(|()| format!("request written to {}; sign it with `moat ca sign-issuing` on the root's machine", out.display())),
+            )
+        }
+        CaCommand::SignIssuing {
+            dir,
+            csr,
+            out,
+            validity_days,
+            passphrase_file,
+        } => {
+            let p = match passphrase(passphrase_file.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let validity = Duration::from_secs(validity_days.saturating_mul(86_400));
+            done(
+                moat_hub::ca::sign_issuing(&dir, p, &csr, &out, validity)
+                    .map(|()| format!("issuing CA certificate written to {}", out.display())),
+            )
+        }
+        CaCommand::ImportIssuing {
+            cert,
+            root,
+            ca_passphrase_file,
+        } => {
+            let p = match passphrase(ca_passphrase_file.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let dir = target.data_dir();
+            if let Err(e) = moat_hub::ca::import_issuing(&dir, p, &cert, &root) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            println!("issuing CA installed in {}", dir.display());
+            // A hub running from this directory switches at once.
+            if dir.join(moat_hub::HUB_FILE).exists() {
+                return ops::ca_post(target, "reload");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,
@@ -243,6 +437,11 @@ fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         danger_allow_anonymous: args.danger_allow_anonymous.then_some(true),
         max_keepalive: args.max_keepalive,
         api_listen: args.api_listen,
+        ca_algorithm: args.ca_algorithm.map(|a| match a {
+            CaAlgorithmArg::P256 => moat_hub::config::CaAlgorithm::P256,
+            CaAlgorithmArg::Ed25519 => moat_hub::config::CaAlgorithm::Ed25519,
+        }),
+        ca_passphrase_file: args.ca_passphrase_file,
         ..Settings::default()
     }))
 }

@@ -321,6 +321,36 @@ pub fn device_list(t: &Target) -> ExitCode {
     }))
 }
 
+pub fn ca_show(t: &Target) -> ExitCode {
+    finish(call(t, "GET", "/api/v1/ca", None).map(|v| {
+        if t.json {
+            return pretty(&v);
+        }
+        format!(
+            "issuing CA: {} until {}\nprevious issuing CA (still trusted): {}\nroot key on this hub: {}",
+            s(&v["issuing_algorithm"]),
+            s(&v["issuing_not_after"]),
+            v["previous_issuing_not_after"].as_str().map_or("none".to_owned(), |t| format!("until {t}")),
+            s(&v["root_key_on_hub"]),
+        )
+    }))
+}
+
+/// `POST /api/v1/ca/{verb}` (rotate, reload).
+pub fn ca_post(t: &Target, verb: &str) -> ExitCode {
+    finish(call(t, "POST", &format!("/api/v1/ca/{verb}"), None).map(|v| {
+        if t.json {
+            pretty(&v)
+        } else {
+            format!(
+                "the hub now issues from a CA valid until {}; the previous one stays trusted until {}",
+                s(&v["issuing_not_after"]),
+                s(&v["previous_issuing_not_after"])
+            )
+        }
+    }))
+}
+
 pub fn device_conflicts(t: &Target) -> ExitCode {
     finish(call(t, "GET", "/api/v1/identity-conflicts", None).map(|v| {
         if t.json {

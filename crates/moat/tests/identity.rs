@@ -1119,3 +1119,305 @@ fn factory_certificates_of_a_registered_manufacturer_enroll_just_in_time_after_a
         "{issued:?}"
     );
 }
+
+#[test]
+fn issuing_ca_rotation_without_downtime_keeps_old_devices_and_sessions() {
+    let hub = Hub::start(HubOptions::new().plaintext_anonymous());
+    let old = hub.add_device("before1");
+    let old_via = Via::Device(old);
+    let mut sub = Sub::start(
+        &hub,
+        &old_via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/before1/#", "-q", "1"],
+    );
+    let shown = cli_ok(&hub, &["ca", "show"]);
+    assert!(
+        shown.contains("previous issuing CA (still trusted): none"),
+        "{shown}"
+    );
+    let rotated = cli_ok(&hub, &["ca", "rotate"]);
+    assert!(rotated.contains("previous one stays trusted"), "{rotated}");
+    // The live session was not touched.
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        None,
+        &[
+            "-t",
+            "devices/before1/after-rotation",
+            "-m",
+            "live",
+            "-q",
+            "1",
+        ],
+    )
+    .assert_ok();
+    sub.expect("devices/before1/after-rotation", "live");
+    sub.kill();
+    // A device issued before the rotation still connects; one issued after (by the new CA)
+    // connects too: no restart in between.
+    mosquitto_pub(
+        &hub,
+        &old_via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/before1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    let new = hub.add_device("after1");
+    let dir = hub.scratch("rotation");
+    let issuer = tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            new.cert.to_str().expect("utf-8"),
+            "-noout",
+            "-issuer",
+        ],
+        &dir,
+    );
+    let old_issuer = tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            hub.certs_dir().join("before1.crt").to_str().expect("utf-8"),
+            "-noout",
+            "-issuer",
+        ],
+        &dir,
+    );
+    assert_ne!(
+        issuer, old_issuer,
+        "the device certificate after rotation comes from the old issuing CA"
+    );
+    mosquitto_pub(
+        &hub,
+        &Via::Device(new),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/after1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    // Both issuing CAs publish a CRL; the previous one's verifies with its certificate.
+    let (status, _) = curl(&hub, &dir, &[&api_url(&hub, "/pki/crl/previous")]);
+    assert_eq!(status, 200);
+    let info = cli_ok(&hub, &["ca", "show", "--json"]);
+    let previous = info
+        .split("\"previous_issuing_pem\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("previous issuing CA in ca show")
+        .replace("\\n", "\n");
+    fs::write(dir.join("previous.pem"), previous).expect("write");
+    fs::rename(dir.join("body.out"), dir.join("previous.crl")).expect("rename");
+    let verify = tool(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "previous.crl",
+            "-noout",
+            "-verify",
+            "-CAfile",
+            "previous.pem",
+        ],
+        &dir,
+    );
+    assert!(
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        )
+        .contains("verify OK"),
+        "{}",
+        show_output(&verify)
+    );
+    assert!(
+        !audit_lines(&hub, "ca.rotate").is_empty(),
+        "the rotation is not in the audit trail"
+    );
+}
+
+#[test]
+fn offline_root_ceremony_leaves_no_root_key_on_the_hub() {
+    let mut hub = Hub::prepare(HubOptions::new());
+    let dir = hub.scratch("ceremony");
+    let offline = dir.join("offline-root");
+    let pass = dir.join("root.pass");
+    fs::write(&pass, "correct horse battery staple\n").expect("pass");
+    tool_ok("chmod", &["600", pass.to_str().expect("utf-8")], &dir);
+    let run = |args: &[&str]| {
+        let out = run_with_deadline(Command::new(moat_bin()).args(args), EVENT_DEADLINE);
+        assert!(
+            out.status.success(),
+            "moat {}\n{}",
+            args.join(" "),
+            show_output(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let data = hub.data_dir();
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    run(&[
+        "ca",
+        "init-root",
+        "--dir",
+        &s(&offline),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    let root_key = fs::read_to_string(offline.join("root-ca.key")).expect("root key");
+    assert!(
+        root_key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "root key not encrypted"
+    );
+    run(&[
+        "ca",
+        "issuing-request",
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&dir.join("issuing.csr")),
+    ]);
+    run(&[
+        "ca",
+        "sign-issuing",
+        "--dir",
+        &s(&offline),
+        "--csr",
+        &s(&dir.join("issuing.csr")),
+        "--out",
+        &s(&dir.join("issuing.crt")),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    run(&[
+        "ca",
+        "import-issuing",
+        "--data-dir",
+        &s(&data),
+        "--cert",
+        &s(&dir.join("issuing.crt")),
+        "--root",
+        &s(&offline.join("root-ca.crt")),
+    ]);
+    hub.start_again();
+    assert!(
+        !data.join("pki").join("root-ca.key").exists(),
+        "a root key is on the hub"
+    );
+    let shown = cli_ok(&hub, &["ca", "show"]);
+    assert!(shown.contains("root key on this hub: false"), "{shown}");
+    let dev = hub.add_device("cer1");
+    mosquitto_pub(
+        &hub,
+        &Via::Device(dev),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/cer1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    // Rotation needs the root: refused here (the offline path is the way).
+    let out = cli(&hub, &["ca", "rotate"]);
+    assert!(
+        !out.status.success(),
+        "rotated without a root key\n{}",
+        show_output(&out)
+    );
+}
+
+#[test]
+fn ca_keys_encrypted_with_a_passphrase_and_an_ed25519_ca() {
+    let dir = TempDir::new("passphrase");
+    let pass = dir.path().join("ca.pass");
+    fs::write(&pass, "a long and secret passphrase\n").expect("pass");
+    tool_ok("chmod", &["600", pass.to_str().expect("utf-8")], dir.path());
+    let mut hub = Hub::start(HubOptions::new().config(&format!(
+        "ca-passphrase-file = \"{}\"\nca-algorithm = \"ed25519\"\n",
+        pass.display()
+    )));
+    let pki = hub.data_dir().join("pki");
+    for key in ["root-ca.key", "issuing-ca.key"] {
+        let text = fs::read_to_string(pki.join(key)).expect("key");
+        assert!(
+            text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+            "{key} is not encrypted"
+        );
+        let opened = tool(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                pki.join(key).to_str().expect("utf-8"),
+                "-passin",
+                &format!("file:{}", pass.display()),
+                "-noout",
+                "-text",
+            ],
+            dir.path(),
+        );
+        assert!(
+            opened.status.success(),
+            "openssl cannot open {key}\n{}",
+            show_output(&opened)
+        );
+        assert!(
+            String::from_utf8_lossy(&opened.stdout).contains("ED25519"),
+            "{key} is not Ed25519"
+        );
+    }
+    // Devices are issued with the passphrase and connect through the Ed25519 chain.
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .args(["device", "add", "ed1", "--data-dir"])
+            .arg(hub.data_dir())
+            .arg("--out")
+            .arg(hub.certs_dir())
+            .arg("--ca-passphrase-file")
+            .arg(&pass),
+        EVENT_DEADLINE,
+    );
+    assert!(out.status.success(), "{}", show_output(&out));
+    let via = Via::Files {
+        cert: hub.certs_dir().join("ed1.crt"),
+        key: hub.certs_dir().join("ed1.key"),
+        ca: hub.certs_dir().join("ca.crt"),
+    };
+    mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        Some("ed1"),
+        &["-t", "devices/ed1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    // Without the passphrase the hub does not start, and says why.
+    hub.stop();
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .args([
+                "serve",
+                "--mqtt-tls-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(hub.data_dir()),
+        EVENT_DEADLINE,
+    );
+    assert!(!out.status.success(), "started without the passphrase");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a passphrase"),
+        "{}",
+        show_output(&out)
+    );
+}
