@@ -112,6 +112,9 @@ topics = ["sites/+/+/+/secret/#"]
     check(rcs[0] >= 0x80, f"subscribe to another site's namespace granted: {rcs}")
     rc = c.publish(f"{base}/secret/k", b"x", qos=1, expect_rc=None)
     check(rc >= 0x80, f"publish to a denied topic was accepted (reason {rc})")
+    denied = audit_entries(args, "policy.denied", f"device:{dev}")
+    check(any(f"{tag}-p/no-secrets" in e["detail"].get("decision", "") for e in denied),
+          f"the refused publish and the statement that refused it are not on the record: {denied}")
     c.publish(f"{base}/temp", b"21.5", qos=1)
     m = c.expect_message(f"{base}/temp", what="own allowed message")
     check(m.payload == b"21.5", "payload")

@@ -72,6 +72,11 @@ pub trait Permissions: Send + Sync + fmt::Debug {
     fn may_receive(&self, _topic: &TopicName) -> bool {
         true
     }
+    /// Told when a publish (`retain` if it carried the retain flag) was refused, off the
+    /// allowed path, so that the refusal can be explained and recorded.
+    fn publish_denied(&self, _topic: &TopicName, _retain: bool) {}
+    /// Told when a subscription was refused.
+    fn subscribe_denied(&self, _filter: &TopicFilter) {}
 }
 
 /// Permissions that allow nothing: the state of a session whose identity may no longer

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::auth::{self, Principal};
+use crate::auth::{self, Permissions, Principal};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::persist::{OutboundState, StoreOp};
@@ -241,6 +241,10 @@ pub struct Connection {
     congested: Vec<Arc<SessionCell>>,
     /// Sessions to wake at the end of the current batch of packets.
     pending_wakes: Vec<Arc<SessionCell>>,
+    /// The session's permissions as of `permissions_generation`: checked per packet without
+    /// touching the shared slot unless the hub swapped them since.
+    permissions: Arc<dyn Permissions>,
+    permissions_generation: u64,
 }
 
 impl Connection {
@@ -259,7 +263,11 @@ impl Connection {
     ) -> Self {
         let cfg = broker.config();
         let v5 = protocol == ProtocolVersion::V5;
+        let permissions_generation = cell.permissions_generation();
+        let permissions = Arc::clone(&**cell.permissions());
         Self {
+            permissions,
+            permissions_generation,
             client_receive_maximum: if v5 {
                 props.receive_maximum.unwrap_or(u16::MAX)
             } else {
@@ -287,6 +295,16 @@ impl Connection {
             waker,
             congested: Vec::new(),
             pending_wakes: Vec::new(),
+        }
+    }
+
+    /// Picks up permissions the hub swapped since the last packet (one atomic load when
+    /// nothing changed).
+    fn refresh_permissions(&mut self) {
+        let generation = self.cell.permissions_generation();
+        if generation != self.permissions_generation {
+            self.permissions = Arc::clone(&**self.cell.permissions());
+            self.permissions_generation = generation;
         }
     }
 
@@ -510,14 +528,15 @@ impl Connection {
         }
         let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
         let retain = message.retain;
-        let Some(authorized) =
-            auth::check_publish(&***self.cell.permissions(), &topic, retain, message)
+        self.refresh_permissions();
+        let Some(authorized) = auth::check_publish(&*self.permissions, &topic, retain, message)
         else {
             self.broker
                 .stats()
                 .publish_denied
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(topic = %topic, "publish denied");
+            self.permissions.publish_denied(&topic, retain);
             reply(self, ReasonCode::NotAuthorized, out, 0);
             return Ok(());
         };
@@ -683,14 +702,15 @@ impl Connection {
             }
             let topic_filter = filter.filter.clone();
             let shared = filter.share.is_some();
-            let Some(authorized) =
-                auth::check_subscribe(&***self.cell.permissions(), &topic_filter, filter)
+            self.refresh_permissions();
+            let Some(authorized) = auth::check_subscribe(&*self.permissions, &topic_filter, filter)
             else {
                 self.broker
                     .stats()
                     .subscribe_denied
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(filter = %wire, "subscribe denied");
+                self.permissions.subscribe_denied(&topic_filter);
                 codes.push(ReasonCode::NotAuthorized);
                 continue;
             };

@@ -4,7 +4,7 @@ use arc_swap::ArcSwap;
 use moat_mqtt::{PacketId, ProtocolVersion, SubscriptionOptions};
 use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::{Permissions, Principal};
@@ -40,6 +40,8 @@ pub(crate) struct SessionCell {
     permissions: ArcSwap<Arc<dyn Permissions>>,
     /// Cached `permissions.checks_receive()`, so deliveries skip the load when false.
     checks_receive: AtomicBool,
+    /// Bumped at every swap, so that the connection re-reads `permissions` only then.
+    permissions_generation: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -52,6 +54,7 @@ impl SessionCell {
             wake_pending: AtomicBool::new(false),
             permissions: ArcSwap::from_pointee(Arc::new(Unbound) as Arc<dyn Permissions>),
             checks_receive: AtomicBool::new(false),
+            permissions_generation: AtomicU64::new(0),
             state: Mutex::new(state),
         })
     }
@@ -66,6 +69,12 @@ impl SessionCell {
         self.checks_receive
             .store(permissions.checks_receive(), Ordering::Release);
         self.permissions.store(Arc::new(permissions));
+        self.permissions_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever [`set_permissions`](Self::set_permissions) runs.
+    pub fn permissions_generation(&self) -> u64 {
+        self.permissions_generation.load(Ordering::Acquire)
     }
 
     /// May a message on `topic` be delivered to this session?

@@ -164,9 +164,62 @@ impl Directory {
 
 /// Policy-bound permissions of one connection.
 #[derive(Debug)]
-struct PolicyPermissions(BoundPolicy);
+struct PolicyPermissions(BoundPolicy, Option<Denials>);
+
+/// Where a device's refusals are recorded: the audit trail, with the statement that decided,
+/// at most [`MAX_DENIAL_AUDIT_PER_MINUTE`] a minute per device (a device hammering a denied
+/// topic is counted in `moat_publish_denied_total`, not written a million times).
+#[derive(Debug)]
+struct Denials {
+    device: String,
+    audit: AuditSink,
+}
+
+/// Policy denials recorded in the audit trail per device per minute.
+pub const MAX_DENIAL_AUDIT_PER_MINUTE: u32 = 10;
+
+impl Denials {
+    fn record(&self, action: Action, what: &str, decision: &Decision) {
+        let entry = Entry::new(
+            now_ms(),
+            format!("device:{}", self.device),
+            "policy.denied",
+            format!("device:{}", self.device),
+            Outcome::Denied,
+        )
+        .with("action", action.as_str())
+        .with("topic", what.escape_debug())
+        .with("decision", decision);
+        self.audit.record_limited(
+            AuditKey::Device(self.device.clone()),
+            MAX_DENIAL_AUDIT_PER_MINUTE,
+            entry,
+        );
+    }
+}
 
 impl Permissions for PolicyPermissions {
+    fn publish_denied(&self, topic: &TopicName, retain: bool) {
+        if let Some(d) = &self.1 {
+            let action = if retain && self.0.allows_topic(Action::Publish, topic) {
+                Action::Retain
+            } else {
+                Action::Publish
+            };
+            d.record(action, topic.as_str(), &self.0.decide_topic(action, topic));
+        }
+    }
+
+    fn subscribe_denied(&self, filter: &TopicFilter) {
+        if let Some(d) = &self.1 {
+            d.record(
+                Action::Subscribe,
+                filter.as_str(),
+                &self.0.decide_subscribe(filter),
+            );
+        }
+    }
+
     fn may_publish(&self, topic: &TopicName) -> bool {
         self.0.allows_topic(Action::Publish, topic)
     }
@@ -208,6 +261,7 @@ fn find_device(directory: &Directory, registry: &Registry, id: &str) -> Option<D
 pub(crate) struct PolicyAuthorizer {
     directory: Arc<ArcSwap<Directory>>,
     registry: Arc<Registry>,
+    audit: AuditSink,
 }
 
 impl Authorizer for PolicyAuthorizer {
@@ -232,7 +286,13 @@ impl Authorizer for PolicyAuthorizer {
                 if !bound.decide_connect(client_id.as_str()).allowed {
                     return Err(ConnectDenied::NotAuthorized);
                 }
-                Ok(Arc::new(PolicyPermissions(bound)))
+                Ok(Arc::new(PolicyPermissions(
+                    bound,
+                    Some(Denials {
+                        device: device.id.clone(),
+                        audit: self.audit.clone(),
+                    }),
+                )))
             }
             // A registered device's client id (and so its session) belongs to the device:
             // an anonymous client may not claim it, whatever the policies say.
@@ -258,7 +318,7 @@ impl Authorizer for PolicyAuthorizer {
                     if !bound.decide_connect(client_id.as_str()).allowed {
                         return Err(ConnectDenied::NotAuthorized);
                     }
-                    Ok(Arc::new(PolicyPermissions(bound)))
+                    Ok(Arc::new(PolicyPermissions(bound, None)))
                 }
             },
             Principal::Unauthenticated => Err(ConnectDenied::NotAuthorized),
@@ -377,16 +437,27 @@ pub const MAX_UNATTRIBUTED_AUDIT_PER_MINUTE: u32 = 600;
 /// Most sources the limiter tracks; beyond it the oldest windows are dropped.
 pub const MAX_AUDIT_LIMITER_SOURCES: usize = 10_000;
 
+/// What the audit limiter counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum AuditKey {
+    /// An unauthenticated source address.
+    Address(std::net::IpAddr),
+    /// Events whose source is unknown, all together.
+    Unattributed,
+    /// One device.
+    Device(String),
+}
+
 #[derive(Debug, Default)]
 struct AuditLimiter {
-    windows: HashMap<Option<std::net::IpAddr>, (std::time::Instant, u32)>,
+    windows: HashMap<AuditKey, (std::time::Instant, u32)>,
 }
 
 impl AuditLimiter {
-    fn admit(&mut self, source: Option<std::net::IpAddr>) -> bool {
+    fn admit(&mut self, key: AuditKey, limit: u32) -> bool {
         let now = std::time::Instant::now();
         let window = std::time::Duration::from_secs(60);
-        if self.windows.len() >= MAX_AUDIT_LIMITER_SOURCES && !self.windows.contains_key(&source) {
+        if self.windows.len() >= MAX_AUDIT_LIMITER_SOURCES && !self.windows.contains_key(&key) {
             self.windows
                 .retain(|_, (start, _)| now.duration_since(*start) < window);
             if self.windows.len() >= MAX_AUDIT_LIMITER_SOURCES
@@ -394,17 +465,12 @@ impl AuditLimiter {
                     .windows
                     .iter()
                     .min_by_key(|(_, (t, _))| *t)
-                    .map(|(k, _)| *k)
+                    .map(|(k, _)| k.clone())
             {
                 self.windows.remove(&oldest);
             }
         }
-        let limit = if source.is_some() {
-            MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE
-        } else {
-            MAX_UNATTRIBUTED_AUDIT_PER_MINUTE
-        };
-        let w = self.windows.entry(source).or_insert((now, 0));
+        let w = self.windows.entry(key).or_insert((now, 0));
         if now.duration_since(w.0) >= window {
             *w = (now, 0);
         }
@@ -444,13 +510,30 @@ impl AuditSink {
     }
 
     /// Records an event caused by an unauthenticated party at `source` (or at an unknown
-    /// address), within [`MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE`].
+    /// address), within [`MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE`] (or
+    /// [`MAX_UNATTRIBUTED_AUDIT_PER_MINUTE`] for all unknown sources together).
     pub(crate) fn record_unauthenticated(&self, source: Option<std::net::IpAddr>, entry: Entry) {
+        match source {
+            Some(ip) => self.record_limited(
+                AuditKey::Address(ip),
+                MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE,
+                entry,
+            ),
+            None => self.record_limited(
+                AuditKey::Unattributed,
+                MAX_UNATTRIBUTED_AUDIT_PER_MINUTE,
+                entry,
+            ),
+        }
+    }
+
+    /// Records an event within `limit` a minute for `key`; beyond it only counts it.
+    pub(crate) fn record_limited(&self, key: AuditKey, limit: u32, entry: Entry) {
         let admitted = self
             .limiter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .admit(source);
+            .admit(key, limit);
         if admitted {
             self.record(entry);
         } else {
@@ -754,6 +837,7 @@ impl Identity {
         PolicyAuthorizer {
             directory: self.directory.clone(),
             registry: self.registry.clone(),
+            audit: self.audit.clone(),
         }
     }
 
