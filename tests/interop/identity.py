@@ -157,6 +157,45 @@ topics = ["nowhere"]
     moat(args, "device", "set", dev, "--reset")
 
 
+def receive_rules(args):
+    dev = args.device_ids[0]
+    tag = unique("rcv")
+    step("receive rules narrower than the subscription: only allowed topics are delivered")
+    put_policy(args, f"{tag}-p", """
+version = 1
+[[statement]]
+id = "connect"
+effect = "allow"
+actions = ["connect"]
+topics = ["${device.id}"]
+[[statement]]
+id = "listen-wide"
+effect = "allow"
+actions = ["subscribe"]
+topics = ["devices/${device.id}/#"]
+[[statement]]
+id = "receive-narrow"
+effect = "allow"
+actions = ["receive"]
+topics = ["devices/${device.id}/ok/#"]
+""")
+    moat(args, "device", "set", dev, "--reset", "--policy", f"{tag}-p")
+    c = PahoClient(args, device=dev)
+    c.connect()
+    c.subscribe(f"devices/{dev}/#", qos=1, expect=[1])
+    anon = PahoClient(args, transport="plain")
+    anon.connect()
+    anon.publish(f"devices/{dev}/no/x", b"withheld", qos=1)
+    anon.publish(f"devices/{dev}/ok/x", b"delivered", qos=1)
+    m = c.expect_message(what="the allowed topic")
+    check(m.topic == f"devices/{dev}/ok/x" and m.payload == b"delivered",
+          f"got {m.topic!r} {m.payload!r}: a message the receive rules withhold was delivered")
+    c.expect_no_message(what="nothing else")
+    c.disconnect()
+    anon.disconnect()
+    moat(args, "device", "set", dev, "--reset")
+
+
 def disable_and_revoke(args):
     dev2, dev3 = args.device_ids[1], args.device_ids[2]
     step("disable: live TLS session closed within 1 s; enable lets it back")
@@ -227,6 +266,7 @@ def conflicts(args):
 def main(args):
     conflicts(args)
     policies_live(args)
+    receive_rules(args)
     disable_and_revoke(args)
 
 

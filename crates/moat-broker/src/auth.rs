@@ -72,6 +72,13 @@ pub trait Permissions: Send + Sync + fmt::Debug {
     fn may_receive(&self, _topic: &TopicName) -> bool {
         true
     }
+    /// May every message a subscription with `filter` can match be delivered? When true
+    /// for all of a session's subscriptions, its deliveries skip
+    /// [`may_receive`](Self::may_receive) (the common case: receive rules that grant what
+    /// subscribe grants).
+    fn may_receive_all(&self, _filter: &TopicFilter) -> bool {
+        !self.checks_receive()
+    }
     /// Told when a publish (`retain` if it carried the retain flag) was refused, off the
     /// allowed path, so that the refusal can be explained and recorded.
     fn publish_denied(&self, _topic: &TopicName, _retain: bool) {}

@@ -716,6 +716,8 @@ impl Broker {
         ops: &mut Vec<StoreOp>,
     ) -> bool {
         let filter = filter.into_inner();
+        // Before the route exists: no delivery through it may skip a needed receive check.
+        cell.subscription_added(&filter.filter);
         write(&self.shared.router).insert(
             &filter.filter,
             filter.share.as_ref(),

@@ -64,10 +64,11 @@ impl SessionCell {
         self.permissions.load()
     }
 
-    /// Replaces the permissions (at CONNECT, and when policies change).
+    /// Replaces the permissions (at CONNECT, and when policies change). The state lock
+    /// must not be held.
     pub fn set_permissions(&self, permissions: Arc<dyn Permissions>) {
-        self.checks_receive
-            .store(permissions.checks_receive(), Ordering::Release);
+        let checks = self.receive_checks_needed(&permissions, &self.lock());
+        self.checks_receive.store(checks, Ordering::Release);
         self.permissions.store(Arc::new(permissions));
         self.permissions_generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -75,6 +76,26 @@ impl SessionCell {
     /// Changes whenever [`set_permissions`](Self::set_permissions) runs.
     pub fn permissions_generation(&self) -> u64 {
         self.permissions_generation.load(Ordering::Acquire)
+    }
+
+    /// Whether deliveries to this session must be checked one by one: only when the
+    /// permissions have receive rules that some subscription reaches beyond.
+    fn receive_checks_needed(&self, permissions: &Arc<dyn Permissions>, st: &SessionState) -> bool {
+        permissions.checks_receive()
+            && st
+                .subscriptions
+                .values()
+                .any(|s| !permissions.may_receive_all(&s.filter.filter))
+    }
+
+    /// Before a subscription is routed: deliveries are checked from now on if it reaches
+    /// beyond the receive rules.
+    pub fn subscription_added(&self, filter: &moat_types::TopicFilter) {
+        if !self.checks_receive.load(Ordering::Acquire)
+            && !self.permissions().may_receive_all(filter)
+        {
+            self.checks_receive.store(true, Ordering::Release);
+        }
     }
 
     /// May a message on `topic` be delivered to this session?

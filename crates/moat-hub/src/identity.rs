@@ -239,6 +239,10 @@ impl Permissions for PolicyPermissions {
     fn may_receive(&self, topic: &TopicName) -> bool {
         self.0.allows_topic(Action::Receive, topic)
     }
+
+    fn may_receive_all(&self, filter: &TopicFilter) -> bool {
+        !self.0.has_receive_rules() || self.0.allows_filter(Action::Receive, filter)
+    }
 }
 
 /// Looks a device up in the snapshot, then (for one added by `moat device add` while the

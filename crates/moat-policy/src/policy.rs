@@ -258,6 +258,17 @@ impl BoundPolicy {
         ))
     }
 
+    /// Whether `action` is allowed on every topic `filter` can match: some allow statement's
+    /// filter covers it and no deny statement's filter overlaps it (the rule subscribe uses).
+    /// The hub asks it for `receive` once per subscription, so that deliveries through a
+    /// subscription the receive rules fully grant need no check each.
+    pub fn allows_filter(&self, action: Action, filter: &TopicFilter) -> bool {
+        matches!(
+            self.evaluate(action, |f| f.overlaps(filter), |f| f.covers(filter)),
+            Verdict::Allowed(_)
+        )
+    }
+
     /// Decides a CONNECT with `client_id`, matched as a topic name of one level: a `/` in
     /// it is an ordinary character, a pattern `${device.id}` matches exactly the device id,
     /// `+` or `#` any client id not starting with `$`. An empty client id or one with a

@@ -669,3 +669,39 @@ fn namespace_template_is_the_foundation_rule() {
     assert!(!may_subscribe(&anonymous, "#"));
     assert!(!anonymous.decide_connect("d1").allowed);
 }
+
+#[test]
+fn allows_filter_is_the_cover_rule_for_any_action() {
+    let doc = PolicyDocument::from_toml(
+        "r",
+        r#"
+version = 1
+[[statement]]
+id = "wide"
+effect = "allow"
+actions = ["receive"]
+topics = ["devices/${device.id}/#"]
+[[statement]]
+id = "secret"
+effect = "deny"
+actions = ["receive"]
+topics = ["devices/+/secret/#"]
+"#,
+    )
+    .expect("policy");
+    let bound = PolicySet::new([std::sync::Arc::new(doc)]).bind(&Subject::device("d1"));
+    let f = |s: &str| moat_types::TopicFilter::parse(s).expect("filter");
+    assert!(bound.allows_filter(Action::Receive, &f("devices/d1/temp/#")));
+    assert!(
+        !bound.allows_filter(Action::Receive, &f("devices/d1/#")),
+        "overlaps the deny"
+    );
+    assert!(
+        !bound.allows_filter(Action::Receive, &f("devices/d2/temp")),
+        "not covered"
+    );
+    assert!(
+        !bound.allows_filter(Action::Publish, &f("devices/d1/temp")),
+        "no publish rule"
+    );
+}
