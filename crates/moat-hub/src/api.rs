@@ -230,6 +230,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/devices/{id}/disable", post(disable_device))
         .route("/devices/{id}/enable", post(enable_device))
         .route("/devices/{id}/approve", post(approve_device))
+        .route("/certificates/{serial}/revoke", post(revoke_certificate))
         .route("/manufacturers", get(list_manufacturers))
         .route("/identity-conflicts", get(identity_conflicts))
         .route("/ca", get(ca_info))
@@ -570,6 +571,25 @@ async fn enable_device(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     set_status(&s, &caller, &id, DeviceStatus::Active, None).await
+}
+
+async fn revoke_certificate(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(serial): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let reason = body.reason.unwrap_or_else(|| "unspecified".into());
+    if crate::identity::reason_from_name(&reason).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "reason {reason:?} is not one of unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn"
+        )));
+    }
+    ok(json!(
+        s.identity
+            .revoke_certificate(&caller.actor, &serial, &reason)
+            .await?
+    ))
 }
 
 async fn approve_device(

@@ -1035,6 +1035,51 @@ impl Identity {
         Ok(kicked)
     }
 
+    /// Revokes one certificate (a compromised key the device has already replaced): its
+    /// next handshake fails and the CRL lists it; the device and its other certificates are
+    /// untouched. Connections already open with it are closed only by revoking or disabling
+    /// the device.
+    pub(crate) async fn revoke_certificate(
+        &self,
+        actor: &str,
+        serial: &str,
+        reason: &str,
+    ) -> Result<CertificateRecord, IdentityError> {
+        let _guard = self.changes.lock().await;
+        let serial = serial.to_ascii_lowercase().replace(':', "");
+        let record = self
+            .registry
+            .certificate(&serial)?
+            .ok_or_else(|| IdentityError::NotFound(format!("certificate {serial}")))?;
+        if record.revoked_at_ms.is_some() {
+            return Err(IdentityError::Conflict(format!(
+                "certificate {serial} is already revoked"
+            )));
+        }
+        let now = now_ms();
+        let (s, r) = (serial.clone(), reason.to_owned());
+        self.blocking(move |reg| Ok(reg.revoke_certificate(&s, now, &r)?))
+            .await?;
+        self.refresh_directory().await?;
+        self.audit_now(
+            Entry::new(
+                now,
+                actor,
+                "certificate.revoke",
+                format!("device:{}", record.device_id),
+                Outcome::Success,
+            )
+            .with("serial", &serial)
+            .with("reason", reason),
+        )
+        .await?;
+        Ok(CertificateRecord {
+            revoked_at_ms: Some(now),
+            reason: Some(reason.to_owned()),
+            ..record
+        })
+    }
+
     // ---- groups and policies -------------------------------------------------------------
 
     pub(crate) fn groups(&self) -> Vec<GroupRecord> {

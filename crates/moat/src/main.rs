@@ -222,6 +222,14 @@ enum DeviceCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Revoke one certificate by serial (hex, as `device show` lists it); the device and its
+    /// other certificates stay valid.
+    RevokeCert {
+        serial: String,
+        /// RFC 5280 reason: keyCompromise, superseded, ...
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Refuse a device until it is enabled again; its live sessions are closed.
     Disable {
         id: String,
@@ -311,6 +319,7 @@ fn device(command: DeviceCommand, target: &ops::Target) -> ExitCode {
             reset,
         } => ops::device_set(target, &id, group, attrs, policies, reset),
         DeviceCommand::Revoke { id, reason } => ops::device_status(target, &id, "revoke", reason),
+        DeviceCommand::RevokeCert { serial, reason } => ops::revoke_cert(target, &serial, reason),
         DeviceCommand::Disable { id, reason } => ops::device_status(target, &id, "disable", reason),
         DeviceCommand::Enable { id } => ops::device_status(target, &id, "enable", None),
         DeviceCommand::Approve { id } => ops::device_status(target, &id, "approve", None),

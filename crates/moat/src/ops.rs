@@ -385,6 +385,28 @@ pub fn device_conflicts(t: &Target) -> ExitCode {
     }))
 }
 
+pub fn revoke_cert(t: &Target, serial: &str, reason: Option<String>) -> ExitCode {
+    finish(
+        call(
+            t,
+            "POST",
+            &format!("/api/v1/certificates/{}/revoke", encode_path(serial)),
+            Some(json!({"reason": reason})),
+        )
+        .map(|v| {
+            if t.json {
+                pretty(&v)
+            } else {
+                format!(
+                    "certificate {} of {} revoked",
+                    s(&v["serial"]),
+                    s(&v["device_id"])
+                )
+            }
+        }),
+    )
+}
+
 pub fn device_show(t: &Target, id: &str) -> ExitCode {
     finish(
         call(

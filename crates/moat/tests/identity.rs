@@ -1421,3 +1421,67 @@ fn ca_keys_encrypted_with_a_passphrase_and_an_ed25519_ca() {
         show_output(&out)
     );
 }
+
+#[test]
+fn one_certificate_revoked_by_serial_while_the_device_keeps_its_other_one() {
+    let hub = Hub::start(HubOptions::new());
+    let first = hub.add_device("two1");
+    let dir = hub.scratch("two-certs");
+    fs::copy(&first.cert, dir.join("first.crt")).expect("copy");
+    fs::copy(&first.key, dir.join("first.key")).expect("copy");
+    let old = Via::Files {
+        cert: dir.join("first.crt"),
+        key: dir.join("first.key"),
+        ca: root_ca(&hub),
+    };
+    let serial = tool_ok(
+        "openssl",
+        &["x509", "-in", "first.crt", "-noout", "-serial"],
+        &dir,
+    )
+    .trim()
+    .trim_start_matches("serial=")
+    .to_owned();
+    // A second certificate (a renewal) for the same device.
+    let second = hub.add_device("two1");
+    let out = cli_ok(
+        &hub,
+        &[
+            "device",
+            "revoke-cert",
+            &serial,
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    assert!(out.contains("revoked"), "{out}");
+    let refused = mosquitto_pub(
+        &hub,
+        &old,
+        Mqtt::V5,
+        Some("two1"),
+        &["-t", "devices/two1/x", "-m", "1"],
+    );
+    assert!(
+        !refused.status.success(),
+        "the revoked certificate connected\n{}",
+        refused.show()
+    );
+    mosquitto_pub(
+        &hub,
+        &Via::Device(second),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/two1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    let again = cli(&hub, &["device", "revoke-cert", &serial]);
+    assert!(!again.status.success(), "revoking twice succeeded");
+    let lines = audit_lines(&hub, "certificate.revoke");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&serial.to_ascii_lowercase())),
+        "{lines:?}"
+    );
+}
