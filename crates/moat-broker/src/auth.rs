@@ -134,15 +134,25 @@ impl<T> Authorized<T> {
 }
 
 /// Checks a publish (and, with `retain`, the right to retain), producing the token the
-/// router requires.
-pub(crate) fn check_publish<T>(
+/// router requires, with a one-topic memory: `last_allowed` holds the last topic these
+/// permissions allowed a plain (not retained) publish to. Devices publish to the same few
+/// topics over and over, so the common case is one comparison. The caller clears the memory
+/// whenever the permissions change (decisions are a pure function of permissions and topic).
+pub(crate) fn check_publish_remembering<T>(
     permissions: &dyn Permissions,
+    last_allowed: &mut Option<Box<[u8]>>,
     topic: &TopicName,
     retain: bool,
     value: T,
 ) -> Option<Authorized<T>> {
-    (permissions.may_publish(topic) && (!retain || permissions.may_retain(topic)))
-        .then_some(Authorized(value))
+    if !retain && last_allowed.as_deref() == Some(topic.as_bytes()) {
+        return Some(Authorized(value));
+    }
+    let allowed = permissions.may_publish(topic) && (!retain || permissions.may_retain(topic));
+    if allowed && !retain {
+        *last_allowed = Some(topic.as_bytes().into());
+    }
+    allowed.then_some(Authorized(value))
 }
 
 /// Checks a subscription, producing the token the router requires.

@@ -245,6 +245,9 @@ pub struct Connection {
     /// touching the shared slot unless the hub swapped them since.
     permissions: Arc<dyn Permissions>,
     permissions_generation: u64,
+    /// The last topic `permissions` allowed this connection to publish to (see
+    /// `auth::check_publish_remembering`); cleared when they change.
+    last_allowed_topic: Option<Box<[u8]>>,
 }
 
 impl Connection {
@@ -268,6 +271,7 @@ impl Connection {
         Self {
             permissions,
             permissions_generation,
+            last_allowed_topic: None,
             client_receive_maximum: if v5 {
                 props.receive_maximum.unwrap_or(u16::MAX)
             } else {
@@ -305,6 +309,7 @@ impl Connection {
         if generation != self.permissions_generation {
             self.permissions = Arc::clone(&**self.cell.permissions());
             self.permissions_generation = generation;
+            self.last_allowed_topic = None;
         }
     }
 
@@ -529,8 +534,13 @@ impl Connection {
         let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
         let retain = message.retain;
         self.refresh_permissions();
-        let Some(authorized) = auth::check_publish(&*self.permissions, &topic, retain, message)
-        else {
+        let Some(authorized) = auth::check_publish_remembering(
+            &*self.permissions,
+            &mut self.last_allowed_topic,
+            &topic,
+            retain,
+            message,
+        ) else {
             self.broker
                 .stats()
                 .publish_denied
