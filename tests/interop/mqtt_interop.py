@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Upper bound of any single wait for something that should happen.
-TIMEOUT = 10.0
+TIMEOUT = 20.0
 # How long we listen to conclude that something does NOT happen.
 QUIET = 1.0
 # Upper bound of a whole script run.
