@@ -3,6 +3,8 @@
 //! Exit codes: 0 success, 1 local failure, 2 misconfiguration (bad flags or files),
 //! 3 refused by the hub, 4 verification failed, 5 hub unreachable, 6 malformed hub response.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -9,6 +9,8 @@
 //! same client code and settings. Counts and durations are flags; the defaults keep `all`
 //! within about five minutes. Both brokers are killed at the end of each scenario.
 
+#![forbid(unsafe_code)]
+
 mod brokers;
 mod client;
 mod pki;

@@ -716,17 +716,6 @@ impl Broker {
         ops: &mut Vec<StoreOp>,
     ) -> bool {
         let filter = filter.into_inner();
-        // Before the route exists: no delivery through it may skip a needed receive check.
-        cell.subscription_added(&filter.filter);
-        write(&self.shared.router).insert(
-            &filter.filter,
-            filter.share.as_ref(),
-            Subscriber {
-                session: cell.clone(),
-                options,
-                identifier,
-            },
-        );
         let existed;
         let persistent;
         {
@@ -743,7 +732,19 @@ impl Broker {
                 )
                 .is_some();
             persistent = st.is_persistent();
+            // Under the state lock (as permission swaps are) and before the route exists: no
+            // delivery through it skips a receive check it needs.
+            cell.subscription_added(&filter.filter);
         }
+        write(&self.shared.router).insert(
+            &filter.filter,
+            filter.share.as_ref(),
+            Subscriber {
+                session: cell.clone(),
+                options,
+                identifier,
+            },
+        );
         if persistent {
             ops.push(StoreOp::PutSubscription {
                 client_id: cell.client_id.clone(),

@@ -67,9 +67,13 @@ impl SessionCell {
     /// Replaces the permissions (at CONNECT, and when policies change). The state lock
     /// must not be held.
     pub fn set_permissions(&self, permissions: Arc<dyn Permissions>) {
-        let checks = self.receive_checks_needed(&permissions, &self.lock());
+        // Under the state lock, like `subscription_added`: a subscription added meanwhile is
+        // either seen here or sees the new permissions there.
+        let st = self.lock();
+        let checks = self.receive_checks_needed(&permissions, &st);
         self.checks_receive.store(checks, Ordering::Release);
         self.permissions.store(Arc::new(permissions));
+        drop(st);
         self.permissions_generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -88,8 +92,8 @@ impl SessionCell {
                 .any(|s| !permissions.may_receive_all(&s.filter.filter))
     }
 
-    /// Before a subscription is routed: deliveries are checked from now on if it reaches
-    /// beyond the receive rules.
+    /// Before a subscription is routed, with the state lock held: deliveries are checked
+    /// from now on if it reaches beyond the receive rules.
     pub fn subscription_added(&self, filter: &moat_types::TopicFilter) {
         if !self.checks_receive.load(Ordering::Acquire)
             && !self.permissions().may_receive_all(filter)

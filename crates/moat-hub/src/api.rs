@@ -164,7 +164,9 @@ impl<const R: u8> FromRequestParts<AppState> for Authed<R> {
             })?;
         let needed = role_of(R);
         if caller.role < needed {
-            state.identity.audit.record(
+            state.identity.audit.record_limited(
+                crate::identity::AuditKey::Actor(caller.actor.clone()),
+                crate::identity::MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE,
                 Entry::new(
                     now_ms(),
                     &caller.actor,
@@ -236,6 +238,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ca", get(ca_info))
         .route("/ca/rotate", post(ca_rotate))
         .route("/ca/reload", post(ca_reload))
+        .route("/ca/discard-previous", post(ca_discard_previous))
         .route(
             "/manufacturers/{name}",
             put(put_manufacturer).delete(delete_manufacturer),
@@ -363,7 +366,8 @@ async fn login(
                       "expires_in": crate::access::SESSION_TTL.as_secs()}))
         }
         Err(e) => {
-            s.identity.audit.record(
+            s.identity.audit.record_unauthenticated(
+                Some(peer.addr.ip()),
                 Entry::new(
                     now_ms(),
                     format!("peer:{}", peer.addr),
@@ -621,6 +625,13 @@ async fn ca_reload(
     Authed(caller): Authed<ADMIN>,
 ) -> ApiResult<axum::Json<Value>> {
     ok(s.identity.reload_ca(&caller.actor).await?)
+}
+
+async fn ca_discard_previous(
+    State(s): State<AppState>,
+    Authed(caller): Authed<ADMIN>,
+) -> ApiResult<axum::Json<Value>> {
+    ok(s.identity.discard_previous_ca(&caller.actor).await?)
 }
 
 async fn identity_conflicts(

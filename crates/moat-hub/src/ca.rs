@@ -72,6 +72,8 @@ impl Identity {
             })?;
         }
         let info = describe(&ca);
+        self.trusted_issuers
+            .store(Arc::new(crate::identity::issuing_subjects(&ca)));
         self.ca.store(Arc::new(ca));
         self.refresh_directory().await?;
         self.audit_now(
@@ -100,11 +102,39 @@ impl Identity {
         self.install(actor, "ca.rotate", ca).await
     }
 
+    /// Stops trusting the previous issuing CA before it expires (after a compromise of its
+    /// key, or to rotate again): every certificate it issued stops working at once.
+    pub(crate) async fn discard_previous_ca(&self, actor: &str) -> Result<Value, IdentityError> {
+        {
+            let _guard = self.changes.lock().await;
+            let home = self.home()?;
+            let (dir, keys) = (home.dir.clone(), home.keys.clone());
+            let discarded = tokio::task::spawn_blocking(move || {
+                CertificateAuthority::discard_previous_issuing(&dir, keys.as_ref())
+            })
+            .await
+            .map_err(|e| IdentityError::Internal(format!("task failed: {e}")))??;
+            if !discarded {
+                return Err(IdentityError::Conflict(
+                    "there is no previous issuing CA to discard".into(),
+                ));
+            }
+        }
+        self.reload_ca(actor).await
+    }
+
     /// Loads the CA from disk again (after `moat ca import-issuing`).
     pub(crate) async fn reload_ca(&self, actor: &str) -> Result<Value, IdentityError> {
         let _guard = self.changes.lock().await;
         let home = self.home()?;
         let (dir, keys) = (home.dir.clone(), home.keys.clone());
+        // Reload, never create: an emptied directory must not become a brand-new CA.
+        if !dir.join(moat_pki::ISSUING_CA_CERT_FILE).exists() {
+            return Err(IdentityError::Conflict(format!(
+                "{} holds no issuing CA to load",
+                dir.display()
+            )));
+        }
         let ca = tokio::task::spawn_blocking(move || {
             CertificateAuthority::load_or_create_with(
                 &dir,

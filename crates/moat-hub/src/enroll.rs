@@ -139,7 +139,8 @@ impl Identity {
                 .await?;
             }
             Err(e) => {
-                self.audit.record(
+                self.audit.record_unauthenticated(
+                    Some(peer),
                     Entry::new(
                         now_ms(),
                         &actor,
@@ -260,7 +261,9 @@ impl Identity {
                 )
                 .await?;
             }
-            Err(e) => self.audit.record(
+            Err(e) => self.audit.record_limited(
+                crate::identity::AuditKey::Device(device.to_string()),
+                crate::identity::MAX_DENIAL_AUDIT_PER_MINUTE,
                 Entry::new(now_ms(), &actor, "enroll.refused", &actor, Outcome::Denied)
                     .with("peer", peer)
                     .with("reason", e),

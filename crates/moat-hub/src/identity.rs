@@ -336,12 +336,19 @@ pub(crate) struct CertificateCheck {
     directory: Arc<ArcSwap<Directory>>,
     registry: Arc<Registry>,
     audit: AuditSink,
+    trusted_issuers: Arc<ArcSwap<Vec<String>>>,
 }
 
 impl moat_net::ClientCertCheck for CertificateCheck {
     fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), CertificateError> {
         let facts = moat_pki::certificate_facts(leaf)
             .map_err(|_| CertificateError::ApplicationVerificationFailure)?;
+        // The root is a trust anchor too (for chains that carry their issuing CA), so an
+        // issuing CA the hub stopped trusting (discarded after a rotation) would still
+        // verify through it: the leaf's issuer must be a currently trusted issuing CA.
+        if !self.trusted_issuers.load().contains(&facts.issuer_dn) {
+            return Err(CertificateError::UnknownIssuer);
+        }
         let directory = self.directory.load();
         if directory
             .revoked_serials
@@ -450,6 +457,8 @@ pub(crate) enum AuditKey {
     Unattributed,
     /// One device.
     Device(String),
+    /// One authenticated operator or token.
+    Actor(String),
 }
 
 #[derive(Debug, Default)]
@@ -758,7 +767,9 @@ impl moat_net::SecurityEvents for NetEvents {
                 c.note_address(prev.ip());
                 c.note_address(peer.ip());
             });
-            self.audit.record(
+            self.audit.record_limited(
+                AuditKey::Device(id.to_string()),
+                MAX_DENIAL_AUDIT_PER_MINUTE,
                 Entry::new(
                     now_ms(),
                     principal.to_string(),
@@ -803,6 +814,9 @@ pub struct Identity {
     pub(crate) ca: ArcSwap<CertificateAuthority>,
     pub(crate) directory: Arc<ArcSwap<Directory>>,
     broker: OnceLock<Broker>,
+    /// Subjects of the issuing CAs whose certificates are accepted now (current, and
+    /// previous during a rotation overlap).
+    pub(crate) trusted_issuers: Arc<ArcSwap<Vec<String>>>,
     /// The listeners' TLS, rebuilt when the CA or the manufacturer CAs change.
     pub(crate) tls: OnceLock<Arc<crate::tls::TlsSet>>,
     /// Where the CA lives and its key source, for rotation and reload.
@@ -823,11 +837,13 @@ impl Identity {
         device_validity: Duration,
     ) -> Result<Self, IdentityError> {
         let directory = Directory::load(&registry)?;
+        let issuers = issuing_subjects(&ca);
         Ok(Self {
             registry,
             ca: ArcSwap::new(ca),
             directory: Arc::new(ArcSwap::from_pointee(directory)),
             broker: OnceLock::new(),
+            trusted_issuers: Arc::new(ArcSwap::from_pointee(issuers)),
             tls: OnceLock::new(),
             ca_home: OnceLock::new(),
             audit,
@@ -850,6 +866,7 @@ impl Identity {
             directory: self.directory.clone(),
             registry: self.registry.clone(),
             audit: self.audit.clone(),
+            trusted_issuers: self.trusted_issuers.clone(),
         }
     }
 
@@ -1301,6 +1318,14 @@ impl Identity {
         });
         Ok(Some(der))
     }
+}
+
+/// Subjects (RFC 4514) of the issuing CAs `ca` trusts now.
+pub(crate) fn issuing_subjects(ca: &CertificateAuthority) -> Vec<String> {
+    ca.trusted_issuing_certs()
+        .iter()
+        .filter_map(|c| moat_pki::ca_certificate_subject(c).ok())
+        .collect()
 }
 
 /// Records an issued certificate (and the device, if new) in the registry.

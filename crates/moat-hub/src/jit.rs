@@ -22,6 +22,10 @@ use time::OffsetDateTime;
 
 use crate::identity::{Identity, IdentityError, issued_entry, now_ms, register_issued};
 
+/// Device attribute naming the manufacturer a device enrolled through.
+pub const ATTR_MANUFACTURER: &str = "manufacturer";
+/// Device attribute holding the SHA-256 (hex) of the factory certificate it enrolled with.
+pub const ATTR_FACTORY_CERT: &str = "factory_cert_sha256";
 /// Seconds a device held for approval is told to wait before asking again.
 pub const APPROVAL_RETRY_AFTER_SECS: u64 = 60;
 /// Most registered manufacturer CAs.
@@ -32,6 +36,9 @@ pub const MAX_MANUFACTURERS: usize = 64;
 pub(crate) struct Factory {
     pub manufacturer: String,
     pub device: DeviceId,
+    /// SHA-256 of the factory certificate (hex): the device record is bound to it, so that
+    /// another certificate with the same CN cannot claim it.
+    pub fingerprint: String,
 }
 
 /// The API listener's certificate check: factory certificates of registered manufacturers
@@ -70,9 +77,11 @@ pub(crate) fn factory_of(
         .iter()
         .find(|m| m.subject_dn == facts.issuer_dn)?;
     let device = DeviceId::parse(facts.subject_cn.as_deref()?).ok()?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf);
     Some(Factory {
         manufacturer: m.name.clone(),
         device,
+        fingerprint: moat_audit::hex(digest.as_ref()),
     })
 }
 
@@ -107,8 +116,29 @@ impl Identity {
         };
         let subject_dn = moat_pki::ca_certificate_subject(cert)
             .map_err(|e| IdentityError::Invalid(format!("manufacturer CA: {e}")))?;
+        if let Some(g) = &group
+            && !self.groups().iter().any(|x| &x.name == g)
+        {
+            return Err(IdentityError::NotFound(format!("group {g}")));
+        }
         let _guard = self.changes.lock().await;
         let existing = self.manufacturers();
+        // Factory certificates are attributed by issuer name: two manufacturers (or a
+        // manufacturer and Moat's own CAs) must not share one.
+        let ca = self.ca.load();
+        let own: Vec<String> = crate::tls::anchors(&ca)
+            .iter()
+            .filter_map(|c| moat_pki::ca_certificate_subject(c).ok())
+            .collect();
+        if own.contains(&subject_dn)
+            || existing
+                .iter()
+                .any(|m| m.name != name && m.subject_dn == subject_dn)
+        {
+            return Err(IdentityError::Conflict(format!(
+                "another CA already has the subject {subject_dn}"
+            )));
+        }
         if existing.len() >= MAX_MANUFACTURERS && !existing.iter().any(|m| m.name == name) {
             return Err(IdentityError::Invalid(format!(
                 "at most {MAX_MANUFACTURERS} manufacturers"
@@ -178,7 +208,8 @@ impl Identity {
                 )
                 .await?;
             }
-            Ok(JitOutcome::Pending) => self.audit.record(
+            Ok(JitOutcome::Pending) => self.audit.record_unauthenticated(
+                Some(peer),
                 Entry::new(
                     now_ms(),
                     &actor,
@@ -189,7 +220,8 @@ impl Identity {
                 .with("peer", peer)
                 .with("reason", "waiting for an operator's approval"),
             ),
-            Err(e) => self.audit.record(
+            Err(e) => self.audit.record_unauthenticated(
+                Some(peer),
                 Entry::new(
                     now_ms(),
                     &actor,
@@ -239,7 +271,11 @@ impl Identity {
                     id: id.to_string(),
                     group: manufacturer.group.clone(),
                     status,
-                    attrs: [("manufacturer".to_owned(), manufacturer.name.clone())].into(),
+                    attrs: [
+                        (ATTR_MANUFACTURER.to_owned(), manufacturer.name.clone()),
+                        (ATTR_FACTORY_CERT.to_owned(), factory.fingerprint.clone()),
+                    ]
+                    .into(),
                     policies: Vec::new(),
                     created_at_ms: now,
                     updated_at_ms: now,
@@ -248,6 +284,17 @@ impl Identity {
                     self.refresh_directory().await?;
                     return Ok(JitOutcome::Pending);
                 }
+            }
+            // Only the device record this very factory certificate created: not one an
+            // operator registered, nor one another manufacturer's certificate with the same
+            // CN is waiting on.
+            Some(d)
+                if d.attrs.get(ATTR_MANUFACTURER) != Some(&manufacturer.name)
+                    || d.attrs.get(ATTR_FACTORY_CERT) != Some(&factory.fingerprint) =>
+            {
+                return Err(IdentityError::Conflict(format!(
+                    "device {id} exists and was not registered by this factory certificate"
+                )));
             }
             Some(d) => match d.status {
                 DeviceStatus::Pending => return Ok(JitOutcome::Pending),

@@ -3,7 +3,8 @@
 //! Owns: the data directory layout, start-up (CA, server certificate, store, registry,
 //! restore), binding listeners, periodic broker work, the identity service (`identity.rs`:
 //! device directory, policy authorizer, live certificate check, revocation, audit sink),
-//! enrollment (`enroll.rs`, `jit.rs`), operator access (`access.rs`), the HTTPS API
+//! enrollment (`enroll.rs`, `jit.rs`), CA operations on a running hub (`ca.rs`) and the
+//! listeners' swappable TLS (`tls.rs`), operator access (`access.rs`), the HTTPS API
 //! (`api.rs`: REST under `/api/v1`, `est.rs`: EST, `/pki/`, `/metrics`, `/healthz`,
 //! `/api/openapi.json`), the CLI's client (`client.rs`), and graceful shutdown.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 mod enroll;
 mod est;
 mod identity;
+mod idle;
 mod jit;
 mod metrics;
 mod openapi;

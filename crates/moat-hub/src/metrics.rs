@@ -146,7 +146,7 @@ pub fn render(
         &mut out,
         "moat_audit_suppressed_total",
         "counter",
-        "Security events of unauthenticated sources beyond the per-minute audit allowance (counted, not written).",
+        "Security events beyond their source's per-minute audit allowance (unauthenticated addresses, devices, operators): counted, not written.",
         audit_suppressed,
     );
     metric(

@@ -154,7 +154,8 @@ pub fn open_registry(data_dir: &Path) -> Result<Registry, HubError> {
     let key = crate::access::load_or_create_secret(&secrets.join("audit.key")).map_err(io)?;
     let key =
         AnchorKey::new(&key).ok_or_else(|| HubError::Invalid("audit.key is too short".into()))?;
-    Ok(Registry::open(&data_dir.join("registry.db"), key)?)
+    Ok(Registry::open(&data_dir.join("registry.db"), key)?
+        .with_anchor_copy(secrets.join("audit.anchor")))
 }
 
 /// Issues a device key and certificate into `out`: `ID.crt` (leaf and issuing CA), `ID.key`
@@ -230,6 +231,17 @@ pub async fn run(
         audit.clone(),
         config.device_cert_validity,
     )?);
+    // Every start is on the record (so a trail of a hub that ever ran is never empty).
+    registry.append_audit(vec![
+        moat_audit::Entry::new(
+            crate::identity::now_ms(),
+            "hub",
+            "hub.start",
+            "hub",
+            moat_audit::Outcome::Success,
+        )
+        .with("version", env!("CARGO_PKG_VERSION")),
+    ])?;
     // The whole trail is checked once at start, in the background: tampering while the hub
     // was down is reported loudly (and `moat audit verify` says where).
     let check_registry = registry.clone();
@@ -507,13 +519,15 @@ async fn serve_api(
             }));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A client that sends no complete request header within the limit (including an
-            // idle keep-alive connection) is dropped.
+            // A request header must arrive within the limit once one has started; a
+            // connection that moves no byte either way for that long (one that completes TLS
+            // and then says nothing, or an idle keep-alive) is closed.
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(API_HEADER_TIMEOUT);
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+            let io = crate::idle::IdleTimeout::new(tls, API_HEADER_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(io), service).await;
         });
     }
 }

@@ -294,6 +294,9 @@ pub struct Registry {
 struct Inner {
     conn: Connection,
     anchor_key: AnchorKey,
+    /// A second copy of the anchor outside the database (in the hub's secrets directory):
+    /// emptying the trail and its anchor in the database is then still detected.
+    anchor_copy: Option<PathBuf>,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -350,7 +353,11 @@ impl Registry {
         tx.commit().map_err(e)?;
         Ok(Self {
             path: path.to_owned(),
-            inner: Mutex::new(Inner { conn, anchor_key }),
+            inner: Mutex::new(Inner {
+                conn,
+                anchor_key,
+                anchor_copy: None,
+            }),
         })
     }
 
@@ -365,8 +372,22 @@ impl Registry {
             .map_err(|e| StoreError::from_sqlite(path, e))?;
         Ok(Self {
             path: path.to_owned(),
-            inner: Mutex::new(Inner { conn, anchor_key }),
+            inner: Mutex::new(Inner {
+                conn,
+                anchor_key,
+                anchor_copy: None,
+            }),
         })
+    }
+
+    /// Keeps a copy of the audit anchor in `path` too (written after every append, checked
+    /// by [`verify_audit`](Self::verify_audit)).
+    pub fn with_anchor_copy(self, path: PathBuf) -> Self {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .anchor_copy = Some(path);
+        self
     }
 
     /// The file.
@@ -912,6 +933,13 @@ impl Registry {
                 )?;
             }
             tx.commit()?;
+            if anchored && let Some(copy) = &i.anchor_copy {
+                // After the commit: a crash in between leaves the copy one append behind,
+                // which verification accepts (the database may be ahead of its copy).
+                if let Err(e) = write_anchor_copy(copy, &encode_anchor(&anchor)) {
+                    tracing::error!(path = %copy.display(), error = %e, "cannot write the audit anchor copy");
+                }
+            }
             Ok(records)
         })
     }
@@ -943,6 +971,27 @@ impl Registry {
             )
             .optional()
             .map_err(|e| StoreError::from_sqlite(&self.path, e))?;
+        // The copy outside the database must not be ahead of it: a trail cut (or emptied,
+        // anchor and all) in the database alone is found by it.
+        let copy = inner
+            .anchor_copy
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| decode_anchor(&b))
+            .filter(|a| a.is_authentic(&inner.anchor_key));
+        if let Some(copy) = &copy {
+            let in_db = anchor.as_deref().and_then(decode_anchor);
+            match in_db {
+                None => return Ok(Err(moat_audit::Tampered::AnchorMissing)),
+                Some(a) if a.count < copy.count => {
+                    return Ok(Err(moat_audit::Tampered::Truncated {
+                        found: a.count,
+                        anchored: copy.count,
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
         let anchor = match anchor {
             None if !read_audit(&tx, 0, 1)
                 .map_err(|e| row_error(&self.path, e))?
@@ -1124,6 +1173,18 @@ fn last_audit_record(conn: &Connection) -> rusqlite::Result<Option<Record>> {
     st.query_row([], audit_row).optional()
 }
 
+fn write_anchor_copy(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn encode_anchor(a: &Anchor) -> Vec<u8> {
     let mut v = Vec::with_capacity(72);
     v.extend_from_slice(&a.count.to_be_bytes());
@@ -1288,6 +1349,24 @@ mod tests {
             Err(moat_audit::Tampered::AnchorMissing)
         );
         r.append_audit(vec![e(5)]).expect("append without anchor");
+        assert_eq!(
+            r.verify_audit().expect("read"),
+            Err(moat_audit::Tampered::AnchorMissing)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn emptying_the_trail_and_its_anchor_is_found_by_the_copy() {
+        let dir = tempdir();
+        let r = open(&dir).with_anchor_copy(dir.join("audit.anchor"));
+        let e = |i: u64| Entry::new(i, "hub", "hub.start", "hub", Outcome::Success);
+        r.append_audit(vec![e(1), e(2)]).expect("append");
+        assert!(r.verify_audit().expect("read").is_ok());
+        let conn = Connection::open(dir.join("registry.db")).expect("raw");
+        conn.execute("DELETE FROM audit", []).expect("empty");
+        conn.execute("DELETE FROM meta WHERE key = 'audit_anchor'", [])
+            .expect("drop anchor");
         assert_eq!(
             r.verify_audit().expect("read"),
             Err(moat_audit::Tampered::AnchorMissing)

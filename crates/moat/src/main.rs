@@ -134,6 +134,9 @@ enum CaCommand {
     /// Rotate the issuing CA (the root key must be on the hub). Devices keep connecting: the
     /// previous issuing CA stays trusted until it expires.
     Rotate,
+    /// Stop trusting the previous issuing CA now (its key was compromised, or to rotate
+    /// again): every certificate it issued stops working.
+    DiscardPrevious,
     /// Offline machine: create a root CA in DIR; only its certificate ever leaves.
     InitRoot {
         #[arg(long)]
@@ -359,6 +362,7 @@ fn ca(command: CaCommand, target: &ops::Target) -> ExitCode {
     match command {
         CaCommand::Show => ops::ca_show(target),
         CaCommand::Rotate => ops::ca_post(target, "rotate"),
+        CaCommand::DiscardPrevious => ops::ca_post(target, "discard-previous"),
         CaCommand::InitRoot {
             dir,
             ed25519,

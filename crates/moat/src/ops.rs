@@ -432,12 +432,14 @@ pub fn device_status(t: &Target, id: &str, verb: &str, reason: Option<String>) -
             if t.json {
                 pretty(&v)
             } else {
-                format!(
-                    "{}: {} ({} live session(s) closed)",
-                    s(&v["device"]),
-                    s(&v["status"]),
-                    s(&v["sessions_closed"])
-                )
+                match v["sessions_closed"].as_u64() {
+                    Some(n) => format!(
+                        "{}: {} ({n} live session(s) closed)",
+                        s(&v["device"]),
+                        s(&v["status"])
+                    ),
+                    None => format!("{}: {}", s(&v["device"]), s(&v["status"])),
+                }
             }
         }),
     )
@@ -823,7 +825,7 @@ pub fn audit(t: &Target, cmd: AuditCommand) -> ExitCode {
     };
     let registry =
         match moat_store::registry::Registry::open_read_only(&dir.join("registry.db"), key) {
-            Ok(r) => r,
+            Ok(r) => r.with_anchor_copy(dir.join("secrets").join("audit.anchor")),
             Err(e) => return finish(Err(e.to_string())),
         };
     match cmd {

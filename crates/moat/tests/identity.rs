@@ -761,13 +761,13 @@ fn audit_trail_tampering_is_detected() {
             ),
         )
     };
-    edit("UPDATE audit SET actor = 'operator:mallory' WHERE seq = 2");
+    edit("UPDATE audit SET at = at + 1 WHERE seq = 2");
     let (ok, text) = verify(&hub);
     assert!(
         !ok && text.contains("record 2 was edited"),
         "an edited entry went unnoticed: {text}"
     );
-    edit("UPDATE audit SET actor = (SELECT actor FROM audit WHERE seq = 1) WHERE seq = 2");
+    edit("UPDATE audit SET at = at - 1 WHERE seq = 2");
     edit("DELETE FROM audit WHERE seq = 3");
     let (ok, text) = verify(&hub);
     assert!(
@@ -1244,6 +1244,29 @@ fn issuing_ca_rotation_without_downtime_keeps_old_devices_and_sessions() {
         !audit_lines(&hub, "ca.rotate").is_empty(),
         "the rotation is not in the audit trail"
     );
+    // Discarding the previous issuing CA (its key compromised, say) cuts what it issued.
+    cli_ok(&hub, &["ca", "discard-previous"]);
+    let out = mosquitto_pub(
+        &hub,
+        &old_via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/before1/x", "-m", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "a certificate of the discarded CA connected\n{}",
+        out.show()
+    );
+    let after2 = hub.add_device("after2");
+    mosquitto_pub(
+        &hub,
+        &Via::Device(after2),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/after2/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
 }
 
 #[test]
