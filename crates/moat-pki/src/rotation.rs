@@ -357,9 +357,8 @@ fn check_previous_place_free(
         .to_datetime();
     Err(PkiError::Misconfigured(format!(
         "the previous issuing CA ({}) is trusted until {not_after}: certificates it issued may \
-         still be in use. Rotate again after that, or discard it first \
-         (CertificateAuthority::discard_previous_issuing), which stops trusting every \
-         certificate it issued",
+         still be in use. Rotate again after that, or discard it first (`moat ca \
+         discard-previous`), which stops trusting every certificate it issued",
         path.display()
     )))
 }
