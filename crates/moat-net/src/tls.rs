@@ -122,24 +122,14 @@ pub fn server_config(
     check: Arc<dyn ClientCertCheck>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(provider());
-    let mut roots = RootCertStore::empty();
-    for root in client_roots {
-        roots.add(root.clone()).map_err(TlsError::TrustAnchor)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(CheckedVerifier {
-        chain: verifier,
+    let mut config = checked_config(
+        Arc::new(provider()),
+        chain,
+        key,
+        client_roots,
         check,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::ServerIdentity)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(TlsError::ServerIdentity)?;
+        ClientAuth::Required,
+    )?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // The hub's suite order, not the client's: AES-128-GCM with SHA-256 first (the same
     // 128-bit security level as the P-256 keys, and a cheaper key schedule than SHA-384).
@@ -149,6 +139,47 @@ pub fn server_config(
     // (stateless tickets) is future work.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// Whether a client certificate must be presented.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// TLS 1.3 and 1.2 with `chain`/`key`, client certificates verified against `client_roots`
+/// and then by `check`.
+fn checked_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: &[CertificateDer<'static>],
+    check: Arc<dyn ClientCertCheck>,
+    auth: ClientAuth,
+) -> Result<ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for root in client_roots {
+        roots.add(root.clone()).map_err(TlsError::TrustAnchor)?;
+    }
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(CheckedVerifier {
+        chain: verifier,
+        check,
+    });
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::ServerIdentity)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(TlsError::ServerIdentity)
 }
 
 /// aws-lc-rs with the hub's cipher suite preference. Key exchange groups keep the
@@ -177,25 +208,14 @@ pub fn server_config_optional_client_auth(
     client_roots: &[CertificateDer<'static>],
     check: Arc<dyn ClientCertCheck>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    for root in client_roots {
-        roots.add(root.clone()).map_err(TlsError::TrustAnchor)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(CheckedVerifier {
-        chain: verifier,
+    let mut config = checked_config(
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        chain,
+        key,
+        client_roots,
         check,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::ServerIdentity)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(TlsError::ServerIdentity)?;
+        ClientAuth::Optional,
+    )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

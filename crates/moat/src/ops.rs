@@ -289,6 +289,26 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// GET `path` and print its `items` as a table of `columns` (header, field), or the JSON.
+fn list(t: &Target, path: &str, columns: &[(&str, &str)]) -> ExitCode {
+    finish(call(t, "GET", path, None).map(|v| {
+        if t.json {
+            return pretty(&v);
+        }
+        let rows = v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| columns.iter().map(|(_, field)| s(&item[*field])).collect())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+        table(&headers, rows)
+    }))
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -298,27 +318,16 @@ fn s(v: &Value) -> String {
 }
 
 pub fn device_list(t: &Target) -> ExitCode {
-    finish(call(t, "GET", "/api/v1/devices?limit=1000", None).map(|v| {
-        if t.json {
-            return pretty(&v);
-        }
-        let rows = v["items"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|d| {
-                        vec![
-                            s(&d["id"]),
-                            s(&d["status"]),
-                            s(&d["group"]),
-                            s(&d["policies"]),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        table(&["ID", "STATUS", "GROUP", "POLICIES"], rows)
-    }))
+    list(
+        t,
+        "/api/v1/devices?limit=1000",
+        &[
+            ("ID", "id"),
+            ("STATUS", "status"),
+            ("GROUP", "group"),
+            ("POLICIES", "policies"),
+        ],
+    )
 }
 
 pub fn ca_show(t: &Target) -> ExitCode {
@@ -352,37 +361,17 @@ pub fn ca_post(t: &Target, verb: &str) -> ExitCode {
 }
 
 pub fn device_conflicts(t: &Target) -> ExitCode {
-    finish(call(t, "GET", "/api/v1/identity-conflicts", None).map(|v| {
-        if t.json {
-            return pretty(&v);
-        }
-        let rows = v["items"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        vec![
-                            s(&c["device"]),
-                            s(&c["suspected_clones"]),
-                            s(&c["client_id_mismatches"]),
-                            s(&c["addresses"]),
-                            s(&c["claimed_client_ids"]),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        table(
-            &[
-                "DEVICE",
-                "SUSPECTED CLONES",
-                "CLIENT-ID MISMATCHES",
-                "ADDRESSES",
-                "CLAIMED IDS",
-            ],
-            rows,
-        )
-    }))
+    list(
+        t,
+        "/api/v1/identity-conflicts",
+        &[
+            ("DEVICE", "device"),
+            ("SUSPECTED CLONES", "suspected_clones"),
+            ("CLIENT-ID MISMATCHES", "client_id_mismatches"),
+            ("ADDRESSES", "addresses"),
+            ("CLAIMED IDS", "claimed_client_ids"),
+        ],
+    )
 }
 
 pub fn revoke_cert(t: &Target, serial: &str, reason: Option<String>) -> ExitCode {
@@ -646,20 +635,11 @@ pub fn group(t: &Target, cmd: GroupCommand) -> ExitCode {
             )
             .map(|v| pretty(&v)),
         ),
-        GroupCommand::List => finish(call(t, "GET", "/api/v1/groups", None).map(|v| {
-            if t.json {
-                return pretty(&v);
-            }
-            let rows = v["items"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|g| vec![s(&g["name"]), s(&g["policies"])])
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["NAME", "POLICIES"], rows)
-        })),
+        GroupCommand::List => list(
+            t,
+            "/api/v1/groups",
+            &[("NAME", "name"), ("POLICIES", "policies")],
+        ),
         GroupCommand::Delete { name } => finish(
             call(
                 t,
@@ -729,29 +709,16 @@ pub fn manufacturer(t: &Target, cmd: ManufacturerCommand) -> ExitCode {
                 }),
             )
         }
-        ManufacturerCommand::List => {
-            finish(call(t, "GET", "/api/v1/manufacturers", None).map(|v| {
-                if t.json {
-                    return pretty(&v);
-                }
-                let rows = v["items"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|m| {
-                                vec![
-                                    s(&m["name"]),
-                                    s(&m["subject_dn"]),
-                                    s(&m["group"]),
-                                    s(&m["require_approval"]),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                table(&["NAME", "CA SUBJECT", "GROUP", "APPROVAL"], rows)
-            }))
-        }
+        ManufacturerCommand::List => list(
+            t,
+            "/api/v1/manufacturers",
+            &[
+                ("NAME", "name"),
+                ("CA SUBJECT", "subject_dn"),
+                ("GROUP", "group"),
+                ("APPROVAL", "require_approval"),
+            ],
+        ),
         ManufacturerCommand::Delete { name } => finish(
             call(
                 t,
