@@ -52,7 +52,12 @@ fn check(der: &[u8]) -> Option<usize> {
     for cert in &certs {
         assert_eq!(cert.first(), Some(&0x30));
         if let Ok(facts) = CertificateFacts::parse(cert) {
-            for part in [&facts.public_key, &facts.subject, &facts.issuer, &facts.serial] {
+            for part in [
+                &facts.public_key,
+                &facts.subject,
+                &facts.issuer,
+                &facts.serial,
+            ] {
                 assert!(
                     part.is_empty() || cert.windows(part.len()).any(|w| w == part.as_slice()),
                     "a fact that is not part of the certificate"
@@ -60,7 +65,10 @@ fn check(der: &[u8]) -> Option<usize> {
             }
             let hex = facts.serial_hex();
             assert_eq!(hex.len(), 2 * facts.serial.len());
-            assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
         }
     }
     Some(certs.len())

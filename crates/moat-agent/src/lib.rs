@@ -17,11 +17,16 @@
 //! Pure parts (no clock, no I/O): [`pkcs7`], [`RenewalSchedule`], [`renewal_due`]. Secrets
 //! (the token, the private key) are never logged and have no revealing `Debug`.
 
+#![forbid(unsafe_code)]
+
 mod base64;
 mod certificate;
 mod error;
 mod est;
 pub mod files;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod lifecycle;
 pub mod pkcs7;
 mod run;

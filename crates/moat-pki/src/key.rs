@@ -171,7 +171,7 @@ impl FileKeySource {
     }
 
     /// The key pair in a PEM key file, decrypting it if it is encrypted.
-    fn parse(&self, path: &Path, pem_text: &str) -> Result<rcgen::KeyPair, PkiError> {
+    pub(crate) fn parse(&self, path: &Path, pem_text: &str) -> Result<rcgen::KeyPair, PkiError> {
         let encrypted = pem_text.contains(&format!("-----BEGIN {ENCRYPTED_KEY_LABEL}-----"));
         match (&self.passphrase, encrypted) {
             (None, true) => Err(PkiError::PassphraseRequired {

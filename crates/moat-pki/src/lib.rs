@@ -34,9 +34,10 @@
 //! (chain, signatures, key/certificate match, permissions) rather than trusted. Peer bytes
 //! enter through [`decode_est_base64`], [`parse_certificate_request`],
 //! [`device_id_from_certificate`] and [`certificate_facts`]: all are size-limited, safe on
-//! arbitrary input and fuzzed (`fuzz/`). A request is evidence, not instructions: only its
-//! public key reaches a device certificate, never its names or extensions; an issuing CA
-//! request contributes its key and subject name, never its extensions.
+//! arbitrary input and fuzzed (`fuzz/`), as is the CA key-file reader (module `fuzz`,
+//! feature `fuzzing`). A request is evidence, not instructions: only its public key reaches
+//! a device certificate, never its names or extensions; an issuing CA request contributes
+//! its key and subject name, never its extensions.
 //!
 //! **I/O:** unlike the other engines this crate reads and writes files (only through the
 //! `storage` module), because CA keys must not pass through any other crate. It never reads
@@ -52,6 +53,9 @@ mod csr;
 mod der;
 mod error;
 mod est;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod identity;
 mod key;
 mod offline;

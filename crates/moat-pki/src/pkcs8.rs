@@ -159,7 +159,7 @@ pub(crate) fn encrypt(pkcs8: &[u8], passphrase: &Passphrase) -> Result<Vec<u8>, 
     encrypt_with_iterations(pkcs8, passphrase, PBKDF2_ITERATIONS)
 }
 
-fn encrypt_with_iterations(
+pub(crate) fn encrypt_with_iterations(
     pkcs8: &[u8],
     passphrase: &Passphrase,
     iterations: u32,
@@ -233,6 +233,13 @@ pub(crate) fn decrypt(der: &[u8], passphrase: &Passphrase) -> Result<SecretBytes
         .len();
     data.truncate(plain_len);
     Ok(SecretBytes::from(data))
+}
+
+/// The PBKDF2 iteration count an `EncryptedPrivateKeyInfo` (DER) asks for, if it parses;
+/// derives nothing. The fuzz target skips inputs asking for many iterations with it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn iterations(der: &[u8]) -> Option<u32> {
+    Pbes2::parse(der).ok().map(|params| params.iterations.get())
 }
 
 /// The PBES2 parameters and ciphertext of an `EncryptedPrivateKeyInfo`.
