@@ -55,6 +55,8 @@ pub(crate) struct AppState {
     pub broker: Broker,
     pub net: Arc<NetStats>,
     pub events: Arc<crate::identity::NetEvents>,
+    /// Turns true when the hub stops (shutdown, or a failed store): not ready any more.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An API error: status, stable code, message.
@@ -273,8 +275,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/pki/crl/previous", get(crl_previous))
         .merge(crate::est::router())
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Ready while the hub accepts work: 503 once it is stopping or its store failed.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if *s.stopping.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

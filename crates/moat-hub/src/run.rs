@@ -384,6 +384,7 @@ pub async fn run(
         broker: broker.clone(),
         net: net.clone(),
         events: net_events,
+        stopping: stop_rx.clone(),
     });
     tasks.push(tokio::spawn(serve_api(
         api,
@@ -397,6 +398,22 @@ pub async fn run(
         audit_rx,
         stop_rx.clone(),
     ));
+    // SIGHUP reloads the CA and the listeners' certificates from disk, without dropping a
+    // session (after an offline `moat ca import-issuing`, for example).
+    let hup_identity = identity.clone();
+    tasks.push(tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with `moat ca` commands instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match hup_identity.reload_ca("hub:sighup").await {
+                Ok(_) => tracing::info!("SIGHUP: CA and certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the hub keeps its current CA"),
+            }
+        }
+    }));
     let tick_broker = broker.clone();
     let mut tick_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {

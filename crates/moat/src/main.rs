@@ -29,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run the hub (creates the data directory, CA and server certificate on first start).
     Serve(ServeArgs),
+    /// Check a configuration (file and flags) without starting the hub: prints what the hub
+    /// would run with, or the first error with file and line (exit 2).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Manage devices.
     Device {
         #[command(subcommand)]
@@ -110,6 +116,9 @@ struct ServeArgs {
     /// Largest keep alive granted to clients, seconds [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     max_keepalive: Option<u16>,
+    /// Log format on standard error: text (default) or json (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOAT_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Key algorithm of the CA created at first start: p256 (default) or ed25519.
     #[arg(long, value_enum)]
     ca_algorithm: Option<CaAlgorithmArg>,
@@ -119,6 +128,12 @@ struct ServeArgs {
     /// HTTPS listener for the REST API, EST, /metrics and /healthz [default: 127.0.0.1:8443].
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration `moat serve` would run with (same flags).
+    Check(ServeArgs),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -248,20 +263,39 @@ enum DeviceCommand {
     Approve { id: String },
 }
 
-fn init_logging() {
+/// How log lines are written to standard error.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    });
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => config_check(args),
         Command::Device { command, target } => device(command, &target),
         Command::Token { command, target } => ops::token(&target, command),
         Command::Policy { command, target } => ops::policy(&target, command),
@@ -457,6 +491,40 @@ fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         ca_passphrase_file: args.ca_passphrase_file,
         ..Settings::default()
     }))
+}
+
+fn config_check(args: ServeArgs) -> ExitCode {
+    match settings(args).and_then(Settings::resolve) {
+        Ok(c) => {
+            let addr = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+            println!(
+                "configuration ok\n  data-dir: {}\n  mqtt-tls-listen: {}\n  mqtt-wss-listen: {}\n  danger-mqtt-plaintext-listen: {}{}\n  api-listen: {}\n  max-keepalive: {} s\n  device-cert-validity: {} days\n  ca: {}{}",
+                c.data_dir.display(),
+                c.mqtt_tls_listen,
+                addr(c.mqtt_wss_listen),
+                addr(c.danger_mqtt_plaintext_listen),
+                if c.danger_allow_anonymous {
+                    " (anonymous allowed)"
+                } else {
+                    ""
+                },
+                c.api_listen,
+                c.broker.max_keep_alive.as_secs(),
+                c.device_cert_validity.as_secs() / 86_400,
+                c.ca.algorithm,
+                if c.ca.passphrase.is_some() {
+                    ", keys encrypted"
+                } else {
+                    ""
+                },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

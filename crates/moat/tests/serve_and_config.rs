@@ -300,3 +300,105 @@ fn unreadable_config_file_exits_2() {
         show_output(&out)
     );
 }
+
+#[test]
+fn config_check_validates_without_starting() {
+    let dir = TempDir::new("check");
+    let good = dir.path().join("good.toml");
+    fs::write(&good, "max-keepalive = 60\ndevice-cert-validity-days = 7\n").expect("write");
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .args(["config", "check", "--config"])
+            .arg(&good),
+        EVENT_DEADLINE,
+    );
+    assert!(out.status.success(), "{}", show_output(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("configuration ok") && text.contains("max-keepalive: 60 s"),
+        "{text}"
+    );
+    assert!(text.contains("device-cert-validity: 7 days"), "{text}");
+    let bad = dir.path().join("bad.toml");
+    fs::write(&bad, "max-keepalive = 60\nmqtt-tls-listn = \"x\"\n").expect("write");
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .args(["config", "check", "--config"])
+            .arg(&bad),
+        EVENT_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2"),
+        "{}",
+        show_output(&out)
+    );
+    assert!(
+        !dir.path().join("moat-data").exists(),
+        "config check created a data directory"
+    );
+}
+
+#[test]
+fn json_logs_readiness_and_certificate_reload_on_sighup_keep_sessions() {
+    let hub = Hub::start(
+        HubOptions::new()
+            .plaintext_anonymous()
+            .arg("--log-format")
+            .arg("json"),
+    );
+    assert_eq!(hub.api_get("/readyz"), "ready\n");
+    let dev = hub.add_device("hup1");
+    let via = Via::Device(dev);
+    let mut sub = Sub::start(
+        &hub,
+        &via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/hup1/#", "-q", "1"],
+    );
+    hub.send_signal("HUP");
+    // The reload is logged (as JSON); wait for it, bounded.
+    let end = std::time::Instant::now() + EVENT_DEADLINE;
+    while !hub
+        .stderr()
+        .contains("SIGHUP: CA and certificates reloaded")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "no reload logged after SIGHUP\n{}",
+            hub.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/hup1/after", "-m", "still", "-q", "1"],
+    )
+    .assert_ok();
+    sub.expect("devices/hup1/after", "still");
+    sub.kill();
+    mosquitto_pub(
+        &hub,
+        &via,
+        Mqtt::V5,
+        None,
+        &["-t", "devices/hup1/x", "-m", "1", "-q", "1"],
+    )
+    .assert_ok();
+    let stderr = hub.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("===") && !l.starts_with("  "))
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(
+            l.starts_with('{') && l.contains("\"level\""),
+            "not a JSON log line: {l}"
+        );
+    }
+}

@@ -166,6 +166,8 @@ pub struct HubOptions {
     /// Pass only `--data-dir` and `--config`: every listener comes from the file (which must
     /// then set them all to port 0).
     pub config_only: bool,
+    /// More `moat serve` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl HubOptions {
@@ -186,6 +188,10 @@ impl HubOptions {
     }
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_owned());
+        self
+    }
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_owned());
         self
     }
     pub fn config_only(mut self, toml: &str) -> Self {
@@ -364,6 +370,7 @@ impl Hub {
                 self.dir.path().join("moat.toml").display().to_string(),
             ]);
         }
+        args.extend(self.options.extra_args.iter().cloned());
         args
     }
 
@@ -473,6 +480,13 @@ impl Hub {
             );
         }
         creds
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the running hub.
+    pub fn send_signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            signal(child.id(), name);
+        }
     }
 
     /// SIGKILL: no chance to flush anything that was not already durable.
