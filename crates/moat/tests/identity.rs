@@ -86,6 +86,12 @@ fn curl(hub: &Hub, dir: &Path, args: &[&str]) -> (u16, String) {
     (status, body)
 }
 
+/// mosquitto_pub (MQTT 5) through `via` must fail: the handshake or the CONNECT is refused.
+fn assert_refused(hub: &Hub, via: &Via, client_id: Option<&str>, topic: &str, what: &str) {
+    let out = mosquitto_pub(hub, via, Mqtt::V5, client_id, &["-t", topic, "-m", "1"]);
+    assert!(!out.status.success(), "{what}\n{}", out.show());
+}
+
 /// Audit entries (JSON lines) with `action`, waiting (bounded) for the ones the hub writes
 /// asynchronously.
 fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
@@ -257,17 +263,12 @@ fn revoked_certificate_is_refused_to_mosquitto_and_listed_in_the_signed_crl() {
     // Revocation survives a restart.
     let mut hub = hub;
     hub.restart();
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &via,
-        Mqtt::V5,
         None,
-        &["-t", "devices/lost1/x", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "revocation did not survive a restart\n{}",
-        out.show()
+        "devices/lost1/x",
+        "revocation did not survive a restart",
     );
 }
 
@@ -576,30 +577,20 @@ fn expired_not_yet_valid_foreign_and_mismatched_certificates_are_refused_with_re
     let dir = hub.scratch("certs-bad");
 
     let expired = sign_with_issuing_ca(&hub, &dir, "old1", "20200101000000Z", "20200102000000Z");
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &expired,
-        Mqtt::V5,
         Some("old1"),
-        &["-t", "devices/old1/x", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "an expired certificate connected\n{}",
-        out.show()
+        "devices/old1/x",
+        "an expired certificate connected",
     );
     let future = sign_with_issuing_ca(&hub, &dir, "old1", "20990101000000Z", "20990102000000Z");
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &future,
-        Mqtt::V5,
         Some("old1"),
-        &["-t", "devices/old1/x", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "a not-yet-valid certificate connected\n{}",
-        out.show()
+        "devices/old1/x",
+        "a not-yet-valid certificate connected",
     );
 
     // A CA Moat does not know, issuing a perfect-looking device certificate.
@@ -677,17 +668,12 @@ fn expired_not_yet_valid_foreign_and_mismatched_certificates_are_refused_with_re
         key: dir.join("forged.key"),
         ca: root_ca(&hub),
     };
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &forged,
-        Mqtt::V5,
         Some("old1"),
-        &["-t", "devices/old1/x", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "a foreign-CA certificate connected\n{}",
-        out.show()
+        "devices/old1/x",
+        "a foreign-CA certificate connected",
     );
 
     // Client id different from the certificate's device id.
@@ -1066,17 +1052,12 @@ fn factory_certificates_of_a_registered_manufacturer_enroll_just_in_time_after_a
         key: dir.join("fac1-acme-ca.key"),
         ca: root_ca(&hub),
     };
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &factory_via,
-        Mqtt::V5,
         Some("fac1"),
-        &["-t", "devices/fac1/up", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "a factory certificate connected over MQTT\n{}",
-        out.show()
+        "devices/fac1/up",
+        "a factory certificate connected over MQTT",
     );
     // An unregistered manufacturer's certificate does not even complete the TLS handshake
     // with a certificate the hub accepts: no enrollment.
@@ -1246,17 +1227,12 @@ fn issuing_ca_rotation_without_downtime_keeps_old_devices_and_sessions() {
     );
     // Discarding the previous issuing CA (its key compromised, say) cuts what it issued.
     cli_ok(&hub, &["ca", "discard-previous"]);
-    let out = mosquitto_pub(
+    assert_refused(
         &hub,
         &old_via,
-        Mqtt::V5,
         None,
-        &["-t", "devices/before1/x", "-m", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "a certificate of the discarded CA connected\n{}",
-        out.show()
+        "devices/before1/x",
+        "a certificate of the discarded CA connected",
     );
     let after2 = hub.add_device("after2");
     mosquitto_pub(
