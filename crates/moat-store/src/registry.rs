@@ -395,6 +395,11 @@ impl Registry {
         &self.path
     }
 
+    /// Runs one statement; whether it changed a row.
+    fn changes(&self, sql: &str, params: impl rusqlite::Params) -> Result<bool> {
+        self.with(|i| Ok(i.conn.execute(sql, params)? > 0))
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> rusqlite::Result<T>) -> Result<T> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut inner).map_err(|e| StoreError::from_sqlite(&self.path, e))
@@ -496,11 +501,7 @@ impl Registry {
 
     /// Deletes a group; whether it existed.
     pub fn delete_group(&self, name: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn
-                .execute("DELETE FROM groups WHERE name = ?1", [name])?
-                > 0)
-        })
+        self.changes("DELETE FROM groups WHERE name = ?1", [name])
     }
 
     // ---- certificates --------------------------------------------------------------------
@@ -580,13 +581,11 @@ impl Registry {
 
     /// Revokes one certificate; whether it was unrevoked.
     pub fn revoke_certificate(&self, serial: &str, at_ms: u64, reason: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn.execute(
-                "UPDATE certificates SET revoked_at = ?2, reason = ?3
-                 WHERE serial = ?1 AND revoked_at IS NULL",
-                params![serial, to_i64(at_ms), reason],
-            )? > 0)
-        })
+        self.changes(
+            "UPDATE certificates SET revoked_at = ?2, reason = ?3
+             WHERE serial = ?1 AND revoked_at IS NULL",
+            params![serial, to_i64(at_ms), reason],
+        )
     }
 
     /// Every revoked certificate that has not expired before `now_ms` (what a CRL lists).
@@ -628,11 +627,7 @@ impl Registry {
 
     /// Deletes a policy; whether it existed.
     pub fn delete_policy(&self, name: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn
-                .execute("DELETE FROM policies WHERE name = ?1", [name])?
-                > 0)
-        })
+        self.changes("DELETE FROM policies WHERE name = ?1", [name])
     }
 
     // ---- enrollment tokens ---------------------------------------------------------------
@@ -688,23 +683,19 @@ impl Registry {
     /// Takes one use of a token that is unrevoked, unexpired at `now_ms` and has uses left;
     /// whether it could. Atomic: two enrollments racing for the last use get one each at most.
     pub fn take_enrollment_token_use(&self, id: &str, now_ms: u64) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn.execute(
-                "UPDATE enrollment_tokens SET uses_left = uses_left - 1
-                 WHERE id = ?1 AND revoked = 0 AND uses_left > 0 AND expires_at > ?2",
-                params![id, to_i64(now_ms)],
-            )? > 0)
-        })
+        self.changes(
+            "UPDATE enrollment_tokens SET uses_left = uses_left - 1
+             WHERE id = ?1 AND revoked = 0 AND uses_left > 0 AND expires_at > ?2",
+            params![id, to_i64(now_ms)],
+        )
     }
 
     /// Revokes an enrollment token; whether it existed.
     pub fn revoke_enrollment_token(&self, id: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn.execute(
-                "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1",
-                [id],
-            )? > 0)
-        })
+        self.changes(
+            "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1",
+            [id],
+        )
     }
 
     // ---- operators and API tokens --------------------------------------------------------
@@ -784,11 +775,7 @@ impl Registry {
 
     /// Revokes an API token; whether it existed.
     pub fn revoke_api_token(&self, id: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn
-                .execute("UPDATE api_tokens SET revoked = 1 WHERE id = ?1", [id])?
-                > 0)
-        })
+        self.changes("UPDATE api_tokens SET revoked = 1 WHERE id = ?1", [id])
     }
 
     // ---- manufacturers -------------------------------------------------------------------
@@ -836,11 +823,7 @@ impl Registry {
 
     /// Deletes a manufacturer; whether it existed.
     pub fn delete_manufacturer(&self, name: &str) -> Result<bool> {
-        self.with(|i| {
-            Ok(i.conn
-                .execute("DELETE FROM manufacturers WHERE name = ?1", [name])?
-                > 0)
-        })
+        self.changes("DELETE FROM manufacturers WHERE name = ?1", [name])
     }
 
     // ---- meta ----------------------------------------------------------------------------
