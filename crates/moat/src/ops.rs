@@ -242,6 +242,11 @@ fn call_raw(
     }
 }
 
+/// `method path` without a body; on success prints `done`.
+fn act(t: &Target, method: &str, path: &str, done: String) -> ExitCode {
+    finish(call(t, method, path, None).map(|_| done))
+}
+
 fn finish(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(out) => {
@@ -521,14 +526,11 @@ pub fn token(t: &Target, cmd: TokenCommand) -> ExitCode {
                 rows,
             )
         })),
-        TokenCommand::Revoke { id } => finish(
-            call(
-                t,
-                "POST",
-                &format!("/api/v1/enrollment-tokens/{}/revoke", encode_path(&id)),
-                None,
-            )
-            .map(|_| format!("enrollment token {id} revoked")),
+        TokenCommand::Revoke { id } => act(
+            t,
+            "POST",
+            &format!("/api/v1/enrollment-tokens/{}/revoke", encode_path(&id)),
+            format!("enrollment token {id} revoked"),
         ),
     }
 }
@@ -588,14 +590,11 @@ pub fn policy(t: &Target, cmd: PolicyCommand) -> ExitCode {
             )
             .map(|v| pretty(&v)),
         ),
-        PolicyCommand::Delete { name } => finish(
-            call(
-                t,
-                "DELETE",
-                &format!("/api/v1/policies/{}", encode_path(&name)),
-                None,
-            )
-            .map(|_| format!("policy {name} deleted")),
+        PolicyCommand::Delete { name } => act(
+            t,
+            "DELETE",
+            &format!("/api/v1/policies/{}", encode_path(&name)),
+            format!("policy {name} deleted"),
         ),
         PolicyCommand::Test {
             device,
@@ -640,14 +639,11 @@ pub fn group(t: &Target, cmd: GroupCommand) -> ExitCode {
             "/api/v1/groups",
             &[("NAME", "name"), ("POLICIES", "policies")],
         ),
-        GroupCommand::Delete { name } => finish(
-            call(
-                t,
-                "DELETE",
-                &format!("/api/v1/groups/{}", encode_path(&name)),
-                None,
-            )
-            .map(|_| format!("group {name} deleted")),
+        GroupCommand::Delete { name } => act(
+            t,
+            "DELETE",
+            &format!("/api/v1/groups/{}", encode_path(&name)),
+            format!("group {name} deleted"),
         ),
     }
 }
@@ -666,14 +662,11 @@ pub fn api_token(t: &Target, cmd: ApiTokenCommand) -> ExitCode {
         ApiTokenCommand::List => {
             finish(call(t, "GET", "/api/v1/api-tokens", None).map(|v| pretty(&v)))
         }
-        ApiTokenCommand::Revoke { id } => finish(
-            call(
-                t,
-                "POST",
-                &format!("/api/v1/api-tokens/{}/revoke", encode_path(&id)),
-                None,
-            )
-            .map(|_| format!("API token {id} revoked")),
+        ApiTokenCommand::Revoke { id } => act(
+            t,
+            "POST",
+            &format!("/api/v1/api-tokens/{}/revoke", encode_path(&id)),
+            format!("API token {id} revoked"),
         ),
     }
 }
@@ -719,14 +712,11 @@ pub fn manufacturer(t: &Target, cmd: ManufacturerCommand) -> ExitCode {
                 ("APPROVAL", "require_approval"),
             ],
         ),
-        ManufacturerCommand::Delete { name } => finish(
-            call(
-                t,
-                "DELETE",
-                &format!("/api/v1/manufacturers/{}", encode_path(&name)),
-                None,
-            )
-            .map(|_| format!("manufacturer {name} deleted")),
+        ManufacturerCommand::Delete { name } => act(
+            t,
+            "DELETE",
+            &format!("/api/v1/manufacturers/{}", encode_path(&name)),
+            format!("manufacturer {name} deleted"),
         ),
     }
 }

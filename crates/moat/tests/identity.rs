@@ -109,10 +109,8 @@ fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
     }
 }
 
-/// Makes an EC P-256 key and a PKCS#10 request for `cn` with `extra` openssl req options;
-/// returns (key file, base64 DER request file) in `dir`.
-fn key_and_csr(dir: &Path, name: &str, cn: &str, extra: &[&str]) -> (String, String) {
-    let key = format!("{name}.key");
+/// Makes an EC P-256 private key (PEM) in `dir`/`file`.
+fn ec_key(dir: &Path, file: &str) {
     tool_ok(
         "openssl",
         &[
@@ -122,10 +120,17 @@ fn key_and_csr(dir: &Path, name: &str, cn: &str, extra: &[&str]) -> (String, Str
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-out",
-            &key,
+            file,
         ],
         dir,
     );
+}
+
+/// Makes an EC P-256 key and a PKCS#10 request for `cn` with `extra` openssl req options;
+/// returns (key file, base64 DER request file) in `dir`.
+fn key_and_csr(dir: &Path, name: &str, cn: &str, extra: &[&str]) -> (String, String) {
+    let key = format!("{name}.key");
+    ec_key(dir, &key);
     let der = format!("{name}.csr.der");
     let subj = format!("/CN={cn}");
     let mut args = vec![
@@ -509,19 +514,7 @@ fn sign_with_issuing_ca(hub: &Hub, dir: &Path, id: &str, start: &str, end: &str)
     )
     .expect("cnf");
     let key = format!("{id}-{start}.key");
-    tool_ok(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ],
-        dir,
-    );
+    ec_key(dir, &key);
     let csr = format!("{id}-{start}.csr");
     tool_ok(
         "openssl",
