@@ -318,7 +318,15 @@ async fn session<T: Transport>(
             }
         }
         outbox.release_if_empty();
-        let waiting_commit = outbox.blocked_on(*committed.borrow()).is_some();
+        // One reading of the commit watermark for both questions: a commit that lands after
+        // the packets above were popped makes the head ready now, and it must be written
+        // now, not after the next read (waiting on the socket would leave a CONNACK or
+        // PUBACK unsent until the client gives up).
+        let now_committed = *committed.borrow();
+        let waiting_commit = outbox.blocked_on(now_committed).is_some();
+        if !waiting_commit && !outbox.is_empty() {
+            continue;
+        }
         // Flow control: while sessions this client publishes to are backed up, its socket is
         // not read (TCP pushes back on it) and its keep alive is not held against it.
         let mut paused = conn.is_paused();
