@@ -13,6 +13,7 @@
 
 mod brokers;
 mod client;
+mod detect;
 mod pki;
 mod procfs;
 mod report;
@@ -130,6 +131,14 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
 
+    /// Devices in the `detect` scenario.
+    #[arg(long, default_value_t = 100_000)]
+    detect_devices: usize,
+
+    /// Virtual seconds simulated in the `detect` scenario.
+    #[arg(long, default_value_t = 300)]
+    detect_seconds: u64,
+
     /// Print a Markdown block for BENCHMARKS.md instead of the text tables.
     #[arg(long)]
     markdown: bool,
@@ -189,7 +198,18 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let settings = cli.settings();
-    let scenarios = cli.scenarios();
+    let mut scenarios = cli.scenarios();
+    // The detection engine needs no broker: run it first and alone.
+    if scenarios.contains(&Scenario::Detect) {
+        detect::run(&detect::DetectSettings {
+            devices: cli.detect_devices,
+            seconds: cli.detect_seconds,
+        })?;
+        scenarios.retain(|s| *s != Scenario::Detect);
+        if scenarios.is_empty() {
+            return Ok(());
+        }
+    }
     let devices = settings.devices_needed(&scenarios);
 
     // Before any broker is spawned, so that they inherit it. Each side holds one

@@ -42,6 +42,9 @@ pub enum Scenario {
     IdleTls,
     /// Full mutual-TLS handshakes + CONNECT/CONNACK: broker CPU per handshake.
     Handshakes,
+    /// The detection engine alone (no broker): a synthetic fleet's events through
+    /// moat-detect on one thread. Not part of `all`.
+    Detect,
 }
 
 impl Scenario {
@@ -87,6 +90,7 @@ impl Scenario {
                 "{} full mutual-TLS handshakes + CONNECT ({} at a time)",
                 settings.handshakes, settings.handshake_concurrency
             ),
+            Self::Detect => "detection engine (no broker)".to_owned(),
         }
     }
 }
@@ -203,6 +207,7 @@ pub async fn run(
 ) -> Result<Outcome, String> {
     match scenario {
         Scenario::All => Err("`all` is not a single scenario".to_owned()),
+        Scenario::Detect => Err("`detect` runs without a broker".to_owned()),
         Scenario::FanInQos0 => fan_in(broker, settings, QoS::AtMostOnce)
             .await
             .map(Into::into),

@@ -12,7 +12,7 @@
 //! [`NamespaceAuthorizer`], the foundation's fixed rule (`devices/{id}/#`), remains for
 //! embedders and tests without policies.
 
-use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
+use moat_types::{ClientId, DeviceId, Quota, QuotaLimit, TopicFilter, TopicName};
 use std::fmt;
 use std::sync::Arc;
 
@@ -47,6 +47,9 @@ pub enum ConnectDenied {
     ClientIdMismatch,
     /// The principal may not connect at all.
     NotAuthorized,
+    /// The identity connected more often in the last minute than its
+    /// `connections_per_minute` quota allows.
+    ConnectionRateExceeded,
 }
 
 /// What one connected identity may do, bound once at CONNECT and again whenever the policies
@@ -84,6 +87,15 @@ pub trait Permissions: Send + Sync + fmt::Debug {
     fn publish_denied(&self, _topic: &TopicName, _retain: bool) {}
     /// Told when a subscription was refused.
     fn subscribe_denied(&self, _filter: &TopicFilter) {}
+    /// The identity's usage limits, read when the permissions are bound or swapped (never
+    /// per packet). Enforcement is described in [`Quota`].
+    fn quota(&self) -> Quota {
+        Quota::UNLIMITED
+    }
+    /// Told when the connection hit `limit`: once per throttling episode for the rates, on
+    /// each refusal for sizes and counts. Off the fast path; implementations that record it
+    /// bound how often.
+    fn quota_exceeded(&self, _limit: QuotaLimit) {}
 }
 
 /// Permissions that allow nothing: the state of a session whose identity may no longer

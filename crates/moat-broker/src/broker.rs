@@ -4,10 +4,13 @@
 //! `sessions` → `router` → `retained` → a session's state. Routing takes the router lock
 //! only to collect targets and releases it before locking any session.
 
+use crate::traffic::{Observer, Traffic};
 use moat_mqtt::{
     ConnAck, ConnAckProperties, Connect, ProtocolVersion, Publish, SubscriptionOptions,
 };
-use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp, TopicFilter, TopicName};
+use moat_types::{
+    ClientId, QoS, QuotaLimit, SubscriptionFilter, Timestamp, TopicFilter, TopicName,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -37,6 +40,7 @@ pub(crate) struct Shared {
     retained: RwLock<HashMap<TopicName, Arc<Message>>>,
     next_id: AtomicU64,
     pub stats: Stats,
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
 /// The result of a CONNECT.
@@ -107,7 +111,38 @@ impl Broker {
                 retained: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 stats: Stats::default(),
+                observer: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Installs the [`Observer`] told about first-seen topics and subscriptions. Only the
+    /// first call takes effect; returns whether it did.
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) -> bool {
+        self.shared.observer.set(observer).is_ok()
+    }
+
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.shared.observer.get()
+    }
+
+    /// Takes the [`Traffic`] counted for every connected session since the last call,
+    /// calling `f` with the client id, the connection's id, its principal and the counts
+    /// (sessions with nothing counted are skipped). The hub calls it about once a second.
+    pub fn collect_traffic(&self, mut f: impl FnMut(&ClientId, u64, &Principal, Traffic)) {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
+        for cell in cells {
+            let mut st = cell.lock();
+            let principal = st.principal.clone();
+            if let Some(a) = st.attached.as_mut()
+                && !a.traffic.is_empty()
+                && let Some(principal) = principal
+            {
+                let traffic = std::mem::take(&mut a.traffic);
+                let conn_id = a.conn_id;
+                drop(st);
+                f(&cell.client_id, conn_id, &principal, traffic);
+            }
         }
     }
 
@@ -207,6 +242,15 @@ impl Broker {
                     .connect_denied
                     .fetch_add(1, Ordering::Relaxed);
                 return refused(ReasonCode::NotAuthorized);
+            }
+            Err(ConnectDenied::ConnectionRateExceeded) => {
+                self.shared
+                    .stats
+                    .connect_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.quota_exceeded[QuotaLimit::ConnectionsPerMinute.index()]
+                    .fetch_add(1, Ordering::Relaxed);
+                return refused(ReasonCode::ConnectionRateExceeded);
             }
         };
 
@@ -366,6 +410,7 @@ impl Broker {
                     conn_id,
                     waker: waker.clone(),
                     kick: None,
+                    traffic: crate::traffic::Traffic::default(),
                 });
                 st.disconnected_at = None;
                 st.will = will;
@@ -480,6 +525,23 @@ impl Broker {
         for (session_id, sub) in subs {
             router.remove(&sub.filter.filter, sub.filter.share.as_ref(), session_id);
         }
+    }
+
+    /// Publishes a message the hub itself originates (alerts on `$moat/...` topics), QoS 0,
+    /// not retained, without a principal check. Subscribers still need the right to
+    /// receive it.
+    pub fn publish_internal(&self, topic: TopicName, payload: bytes::Bytes, now: Timestamp) {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: Some(topic.clone()),
+            packet_id: None,
+            properties: moat_mqtt::PublishProperties::default(),
+            payload,
+        };
+        let message = Message::new(topic, publish, now, None);
+        self.route(auth::trusted(message), Vec::new(), now);
     }
 
     /// Publishes a will (or any hub-originated message) without a principal check: the will
@@ -1006,6 +1068,24 @@ impl Broker {
         self.unroute(removed);
         self.submit(ops);
         kicked
+    }
+
+    /// Closes (with `reason`) the connection attached to the session of `client_id`, if
+    /// any; whether there was one.
+    pub fn kick_client_id(&self, reason: ReasonCode, client_id: &ClientId) -> bool {
+        let cell = lock(&self.shared.sessions).get(client_id).cloned();
+        let Some(cell) = cell else {
+            return false;
+        };
+        let mut st = cell.lock();
+        match st.attached.as_mut() {
+            Some(a) => {
+                a.kick = Some(reason);
+                a.waker.wake();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes (with `reason`) every connection whose principal matches; returns how many.

@@ -15,7 +15,7 @@ use moat_mqtt::{
     AckProperties, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion, PubResponse,
     Publish, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use moat_types::{ClientId, QoS, SubscriptionFilter, Timestamp, TopicName};
+use moat_types::{ClientId, QoS, Quota, QuotaLimit, SubscriptionFilter, Timestamp, TopicName};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +25,9 @@ use crate::auth::{self, Permissions, Principal};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::persist::{OutboundState, StoreOp};
+use crate::quota::Rates;
 use crate::session::{Inflight, SessionCell};
+use crate::traffic::{SeenTopics, Traffic};
 use crate::{ReasonCode, Wake};
 
 /// Most messages moved into the outbox by one [`Connection::poll_outbound`] call, so that one
@@ -248,7 +250,18 @@ pub struct Connection {
     /// The last topic `permissions` allowed this connection to publish to (see
     /// `auth::check_publish_remembering`); cleared when they change.
     last_allowed_topic: Option<Box<[u8]>>,
+    /// The quota of `permissions`, and the token buckets of its rates.
+    quota: Quota,
+    rates: Rates,
+    /// Publishes counted since the last batch, folded into the session by `flush_wakes`.
+    traffic_in: Traffic,
+    /// Topics published to, for `Observer::first_topic`.
+    seen_topics: SeenTopics,
 }
+
+/// The start of the rate buckets' clock: they start full, and refilling from here (any
+/// real `now` is later) tops them up to their capacity.
+const BUCKETS_EPOCH: Timestamp = Timestamp::from_millis(0);
 
 impl Connection {
     #[allow(clippy::too_many_arguments)]
@@ -268,7 +281,12 @@ impl Connection {
         let v5 = protocol == ProtocolVersion::V5;
         let permissions_generation = cell.permissions_generation();
         let permissions = Arc::clone(&**cell.permissions());
+        let quota = permissions.quota();
         Self {
+            rates: Rates::new(&quota, BUCKETS_EPOCH),
+            quota,
+            traffic_in: Traffic::default(),
+            seen_topics: SeenTopics::default(),
             permissions,
             permissions_generation,
             last_allowed_topic: None,
@@ -310,7 +328,36 @@ impl Connection {
             self.permissions = Arc::clone(&**self.cell.permissions());
             self.permissions_generation = generation;
             self.last_allowed_topic = None;
+            let quota = self.permissions.quota();
+            if quota != self.quota {
+                self.quota = quota;
+                self.rates = Rates::new(&quota, BUCKETS_EPOCH);
+            }
         }
+    }
+
+    /// Counts and reports a quota hit.
+    fn quota_hit(&self, limit: QuotaLimit) {
+        self.broker.stats().quota_exceeded[limit.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(limit = %limit, "quota exceeded");
+        self.permissions.quota_exceeded(limit);
+    }
+
+    /// Whether a rate quota throttles the connection: the driver stops handling and
+    /// reading packets (cheap; the remaining time is [`throttled_for`](Self::throttled_for)).
+    pub fn is_throttled(&self) -> bool {
+        self.rates.is_throttled()
+    }
+
+    /// How long the driver must leave the connection unread because a rate quota
+    /// (`messages_per_second`, `bytes_per_second`) is overdrawn at `now`.
+    pub fn throttled_for(&mut self, now: Timestamp) -> Option<Duration> {
+        self.rates.throttled_for(now)
+    }
+
+    /// The connection's id, unique for the life of the process.
+    pub fn id(&self) -> u64 {
+        self.conn_id
     }
 
     /// The session's client identifier (assigned or as sent).
@@ -341,6 +388,16 @@ impl Connection {
     pub fn flush_wakes(&mut self) {
         for cell in self.pending_wakes.drain(..) {
             cell.deliver_wake();
+        }
+        if self.traffic_in.msgs_in > 0 {
+            let mut st = self.cell.lock();
+            if let Some(a) = st.attached.as_mut()
+                && a.conn_id == self.conn_id
+            {
+                a.traffic.merge_in(&self.traffic_in);
+            }
+            drop(st);
+            self.traffic_in = Traffic::default();
         }
     }
 
@@ -495,6 +552,15 @@ impl Connection {
             (Some(t), None) => t,
             (None, None) => return Err(Close::violation(ReasonCode::ProtocolError)),
         };
+        // Rate quotas count every PUBLISH, allowed or not: the message is handled, and the
+        // driver then stops reading until the bucket is out of debt.
+        self.refresh_permissions();
+        if self.rates.is_limited()
+            && let Some(limit) = self.rates.charge(p.payload.len(), now)
+        {
+            self.quota_hit(limit);
+        }
+        self.traffic_in.record_in(p.payload.len());
         let packet_id = p.packet_id;
         let qos = p.qos;
         let reply = |conn: &Self, reason: ReasonCode, out: &mut Outbox, commit: u64| {
@@ -512,6 +578,13 @@ impl Connection {
             .topic_within_limits(topic.len(), topic.level_count())
         {
             reply(self, ReasonCode::TopicNameInvalid, out, 0);
+            return Ok(());
+        }
+        if let Some(max) = self.quota.max_payload_bytes
+            && p.payload.len() > max as usize
+        {
+            self.quota_hit(QuotaLimit::PayloadSize);
+            reply(self, ReasonCode::QuotaExceeded, out, 0);
             return Ok(());
         }
         // MQTT-3.3.2.3.2: a payload declared UTF-8 must be UTF-8; the hub checks it so that
@@ -534,6 +607,7 @@ impl Connection {
         let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
         let retain = message.retain;
         self.refresh_permissions();
+        let repeat = !retain && self.last_allowed_topic.as_deref() == Some(topic.as_bytes());
         let Some(authorized) = auth::check_publish_remembering(
             &*self.permissions,
             &mut self.last_allowed_topic,
@@ -550,6 +624,12 @@ impl Connection {
             reply(self, ReasonCode::NotAuthorized, out, 0);
             return Ok(());
         };
+        if !repeat
+            && let Some(observer) = self.broker.observer()
+            && self.seen_topics.insert(topic.as_bytes())
+        {
+            observer.first_topic(&self.client_id, &self.principal, &topic);
+        }
         let mut ops = Vec::new();
         if qos == QoS::ExactlyOnce
             && let Some(id) = packet_id
@@ -725,10 +805,16 @@ impl Connection {
                 continue;
             };
             {
+                // The policy's quota (read with the permissions just refreshed) only ever
+                // lowers the hub-wide limit.
+                let quota = self.quota.max_subscriptions.map(|q| q as usize);
+                let limit = quota.map_or(max_subscriptions, |q| q.min(max_subscriptions));
                 let st = self.cell.lock();
-                if !st.subscriptions.contains_key(&wire)
-                    && st.subscriptions.len() >= max_subscriptions
-                {
+                if !st.subscriptions.contains_key(&wire) && st.subscriptions.len() >= limit {
+                    drop(st);
+                    if quota.is_some_and(|q| q < max_subscriptions) {
+                        self.quota_hit(QuotaLimit::Subscriptions);
+                    }
                     codes.push(ReasonCode::QuotaExceeded);
                     continue;
                 }
@@ -741,6 +827,9 @@ impl Connection {
                 s.subscription_identifier,
                 &mut ops,
             );
+            if let Some(observer) = self.broker.observer() {
+                observer.subscribed(&self.client_id, &self.principal, &topic_filter);
+            }
             let send = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendAtSubscribeIfNew => !existed,
@@ -896,6 +985,9 @@ impl Connection {
                     });
                 }
                 continue;
+            }
+            if let Some(a) = st.attached.as_mut() {
+                a.traffic.record_out(pending.message.payload.len());
             }
             if let Some(bytes) = self.shared_encoding(&pending) {
                 out.push_encoded(bytes);

@@ -27,9 +27,11 @@ mod config;
 mod connection;
 mod message;
 pub mod persist;
+mod quota;
 mod router;
 mod session;
 mod stats;
+mod traffic;
 
 pub use auth::{
     Authorized, Authorizer, ConnectDenied, DenyAll, Namespace, NamespaceAuthorizer, Permissions,
@@ -41,6 +43,7 @@ pub use connection::{Close, CloseKind, Connection, Outbox, Outgoing};
 pub use message::Message;
 pub use moat_mqtt::ReasonCode;
 pub use stats::Stats;
+pub use traffic::{NoObserver, Observer, TOPICS_REMEMBERED, TRAFFIC_SIZE_BUCKETS, Traffic};
 
 /// Called by the broker when a connection has something to send or must close.
 /// The network layer implements it (for example with `tokio::sync::Notify`).

@@ -171,6 +171,8 @@ pub(crate) struct Attached {
     pub waker: Arc<dyn Wake>,
     /// Set when the hub wants that connection closed (takeover, administrative action).
     pub kick: Option<ReasonCode>,
+    /// What the connection sent and received since the hub last collected it.
+    pub traffic: crate::traffic::Traffic,
 }
 
 impl std::fmt::Debug for Attached {

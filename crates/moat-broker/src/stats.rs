@@ -1,5 +1,6 @@
 //! Broker counters, read by the hub's metrics endpoint. Bounded: no per-client labels.
 
+use moat_types::QuotaLimit;
 use std::sync::atomic::AtomicU64;
 
 /// Monotonic counters of broker events.
@@ -35,4 +36,7 @@ pub struct Stats {
     pub wills: AtomicU64,
     /// Sessions removed after their expiry interval.
     pub sessions_expired: AtomicU64,
+    /// Times a connection hit a policy quota, by [`QuotaLimit::index`]: throttling episodes
+    /// for the rates, refusals for the others.
+    pub quota_exceeded: [AtomicU64; QuotaLimit::ALL.len()],
 }

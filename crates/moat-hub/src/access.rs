@@ -294,6 +294,39 @@ impl Access {
         password: &str,
         source: IpAddr,
     ) -> Result<(String, Caller), IdentityError> {
+        let caller = self.check_password(user, password, source)?;
+        let now = Instant::now();
+        let (id, token, mac) = new_token(&self.token_key, "st")?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id,
+            Session {
+                caller: caller.clone(),
+                mac,
+                expires: now + SESSION_TTL,
+            },
+        );
+        Ok((token, caller))
+    }
+
+    /// Checks an operator's password, behind the failed-login limiter and the cap on
+    /// concurrent checks (shared by the API's login and the web console's); the caller it
+    /// names on success. Opens no session.
+    pub(crate) fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<Caller, IdentityError> {
         let now = Instant::now();
         // Every attempt counts as a failure until it succeeds, so that parallel guesses from
         // one address cannot all pass the check before any is counted; and at most
@@ -357,31 +390,29 @@ impl Access {
         let role = operator
             .and_then(|o| Role::parse(&o.role))
             .unwrap_or(Role::Auditor);
-        let caller = Caller {
+        Ok(Caller {
             actor: format!("operator:{user}"),
             role,
-        };
-        let (id, token, mac) = new_token(&self.token_key, "st")?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            id,
-            Session {
-                caller: caller.clone(),
-                mac,
-                expires: now + SESSION_TTL,
-            },
-        );
-        Ok((token, caller))
+        })
     }
+}
+
+/// Adds an operator (or replaces its role and password) with a fresh random password,
+/// returned to be shown once; only its argon2id hash is stored.
+pub(crate) fn put_operator(
+    registry: &Registry,
+    name: &str,
+    role: Role,
+) -> Result<String, IdentityError> {
+    crate::identity::validate_name(name, "operator")?;
+    let password = hex(&random_bytes::<12>()?);
+    registry.put_operator(&OperatorRecord {
+        name: name.to_owned(),
+        role: role.as_str().into(),
+        password_hash: hash_password(&password)?,
+        created_at_ms: now_ms(),
+    })?;
+    Ok(password)
 }
 
 fn hash_password(password: &str) -> Result<String, IdentityError> {

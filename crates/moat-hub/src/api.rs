@@ -22,12 +22,13 @@ use moat_audit::{Entry, Outcome};
 use moat_broker::Broker;
 use moat_net::NetStats;
 use moat_policy::Action;
-use moat_store::registry::DeviceStatus;
+use moat_store::registry::{AlertRecord, AlertState, DeviceStatus};
 use moat_types::DeviceId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::access::{Access, Caller, Role};
+use crate::defence::Verdict;
 use crate::enroll::DEFAULT_TOKEN_TTL;
 use crate::identity::{Identity, IdentityError, now_ms};
 
@@ -55,6 +56,10 @@ pub(crate) struct AppState {
     pub broker: Broker,
     pub net: Arc<NetStats>,
     pub events: Arc<crate::identity::NetEvents>,
+    /// The ban list.
+    pub bans: Arc<crate::bans::Bans>,
+    /// Detection and responses (`None` in tests that build an API without them).
+    pub defence: Option<Arc<crate::defence::DefenceHandle>>,
     /// Turns true when the hub stops (shutdown, or a failed store): not ready any more.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -237,6 +242,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/certificates/{serial}/revoke", post(revoke_certificate))
         .route("/manufacturers", get(list_manufacturers))
         .route("/identity-conflicts", get(identity_conflicts))
+        .route("/alerts", get(list_alerts))
+        .route("/alerts/{id}", get(get_alert))
+        .route("/alerts/{id}/confirm", post(confirm_alert))
+        .route("/alerts/{id}/release", post(release_alert))
+        .route("/alerts/{id}/false-positive", post(false_positive_alert))
+        .route("/bans", get(list_bans).post(add_ban))
+        .route("/bans/{id}", axum::routing::delete(remove_ban))
         .route("/ca", get(ca_info))
         .route("/ca/rotate", post(ca_rotate))
         .route("/ca/reload", post(ca_reload))
@@ -290,12 +302,16 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         &s.broker,
         &s.net,
         s.identity.audit.dropped(),
         s.identity.audit.suppressed(),
     );
+    if let Some(d) = &s.defence {
+        d.defence
+            .render_metrics(&mut body, d.actors.webhook.as_ref());
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -815,11 +831,16 @@ async fn test_policy(
             body.action
         ))
     })?;
-    let d = s.identity.test_policy(&body.device, action, &body.topic)?;
+    let (d, quota) = s.identity.test_policy(&body.device, action, &body.topic)?;
+    let quota: serde_json::Map<String, Value> = moat_types::QuotaLimit::ALL
+        .iter()
+        .filter_map(|l| quota.get(*l).map(|v| (l.as_str().to_owned(), v.into())))
+        .collect();
     ok(json!({
         "allowed": d.allowed,
         "statement": d.by.as_ref().map(|b| json!({"policy": b.policy, "statement": b.statement, "effect": b.effect.as_str()})),
         "explanation": d.to_string(),
+        "quota": quota,
     }))
 }
 
@@ -1031,4 +1052,171 @@ async fn export_audit(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(IdentityError::from)?;
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn list_bans(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+) -> ApiResult<axum::Json<Value>> {
+    let items = s.bans.list().await?;
+    ok(json!({"items": items}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    /// `address`, `cidr`, `device` or `client-id`.
+    kind: String,
+    value: String,
+    /// None: permanent.
+    duration_secs: Option<u64>,
+    reason: String,
+}
+
+async fn add_ban(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Json(body): Json<BanBody>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let kind = moat_store::registry::BanKind::parse(&body.kind)
+        .ok_or_else(|| ApiError::bad_request("kind must be address, cidr, device or client-id"))?;
+    let (mut ban, closed) = s
+        .bans
+        .add(
+            &caller.actor,
+            kind,
+            &body.value,
+            body.duration_secs.map(Duration::from_secs),
+            &body.reason,
+        )
+        .await?;
+    ban["closed_connections"] = json!(closed);
+    Ok((StatusCode::CREATED, axum::Json(ban)))
+}
+
+async fn remove_ban(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.bans.remove(&caller.actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- alerts ------------------------------------------------------------------------------
+
+/// Alerts one list returns by default.
+const DEFAULT_ALERTS: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    /// Only alerts raised in the last this many seconds.
+    since_secs: Option<u64>,
+    /// Only alerts in this state: open, confirmed, released or false_positive.
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The stored alert with the engine's explanation spread out: the fields scripts rely on
+/// (`time`, `detector`, `severity`, `device`, `address`, `explanation`, `response`) plus
+/// the registry's id and the alert's standing.
+pub(crate) fn alert_json(a: &AlertRecord) -> Value {
+    let body: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+    json!({
+        "id": a.id,
+        "time": a.time_ms,
+        "detector": a.detector,
+        "severity": a.severity,
+        "device": a.device,
+        "address": a.address,
+        "group": body.get("group").cloned().unwrap_or(Value::Null),
+        "explanation": body.get("explanation").cloned().unwrap_or(Value::Null),
+        "response": a.response,
+        "intended": body
+            .get("intended")
+            .and_then(|i| i.get("action"))
+            .cloned()
+            .unwrap_or(Value::Null),
+        "until": body.get("until_ms").cloned().unwrap_or(Value::Null),
+        "state": a.state.as_str(),
+        "state_at": a.state_at_ms,
+        "state_by": a.state_by,
+    })
+}
+
+async fn list_alerts(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+    Query(q): Query<AlertQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let states = match q.state.as_deref() {
+        None => Vec::new(),
+        Some(name) => vec![AlertState::parse(name).ok_or_else(|| {
+            ApiError::bad_request("state must be open, confirmed, released or false_positive")
+        })?],
+    };
+    let since = q.since_secs.map_or(0, |secs| {
+        crate::identity::now_ms().saturating_sub(secs.saturating_mul(1000))
+    });
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_ALERTS)
+        .clamp(1, moat_store::registry::MAX_PAGE);
+    let registry = s.identity.registry.clone();
+    let records = tokio::task::spawn_blocking(move || registry.alerts(since, &states, limit))
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?
+        .map_err(IdentityError::from)?;
+    ok(json!({"items": records.iter().map(alert_json).collect::<Vec<_>>()}))
+}
+
+async fn get_alert(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+    Path(id): Path<u64>,
+) -> ApiResult<axum::Json<Value>> {
+    let registry = s.identity.registry.clone();
+    let record = tokio::task::spawn_blocking(move || registry.alert(id))
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?
+        .map_err(IdentityError::from)?
+        .ok_or_else(|| IdentityError::NotFound(format!("alert {id}")))?;
+    ok(alert_json(&record))
+}
+
+async fn verdict(s: &AppState, actor: &str, id: u64, v: Verdict) -> ApiResult<axum::Json<Value>> {
+    let Some(defence) = &s.defence else {
+        return Err(IdentityError::NotFound(format!("alert {id}")).into());
+    };
+    let record = defence
+        .defence
+        .verdict(&defence.actors, actor, id, v)
+        .await?
+        .ok_or_else(|| IdentityError::NotFound(format!("alert {id}")))?;
+    ok(alert_json(&record))
+}
+
+async fn confirm_alert(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(id): Path<u64>,
+) -> ApiResult<axum::Json<Value>> {
+    verdict(&s, &caller.actor, id, Verdict::Confirm).await
+}
+
+async fn release_alert(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(id): Path<u64>,
+) -> ApiResult<axum::Json<Value>> {
+    verdict(&s, &caller.actor, id, Verdict::Release).await
+}
+
+async fn false_positive_alert(
+    State(s): State<AppState>,
+    Authed(caller): Authed<OPERATOR>,
+    Path(id): Path<u64>,
+) -> ApiResult<axum::Json<Value>> {
+    verdict(&s, &caller.actor, id, Verdict::FalsePositive).await
 }

@@ -39,7 +39,7 @@ pub struct HubClient {
     token: String,
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ClientError::Setup(format!("cannot read {}: {e}", path.display())))?;
     let mut out = Vec::new();

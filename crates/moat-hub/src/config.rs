@@ -86,6 +86,130 @@ ranged_fn!(
     "max-session-expiry-secs"
 );
 ranged_fn!(retained, usize, 0, 100_000_000, "max-retained-messages");
+ranged_fn!(console_secs, u64, 5, 7 * 86_400, "console session");
+
+/// The `[console]` table: the web console's session lifetimes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConsoleFile {
+    /// A session unused for this long ends (default 900).
+    #[serde(default, deserialize_with = "console_secs")]
+    session_idle_secs: Option<u64>,
+    /// A session ends this long after login, used or not (default 28800).
+    #[serde(default, deserialize_with = "console_secs")]
+    session_max_secs: Option<u64>,
+}
+
+/// The web console's session lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// A session unused for this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after login, used or not.
+    pub session_max: Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            session_idle: Duration::from_secs(15 * 60),
+            session_max: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+ranged_fn!(conn_rate, u32, 1, 1_000_000, "connection rate");
+ranged_fn!(conn_burst, u32, 1, 10_000_000, "connection burst");
+ranged_fn!(ipv4_prefix, u8, 8, 32, "ipv4-network-prefix");
+ranged_fn!(ipv6_prefix, u8, 16, 128, "ipv6-network-prefix");
+ranged_fn!(concurrent, u32, 1, 10_000_000, "max-concurrent-per-address");
+ranged_fn!(tracked, usize, 1_024, 10_000_000, "tracked-entries");
+ranged_fn!(ban_failures, u32, 1, 1_000_000, "auto-ban-failures");
+ranged_fn!(ban_secs, u64, 1, 365 * 86_400, "auto-ban duration");
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<moat_net::IpNet>>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The `[shield]` table: the pre-authentication shield of the MQTT listeners (see
+/// `moat_net::ShieldLimits` for the defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ShieldFile {
+    #[serde(default, deserialize_with = "conn_rate")]
+    max_connection_rate_per_address: Option<u32>,
+    #[serde(default, deserialize_with = "conn_burst")]
+    connection_burst_per_address: Option<u32>,
+    #[serde(default, deserialize_with = "conn_rate")]
+    max_connection_rate_per_network: Option<u32>,
+    #[serde(default, deserialize_with = "conn_burst")]
+    connection_burst_per_network: Option<u32>,
+    #[serde(default, deserialize_with = "ipv4_prefix")]
+    ipv4_network_prefix: Option<u8>,
+    #[serde(default, deserialize_with = "ipv6_prefix")]
+    ipv6_network_prefix: Option<u8>,
+    #[serde(default, deserialize_with = "concurrent")]
+    max_concurrent_per_address: Option<u32>,
+    #[serde(default, deserialize_with = "tracked")]
+    tracked_entries: Option<usize>,
+    /// Networks exempt from rates, concurrent caps and automatic address bans.
+    #[serde(default, deserialize_with = "networks")]
+    exempt: Option<Vec<moat_net::IpNet>>,
+    #[serde(default, deserialize_with = "ban_failures")]
+    auto_ban_failures: Option<u32>,
+    #[serde(default, deserialize_with = "ban_secs")]
+    auto_ban_window_secs: Option<u64>,
+    #[serde(default, deserialize_with = "ban_secs")]
+    auto_ban_base_secs: Option<u64>,
+    #[serde(default, deserialize_with = "ban_secs")]
+    auto_ban_max_secs: Option<u64>,
+    #[serde(default, deserialize_with = "ban_secs")]
+    auto_ban_forget_after_secs: Option<u64>,
+}
+
+impl ShieldFile {
+    fn resolve(self) -> Result<moat_net::ShieldLimits, ConfigError> {
+        let mut l = moat_net::ShieldLimits::default();
+        macro_rules! set {
+            ($($src:ident => $dst:expr),* $(,)?) => { $( if let Some(v) = self.$src { $dst = v; } )* };
+        }
+        set!(
+            max_connection_rate_per_address => l.address_rate,
+            connection_burst_per_address => l.address_burst,
+            max_connection_rate_per_network => l.network_rate,
+            connection_burst_per_network => l.network_burst,
+            ipv4_network_prefix => l.ipv4_prefix,
+            ipv6_network_prefix => l.ipv6_prefix,
+            max_concurrent_per_address => l.max_concurrent_per_address,
+            tracked_entries => l.tracked,
+            exempt => l.exempt,
+            auto_ban_failures => l.auto_ban.failures,
+        );
+        let secs = Duration::from_secs;
+        if let Some(s) = self.auto_ban_window_secs {
+            l.auto_ban.window = secs(s);
+        }
+        if let Some(s) = self.auto_ban_base_secs {
+            l.auto_ban.base = secs(s);
+        }
+        if let Some(s) = self.auto_ban_max_secs {
+            l.auto_ban.max = secs(s);
+        }
+        if let Some(s) = self.auto_ban_forget_after_secs {
+            l.auto_ban.forget_after = secs(s);
+        }
+        if l.auto_ban.max < l.auto_ban.base {
+            return Err(ConfigError::Conflict(
+                "[shield] auto-ban-max-secs must be at least auto-ban-base-secs".into(),
+            ));
+        }
+        Ok(l)
+    }
+}
 
 /// The `[limits]` table.
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +273,25 @@ pub struct Settings {
     pub device_cert_validity_days: Option<u32>,
     /// Limits.
     pub limits: Option<LimitsFile>,
+    /// The web console.
+    pub console: Option<ConsoleFile>,
+    /// The pre-authentication shield.
+    pub shield: Option<ShieldFile>,
+    /// Behaviour monitoring, detection and the response ladder (moat-detect's schema).
+    pub detect: Option<moat_detect::DetectConfig>,
+    /// Where alerts are POSTed, signed.
+    pub alert_webhook: Option<WebhookFile>,
+}
+
+/// The `[alert-webhook]` table (see `moat_hub::webhook`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebhookFile {
+    url: String,
+    secret_file: PathBuf,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    danger_plaintext: bool,
 }
 
 impl Settings {
@@ -188,7 +331,11 @@ impl Settings {
             device_cert_validity_days,
             ca_algorithm,
             ca_passphrase_file,
-            limits
+            limits,
+            console,
+            shield,
+            detect,
+            alert_webhook
         );
         self
     }
@@ -277,6 +424,47 @@ impl Settings {
             },
             broker,
             net,
+            shield: self.shield.map_or_else(
+                || Ok(moat_net::ShieldLimits::default()),
+                ShieldFile::resolve,
+            )?,
+            detect: {
+                let detect = self.detect.unwrap_or_default();
+                detect.validate().map_err(|errors| {
+                    ConfigError::Conflict(
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                })?;
+                detect
+            },
+            alert_webhook: match self.alert_webhook {
+                None => None,
+                Some(w) => {
+                    let settings = crate::webhook::WebhookSettings {
+                        url: w.url,
+                        secret_file: w.secret_file,
+                        ca_file: w.ca_file,
+                        danger_plaintext: w.danger_plaintext,
+                    };
+                    settings.check().map_err(ConfigError::Conflict)?;
+                    Some(settings)
+                }
+            },
+            console: self.console.map_or_else(ConsoleSettings::default, |c| {
+                let d = ConsoleSettings::default();
+                ConsoleSettings {
+                    session_idle: c
+                        .session_idle_secs
+                        .map_or(d.session_idle, Duration::from_secs),
+                    session_max: c
+                        .session_max_secs
+                        .map_or(d.session_max, Duration::from_secs),
+                }
+            }),
         })
     }
 }
@@ -316,6 +504,14 @@ pub struct HubConfig {
     pub device_cert_validity: Duration,
     /// How the CA is created and its keys protected.
     pub ca: crate::CaSettings,
+    /// The web console's session lifetimes.
+    pub console: ConsoleSettings,
+    /// The pre-authentication shield's limits.
+    pub shield: moat_net::ShieldLimits,
+    /// Detection and responses.
+    pub detect: moat_detect::DetectConfig,
+    /// The signed webhook alerts are POSTed to, if any.
+    pub alert_webhook: Option<crate::webhook::WebhookSettings>,
 }
 
 #[cfg(test)]
@@ -374,6 +570,61 @@ mod tests {
         assert_eq!(c.broker.max_keep_alive, Duration::from_secs(30));
         assert_eq!(c.broker.max_packet_size, 4096);
         assert_eq!(c.net.connect_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn shield_settings_apply_and_are_checked() {
+        let c = parse(
+            "[shield]\nmax-connection-rate-per-address = 5\nexempt = [\"127.0.0.0/8\", \"::1\"]\nauto-ban-failures = 3\nauto-ban-base-secs = 2\n",
+        )
+        .expect("valid")
+        .resolve()
+        .expect("resolves");
+        assert_eq!(c.shield.address_rate, 5);
+        assert_eq!(c.shield.exempt.len(), 2);
+        assert_eq!(c.shield.auto_ban.failures, 3);
+        assert_eq!(c.shield.auto_ban.base, Duration::from_secs(2));
+        assert_eq!(
+            c.shield.address_burst,
+            moat_net::ShieldLimits::default().address_burst
+        );
+        assert!(matches!(
+            parse("[shield]\n\nexempt = [\"10.0.0.1/8\"]\n"),
+            Err(ConfigError::Invalid { line: 3, .. })
+        ));
+        assert!(matches!(
+            parse("[shield]\nmax-concurrent-per-address = 0\n"),
+            Err(ConfigError::Invalid { line: 2, .. })
+        ));
+        assert!(matches!(
+            parse("[shield]\nbogus = 1\n"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            parse("[shield]\nauto-ban-base-secs = 100\nauto-ban-max-secs = 10\n")
+                .expect("parses")
+                .resolve(),
+            Err(ConfigError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn console_session_lifetimes() {
+        let c = parse("[console]\nsession-idle-secs = 60\nsession-max-secs = 120\n")
+            .expect("valid")
+            .resolve()
+            .expect("resolves");
+        assert_eq!(c.console.session_idle, Duration::from_secs(60));
+        assert_eq!(c.console.session_max, Duration::from_secs(120));
+        let d = parse("max-keepalive = 30\n")
+            .expect("valid")
+            .resolve()
+            .expect("resolves");
+        assert_eq!(d.console, ConsoleSettings::default());
+        assert!(matches!(
+            parse("[console]\nsession-idle-secs = 1\n"),
+            Err(ConfigError::Invalid { line: 2, .. })
+        ));
     }
 
     #[test]

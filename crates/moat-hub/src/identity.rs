@@ -21,7 +21,10 @@ use moat_broker::{
 use moat_pki::{CertificateAuthority, IssuedCertificate, RevocationReason, RevokedSerial};
 use moat_policy::{Action, BoundPolicy, Decision, PolicyDocument, PolicySet, Subject};
 use moat_store::registry::{CertificateRecord, DeviceRecord, DeviceStatus, GroupRecord, Registry};
-use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
+use moat_types::{ClientId, DeviceId, Quota, QuotaLimit, TopicFilter, TopicName};
+
+use crate::defence::{Mitigation, Mitigations};
+use crate::quota::ConnectRates;
 use rustls::CertificateError;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -33,6 +36,9 @@ pub const ANONYMOUS_GROUP: &str = "anonymous";
 /// The policy a device gets when neither it nor its group names any: the foundation's
 /// namespace rule, `devices/${device.id}/#`.
 pub const DEFAULT_POLICY: &str = "namespace";
+
+/// The policy an automatic quarantine binds, alone.
+pub const QUARANTINE_POLICY: &str = "quarantine";
 /// How long a published CRL is valid (its nextUpdate); it is re-signed at half that age and
 /// at every revocation.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -149,6 +155,19 @@ impl Directory {
         )
     }
 
+    /// The `quarantine` policy alone (stored under that name, or the template), bound to
+    /// the device: an automatic response's quarantine.
+    fn bind_quarantined(&self, device: &DeviceRecord, client_id: &str) -> BoundPolicy {
+        let subject = Subject {
+            device_id: Some(&device.id),
+            group: device.group.as_deref(),
+            attrs: &device.attrs,
+            cert_cn: Some(&device.id),
+            client_id: Some(client_id),
+        };
+        PolicySet::new(self.policies.get(QUARANTINE_POLICY).cloned()).bind(&subject)
+    }
+
     fn bind_device(&self, device: &DeviceRecord, client_id: &str) -> BoundPolicy {
         let subject = Subject {
             device_id: Some(&device.id),
@@ -164,7 +183,7 @@ impl Directory {
 
 /// Policy-bound permissions of one connection.
 #[derive(Debug)]
-struct PolicyPermissions(BoundPolicy, Option<Denials>);
+struct PolicyPermissions(BoundPolicy, Option<Denials>, Mitigation);
 
 /// Where a device's refusals are recorded: the audit trail, with the statement that decided,
 /// at most [`MAX_DENIAL_AUDIT_PER_MINUTE`] a minute per device (a device hammering a denied
@@ -173,6 +192,7 @@ struct PolicyPermissions(BoundPolicy, Option<Denials>);
 struct Denials {
     device: String,
     audit: AuditSink,
+    defence: Arc<OnceLock<crate::defence::Defence>>,
 }
 
 /// Policy denials recorded in the audit trail per device per minute.
@@ -180,6 +200,26 @@ pub const MAX_DENIAL_AUDIT_PER_MINUTE: u32 = 10;
 
 impl Denials {
     fn record(&self, action: Action, what: &str, decision: &Decision) {
+        if let Some(defence) = self.defence.get()
+            && let Ok(device) = DeviceId::parse(&self.device)
+        {
+            let action = match action {
+                Action::Subscribe => moat_detect::Action::Subscribe,
+                Action::Receive => moat_detect::Action::Receive,
+                _ => moat_detect::Action::Publish,
+            };
+            defence.report(crate::defence::Fact {
+                at_ms: now_ms(),
+                peer: crate::defence::UNKNOWN_PEER,
+                connection: 0,
+                device: Some(device),
+                client: None,
+                kind: crate::defence::FactKind::Denied {
+                    action,
+                    topic: what.to_owned(),
+                },
+            });
+        }
         let entry = Entry::new(
             now_ms(),
             format!("device:{}", self.device),
@@ -221,11 +261,11 @@ impl Permissions for PolicyPermissions {
     }
 
     fn may_publish(&self, topic: &TopicName) -> bool {
-        self.0.allows_topic(Action::Publish, topic)
+        !self.2.read_only && self.0.allows_topic(Action::Publish, topic)
     }
 
     fn may_retain(&self, topic: &TopicName) -> bool {
-        self.0.allows_topic(Action::Retain, topic)
+        !self.2.read_only && self.0.allows_topic(Action::Retain, topic)
     }
 
     fn may_subscribe(&self, filter: &TopicFilter) -> bool {
@@ -242,6 +282,36 @@ impl Permissions for PolicyPermissions {
 
     fn may_receive_all(&self, filter: &TopicFilter) -> bool {
         !self.0.has_receive_rules() || self.0.allows_filter(Action::Receive, filter)
+    }
+
+    fn quota(&self) -> Quota {
+        let quota = self.0.quota();
+        match self.2.throttle {
+            Some(rate) => quota.tighten(Quota {
+                messages_per_second: Some(rate),
+                ..Quota::UNLIMITED
+            }),
+            None => quota,
+        }
+    }
+
+    fn quota_exceeded(&self, limit: QuotaLimit) {
+        if let Some(d) = &self.1 {
+            let entry = Entry::new(
+                now_ms(),
+                format!("device:{}", d.device),
+                "quota.exceeded",
+                format!("device:{}", d.device),
+                Outcome::Denied,
+            )
+            .with("limit", limit.as_str())
+            .with("value", self.0.quota().get(limit).unwrap_or(0));
+            d.audit.record_limited(
+                AuditKey::Device(d.device.clone()),
+                MAX_DENIAL_AUDIT_PER_MINUTE,
+                entry,
+            );
+        }
     }
 }
 
@@ -266,6 +336,9 @@ pub(crate) struct PolicyAuthorizer {
     directory: Arc<ArcSwap<Directory>>,
     registry: Arc<Registry>,
     audit: AuditSink,
+    connect_rates: Arc<ConnectRates>,
+    mitigations: Arc<ArcSwap<Mitigations>>,
+    defence: Arc<OnceLock<crate::defence::Defence>>,
 }
 
 impl Authorizer for PolicyAuthorizer {
@@ -286,16 +359,41 @@ impl Authorizer for PolicyAuthorizer {
                 if device.status != DeviceStatus::Active {
                     return Err(ConnectDenied::NotAuthorized);
                 }
-                let bound = directory.bind_device(&device, client_id.as_str());
+                let mitigation = self.mitigations.load().of(&device.id).unwrap_or_default();
+                if mitigation.blocked {
+                    return Err(ConnectDenied::NotAuthorized);
+                }
+                let bound = if mitigation.quarantine {
+                    directory.bind_quarantined(&device, client_id.as_str())
+                } else {
+                    directory.bind_device(&device, client_id.as_str())
+                };
                 if !bound.decide_connect(client_id.as_str()).allowed {
                     return Err(ConnectDenied::NotAuthorized);
+                }
+                if let Some(per_minute) = bound.quota().connections_per_minute
+                    && !self.connect_rates.admit(&device.id, per_minute, now_ms())
+                {
+                    let permissions = PolicyPermissions(
+                        bound,
+                        Some(Denials {
+                            device: device.id.clone(),
+                            audit: self.audit.clone(),
+                            defence: self.defence.clone(),
+                        }),
+                        mitigation,
+                    );
+                    permissions.quota_exceeded(QuotaLimit::ConnectionsPerMinute);
+                    return Err(ConnectDenied::ConnectionRateExceeded);
                 }
                 Ok(Arc::new(PolicyPermissions(
                     bound,
                     Some(Denials {
                         device: device.id.clone(),
                         audit: self.audit.clone(),
+                        defence: self.defence.clone(),
                     }),
+                    mitigation,
                 )))
             }
             // A registered device's client id (and so its session) belongs to the device:
@@ -322,7 +420,11 @@ impl Authorizer for PolicyAuthorizer {
                     if !bound.decide_connect(client_id.as_str()).allowed {
                         return Err(ConnectDenied::NotAuthorized);
                     }
-                    Ok(Arc::new(PolicyPermissions(bound, None)))
+                    Ok(Arc::new(PolicyPermissions(
+                        bound,
+                        None,
+                        Mitigation::default(),
+                    )))
                 }
             },
             Principal::Unauthenticated => Err(ConnectDenied::NotAuthorized),
@@ -604,6 +706,12 @@ pub(crate) async fn audit_writer(
 pub(crate) struct NetEvents {
     pub(crate) audit: AuditSink,
     state: Mutex<ConflictState>,
+    /// Who is online and the recent connection events, for the web console.
+    pub(crate) activity: Arc<crate::console::Activity>,
+    /// Where automatic bans go to be recorded (`bans::maintain`); set once at start.
+    pub(crate) auto_bans: OnceLock<mpsc::Sender<crate::bans::QueuedAutoBan>>,
+    /// The detection engine's queue; set once at start.
+    pub(crate) defence: OnceLock<crate::defence::Defence>,
 }
 
 /// Most identities tracked for clone detection and conflict counts; beyond it the oldest
@@ -616,6 +724,9 @@ pub const MAX_CONFLICT_ADDRESSES: usize = 8;
 struct ConflictState {
     /// Live connections per device, by address.
     live: HashMap<DeviceId, Vec<std::net::SocketAddr>>,
+    /// Connections taken over before their successor was reported connected (the two
+    /// connections' tasks race): the successor compares its address with this one.
+    taken_over: HashMap<DeviceId, (std::net::SocketAddr, std::time::Instant)>,
     /// Devices seen in a conflict.
     conflicts: HashMap<String, Conflict>,
 }
@@ -648,7 +759,47 @@ impl NetEvents {
         Self {
             audit,
             state: Mutex::new(ConflictState::default()),
+            activity: Arc::default(),
+            auto_bans: OnceLock::new(),
+            defence: OnceLock::new(),
         }
+    }
+
+    /// Sends a fact to the detection engine, if it runs.
+    fn detect(
+        &self,
+        peer: std::net::SocketAddr,
+        connection: u64,
+        principal: Option<&Principal>,
+        client: Option<&str>,
+        kind: crate::defence::FactKind,
+    ) {
+        if let Some(defence) = self.defence.get() {
+            defence.report(crate::defence::Fact {
+                at_ms: now_ms(),
+                peer,
+                connection,
+                device: match principal {
+                    Some(Principal::Device(id)) => Some(id.clone()),
+                    _ => None,
+                },
+                client: client.and_then(|c| ClientId::parse(c).ok()),
+                kind,
+            });
+        }
+    }
+
+    /// Devices with a live connection from an address `banned` says yes to.
+    pub(crate) fn devices_live_from(
+        &self,
+        banned: impl Fn(std::net::IpAddr) -> bool,
+    ) -> HashSet<String> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.live
+            .iter()
+            .filter(|(_, addrs)| addrs.iter().any(|a| banned(a.ip())))
+            .map(|(id, _)| id.to_string())
+            .collect()
     }
 
     fn conflict<R>(&self, device: &str, f: impl FnOnce(&mut Conflict) -> R) -> R {
@@ -684,7 +835,44 @@ impl NetEvents {
 }
 
 impl moat_net::SecurityEvents for NetEvents {
+    fn auto_banned(&self, peer: std::net::SocketAddr, ban: &moat_net::AutoBan) {
+        let queued = self
+            .auto_bans
+            .get()
+            .is_some_and(|tx| tx.try_send((peer, ban.clone())).is_ok());
+        if !queued {
+            tracing::error!(%peer, offender = ?ban.offender, "automatic ban not recorded (queue full); it applies until restart");
+        }
+    }
+
+    fn deadline_missed(&self, peer: std::net::SocketAddr, phase: &str) {
+        let kind = if phase == "CONNECT" {
+            crate::defence::FactKind::ConnectTimeout
+        } else {
+            crate::defence::FactKind::HandshakeTimeout
+        };
+        self.detect(peer, 0, None, None, kind);
+        self.audit.record_unauthenticated(
+            Some(peer.ip()),
+            Entry::new(
+                now_ms(),
+                format!("peer:{peer}"),
+                "security.deadline_missed",
+                format!("peer:{}", peer.ip()),
+                Outcome::Denied,
+            )
+            .with("phase", phase),
+        );
+    }
+
     fn handshake_failed(&self, peer: std::net::SocketAddr, reason: &str) {
+        // A handshake that ran out of time is a slow-loris signal, not a certificate one.
+        let kind = if reason.contains("timed out") {
+            crate::defence::FactKind::HandshakeTimeout
+        } else {
+            crate::defence::FactKind::TlsFailed(crate::defence::tls_failure(reason))
+        };
+        self.detect(peer, 0, None, None, kind);
         self.audit.record_unauthenticated(
             Some(peer.ip()),
             Entry::new(
@@ -705,6 +893,13 @@ impl moat_net::SecurityEvents for NetEvents {
         client_id: &str,
         reason: ReasonCode,
     ) {
+        self.detect(
+            peer,
+            0,
+            Some(principal),
+            Some(client_id),
+            crate::defence::FactKind::Refused(crate::defence::refused_reason(reason)),
+        );
         let why = match (principal, reason) {
             (Principal::Device(id), ReasonCode::NotAuthorized) if id.as_str() != client_id => {
                 self.conflict(id.as_str(), |c| {
@@ -736,10 +931,24 @@ impl moat_net::SecurityEvents for NetEvents {
         );
     }
 
-    fn connected(&self, peer: std::net::SocketAddr, principal: &Principal, _client_id: &ClientId) {
+    fn connected(
+        &self,
+        peer: std::net::SocketAddr,
+        principal: &Principal,
+        client_id: &ClientId,
+        connection: u64,
+    ) {
+        self.detect(
+            peer,
+            connection,
+            Some(principal),
+            Some(client_id.as_str()),
+            crate::defence::FactKind::Accepted,
+        );
         let Principal::Device(id) = principal else {
             return;
         };
+        self.activity.connected(id.as_str());
         let others: Vec<std::net::SocketAddr> = {
             let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if st.live.len() >= MAX_TRACKED_IDENTITIES && !st.live.contains_key(id) {
@@ -747,12 +956,20 @@ impl moat_net::SecurityEvents for NetEvents {
                 // dropping the map loses clone detection for connections already open.
                 st.live.clear();
             }
+            // A successor is reported within moments of the takeover, or not at all.
+            let predecessor = st
+                .taken_over
+                .remove(id)
+                .filter(|(_, at)| at.elapsed() < Duration::from_secs(10))
+                .map(|(addr, _)| addr);
             let live = st.live.entry(id.clone()).or_default();
-            let others = live
+            let mut others: Vec<std::net::SocketAddr> = live
                 .iter()
+                .chain(predecessor.iter())
                 .filter(|a| a.ip() != peer.ip())
                 .copied()
                 .collect();
+            others.dedup();
             if live.len() < MAX_CONFLICT_ADDRESSES {
                 live.push(peer);
             }
@@ -783,10 +1000,51 @@ impl moat_net::SecurityEvents for NetEvents {
         }
     }
 
-    fn disconnected(&self, peer: std::net::SocketAddr, principal: &Principal) {
+    fn disconnected(
+        &self,
+        peer: std::net::SocketAddr,
+        principal: &Principal,
+        connection: u64,
+        close: &moat_broker::Close,
+        lasted: Duration,
+    ) {
+        use moat_broker::CloseKind;
+        use moat_detect::DisconnectCause;
+        if close.kind == CloseKind::Violation {
+            self.detect(
+                peer,
+                connection,
+                Some(principal),
+                None,
+                crate::defence::FactKind::ProtocolError,
+            );
+        }
+        let cause = match close.kind {
+            CloseKind::ClientDisconnect { .. } => DisconnectCause::Client,
+            CloseKind::Lost if close.reason == ReasonCode::KeepAliveTimeout => {
+                DisconnectCause::KeepAliveTimeout
+            }
+            CloseKind::Lost => DisconnectCause::ConnectionLost,
+            CloseKind::TakenOver => DisconnectCause::TakenOver,
+            CloseKind::Kicked if close.reason == ReasonCode::ServerShuttingDown => {
+                DisconnectCause::Shutdown
+            }
+            CloseKind::Kicked | CloseKind::Violation => DisconnectCause::Server,
+        };
+        self.detect(
+            peer,
+            connection,
+            Some(principal),
+            None,
+            crate::defence::FactKind::Disconnected {
+                cause,
+                connected_ms: u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
         let Principal::Device(id) = principal else {
             return;
         };
+        self.activity.disconnected(id.as_str());
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(live) = st.live.get_mut(id) {
             if let Some(i) = live.iter().position(|a| *a == peer) {
@@ -794,6 +1052,15 @@ impl moat_net::SecurityEvents for NetEvents {
             }
             if live.is_empty() {
                 st.live.remove(id);
+                // Taken over, and the successor has not been reported yet: leave it this
+                // address to compare with.
+                if close.kind == CloseKind::TakenOver {
+                    if st.taken_over.len() >= MAX_TRACKED_IDENTITIES {
+                        st.taken_over.clear();
+                    }
+                    st.taken_over
+                        .insert(id.clone(), (peer, std::time::Instant::now()));
+                }
             }
         }
     }
@@ -827,6 +1094,10 @@ pub struct Identity {
     /// Serialises changes: registry write, snapshot rebuild, re-authorization.
     pub(crate) changes: tokio::sync::Mutex<()>,
     pub(crate) device_validity: Duration,
+    /// Automatic responses in force (quarantine, read-only, throttle), per device.
+    pub(crate) mitigations: Arc<ArcSwap<Mitigations>>,
+    /// Where policy denials go for detection, once the defence runs.
+    defence: Arc<OnceLock<crate::defence::Defence>>,
 }
 
 impl Identity {
@@ -850,7 +1121,23 @@ impl Identity {
             crl: Mutex::new([None, None]),
             changes: tokio::sync::Mutex::new(()),
             device_validity,
+            mitigations: Arc::default(),
+            defence: Arc::default(),
         })
+    }
+
+    /// The group of `device` in the directory snapshot, for the detection engine's priors.
+    pub(crate) fn group_of(&self, device: &str) -> Option<String> {
+        self.directory
+            .load()
+            .devices
+            .get(device)
+            .and_then(|d| d.group.clone())
+    }
+
+    /// Sends policy denials to the detection engine from now on.
+    pub(crate) fn attach_defence(&self, defence: crate::defence::Defence) {
+        let _ = self.defence.set(defence);
     }
 
     pub(crate) fn authorizer(&self) -> PolicyAuthorizer {
@@ -858,6 +1145,9 @@ impl Identity {
             directory: self.directory.clone(),
             registry: self.registry.clone(),
             audit: self.audit.clone(),
+            connect_rates: Arc::default(),
+            mitigations: self.mitigations.clone(),
+            defence: self.defence.clone(),
         }
     }
 
@@ -1238,12 +1528,13 @@ impl Identity {
 
     /// What the policies decide for `device` doing `action` on `topic` (a topic name, or a
     /// filter for `subscribe`, or a client id for `connect`), and which statement decided.
+    /// What the device's policies decide for `action` on `topic`, and the quota they set.
     pub(crate) fn test_policy(
         &self,
         device: &str,
         action: Action,
         topic: &str,
-    ) -> Result<Decision, IdentityError> {
+    ) -> Result<(Decision, Quota), IdentityError> {
         let directory = self.directory.load();
         let record = find_device(&directory, &self.registry, device)
             .ok_or_else(|| IdentityError::NotFound(format!("device {device}")))?;
@@ -1261,7 +1552,7 @@ impl Identity {
                 bound.decide_topic(action, &name)
             }
         };
-        Ok(decision)
+        Ok((decision, bound.quota()))
     }
 
     // ---- CRL -----------------------------------------------------------------------------

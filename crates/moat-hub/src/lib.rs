@@ -4,9 +4,11 @@
 //! restore), binding listeners, periodic broker work, the identity service (`identity.rs`:
 //! device directory, policy authorizer, live certificate check, revocation, audit sink),
 //! enrollment (`enroll.rs`, `jit.rs`), CA operations on a running hub (`ca.rs`) and the
-//! listeners' swappable TLS (`tls.rs`), operator access (`access.rs`), the HTTPS API
+//! listeners' swappable TLS (`tls.rs`), the ban list behind the MQTT listeners' shield
+//! (`bans.rs`), operator access (`access.rs`), the HTTPS API
 //! (`api.rs`: REST under `/api/v1`, `est.rs`: EST, `/pki/`, `/metrics`, `/healthz`,
-//! `/api/openapi.json`), the CLI's client (`client.rs`), and graceful shutdown.
+//! `/api/openapi.json`), the web console on the same listener (`console/`: pages, sessions,
+//! CSRF, live events), the CLI's client (`client.rs`), and graceful shutdown.
 //!
 //! Does not own: protocol logic (moat-broker), sockets per MQTT connection (moat-net), SQL
 //! (moat-store), key material (moat-pki), policy semantics (moat-policy), the audit chain
@@ -21,9 +23,12 @@
 
 mod access;
 mod api;
+mod bans;
 pub mod ca;
 pub mod client;
 pub mod config;
+mod console;
+mod defence;
 mod enroll;
 mod est;
 mod identity;
@@ -31,10 +36,14 @@ mod idle;
 mod jit;
 mod metrics;
 mod openapi;
+mod quota;
 mod run;
 mod tls;
+pub mod webhook;
 
 pub use access::{Role, cli_token_path};
 pub use config::{ConfigError, HubConfig, Settings};
 pub use identity::{ANONYMOUS_GROUP, DEFAULT_POLICY, IdentityError};
-pub use run::{CaSettings, HUB_FILE, HubError, Ready, add_device, open_registry, run};
+pub use run::{
+    CaSettings, HUB_FILE, HubError, Ready, add_device, add_operator, open_registry, run,
+};

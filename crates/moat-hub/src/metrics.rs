@@ -195,6 +195,17 @@ pub fn render(
     }
     let _ = writeln!(
         out,
+        "# HELP moat_quota_exceeded_total Times a device hit a policy quota, by limit: throttling episodes for the rates, refusals for the others.\n# TYPE moat_quota_exceeded_total counter"
+    );
+    for limit in moat_types::QuotaLimit::ALL {
+        let _ = writeln!(
+            out,
+            "moat_quota_exceeded_total{{limit=\"{limit}\"}} {}",
+            load(&s.quota_exceeded[limit.index()])
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP moat_handshake_failures_total Connections that failed before MQTT began, by reason.\n# TYPE moat_handshake_failures_total counter"
     );
     for why in HandshakeFailure::ALL {
@@ -205,5 +216,24 @@ pub fn render(
             net.failures(why)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP moat_shield_refused_total Connections closed at accept by the pre-authentication shield, before TLS, by reason.\n# TYPE moat_shield_refused_total counter"
+    );
+    for why in moat_net::Refusal::ALL {
+        let _ = writeln!(
+            out,
+            "moat_shield_refused_total{{reason=\"{}\"}} {}",
+            why.label(),
+            net.refusals(why)
+        );
+    }
+    metric(
+        &mut out,
+        "moat_auto_bans_total",
+        "counter",
+        "Automatic bans issued after repeated authentication failures (by address or by device).",
+        load(&net.auto_bans),
+    );
     out
 }

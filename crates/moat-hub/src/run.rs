@@ -202,6 +202,29 @@ pub fn add_device(
     Ok(())
 }
 
+/// Adds an operator (or gives an existing one `role` and a new password) in the registry
+/// and records it in the audit trail; returns the random password, to be shown once. Works
+/// beside a running hub, which reads operators from the registry at each login.
+pub fn add_operator(
+    data_dir: &Path,
+    name: &str,
+    role: crate::access::Role,
+) -> Result<String, HubError> {
+    let registry = open_registry(data_dir)?;
+    let password = crate::access::put_operator(&registry, name, role)?;
+    registry.append_audit(vec![
+        moat_audit::Entry::new(
+            crate::identity::now_ms(),
+            "cli:local",
+            "operator.put",
+            format!("operator:{name}"),
+            moat_audit::Outcome::Success,
+        )
+        .with("role", role.as_str()),
+    ])?;
+    Ok(password)
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, HubError> {
     TcpListener::bind(addr)
         .await
@@ -367,6 +390,35 @@ pub async fn run(
         source,
     })?;
     let mut tasks = Vec::new();
+    // The pre-authentication shield, shared by every MQTT listener, with the stored bans
+    // loaded before the first accept.
+    let shield = moat_net::Shield::new(config.shield.clone());
+    if !config.shield.exempt.is_empty() {
+        let exempt: Vec<String> = config
+            .shield
+            .exempt
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::warn!(
+            ?exempt,
+            "shield: these networks are exempt from connection rates, concurrent caps and automatic address bans"
+        );
+    }
+    let bans = crate::bans::Bans::start(
+        identity.clone(),
+        shield.clone(),
+        broker.clone(),
+        net_events.clone(),
+    )
+    .await?;
+    let (auto_ban_tx, auto_ban_rx) = crate::bans::auto_ban_queue();
+    let _ = net_events.auto_bans.set(auto_ban_tx);
+    tasks.push(tokio::spawn(crate::bans::maintain(
+        bans.clone(),
+        auto_ban_rx,
+        stop_rx.clone(),
+    )));
     for l in listeners {
         tasks.push(tokio::spawn(moat_net::serve(
             l,
@@ -375,17 +427,53 @@ pub async fn run(
             net.clone(),
             committed_rx.clone(),
             events.clone(),
+            shield.clone(),
             stop_rx.clone(),
         )));
     }
-    let app = crate::api::router(AppState {
+    // Behaviour monitoring, detection and automatic responses (issue 4): the engine's task
+    // is fed by the broker's observer, the network events and the traffic counts.
+    let (defence, facts) = crate::defence::Defence::new();
+    let _ = broker.set_observer(Arc::new(crate::defence::BrokerFacts(defence.clone())));
+    identity.attach_defence(defence.clone());
+    let _ = net_events.defence.set(defence.clone());
+    let actors = crate::defence::Actors {
+        broker: broker.clone(),
+        identity: identity.clone(),
+        registry: identity.registry.clone(),
+        audit: audit.clone(),
+        bans: bans.clone(),
+        webhook: match &config.alert_webhook {
+            None => None,
+            Some(settings) => {
+                let (webhook, task) =
+                    crate::webhook::start(settings, stop_rx.clone()).map_err(HubError::Invalid)?;
+                tasks.push(task);
+                tracing::info!(url = %settings.url, "alerts are sent to the webhook");
+                Some(webhook)
+            }
+        },
+    };
+    tasks.push(tokio::spawn(crate::defence::run(
+        defence.clone(),
+        config.detect.clone(),
+        facts,
+        actors.clone(),
+        stop_rx.clone(),
+    )));
+    let app_state = AppState {
         identity: identity.clone(),
         access: access.clone(),
         broker: broker.clone(),
         net: net.clone(),
         events: net_events,
+        bans,
+        defence: Some(Arc::new(crate::defence::DefenceHandle { defence, actors })),
         stopping: stop_rx.clone(),
-    });
+    };
+    // The web console shares the API's listener, TLS and state.
+    let app = crate::api::router(app_state.clone())
+        .merge(crate::console::router(app_state, config.console));
     tasks.push(tokio::spawn(serve_api(
         api,
         tls.api.clone(),

@@ -65,6 +65,7 @@ pub(crate) struct DriverContext {
     pub stats: Arc<NetStats>,
     pub committed: Committed,
     pub events: Arc<dyn SecurityEvents>,
+    pub shield: Arc<crate::shield::Shield>,
 }
 
 /// Runs one MQTT connection to its end.
@@ -95,6 +96,7 @@ pub(crate) async fn run<T: Transport>(
         io.close().await;
         return;
     };
+    let connected_at = Instant::now();
     let span =
         tracing::info_span!("mqtt", client = %conn.client_id(), principal = %conn.principal());
     let close = Box::pin(session(
@@ -109,10 +111,17 @@ pub(crate) async fn run<T: Transport>(
     .instrument(span.clone())
     .await;
     let principal_of_closed = conn.principal().clone();
+    let connection = conn.id();
     Box::pin(finish(&mut io, conn, close, &mut wbuf, &ctx))
         .instrument(span)
         .await;
-    ctx.events.disconnected(peer, &principal_of_closed);
+    ctx.events.disconnected(
+        peer,
+        &principal_of_closed,
+        connection,
+        &close,
+        connected_at.elapsed(),
+    );
 }
 
 /// Reads CONNECT within the deadline and asks the broker. On success the CONNACK is in
@@ -162,13 +171,38 @@ async fn accept_connect<T: Transport>(
             }
             Ok(_) => return None,
             Err(_) => {
+                // One deadline for the whole CONNECT, however slowly its bytes arrive.
                 ctx.stats.fail(HandshakeFailure::ConnectTimeout);
+                ctx.events.deadline_missed(peer, "CONNECT");
                 return None;
             }
         }
     };
     let protocol = connect.protocol;
     let client_id = connect.client_id.clone();
+    let device = match &principal {
+        Principal::Device(id) => Some(id.as_str()),
+        _ => None,
+    };
+    if ctx
+        .shield
+        .bans()
+        .identity_banned(device, &client_id, crate::listener::now_ms())
+    {
+        // MQTT 5: 0x8A Banned; MQTT 3.1.1 has no such code and gets 0x05 "not authorized".
+        tracing::info!(%principal, "connection refused: banned");
+        ctx.events
+            .connect_refused(peer, &principal, &client_id, ReasonCode::Banned);
+        crate::listener::authentication_failed(ctx, peer, device);
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Banned,
+            properties: ConnAckProperties::default(),
+        });
+        moat_mqtt::encode(&connack, protocol, wbuf);
+        let _ = io.write_all_from(wbuf).await;
+        return None;
+    }
     let waker: Arc<dyn Wake> = notify.clone();
     let outcome = ctx
         .broker
@@ -178,6 +212,15 @@ async fn accept_connect<T: Transport>(
             tracing::info!(%principal, ?reason, "connection refused");
             ctx.events
                 .connect_refused(peer, &principal, &client_id, reason);
+            if reason == ReasonCode::NotAuthorized {
+                // Not authorized or a client id that is not the certificate's: counted against
+                // the address and, for a device (its identity is proven), against the device.
+                let device = match &principal {
+                    Principal::Device(id) => Some(id.as_str()),
+                    _ => None,
+                };
+                crate::listener::authentication_failed(ctx, peer, device);
+            }
             moat_mqtt::encode(&Packet::ConnAck(connack), protocol, wbuf);
             let _ = io.write_all_from(wbuf).await;
             None
@@ -188,8 +231,12 @@ async fn accept_connect<T: Transport>(
             commit,
         } => {
             tracing::debug!(session_present = connack.session_present, "connected");
-            ctx.events
-                .connected(peer, connection.principal(), connection.client_id());
+            ctx.events.connected(
+                peer,
+                connection.principal(),
+                connection.client_id(),
+                connection.id(),
+            );
             outbox.push(Packet::ConnAck(connack), commit);
             Some(connection)
         }
@@ -256,6 +303,9 @@ async fn session<T: Transport>(
     // new timer registration per loop turn.
     let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
     tokio::pin!(keep_alive_timer);
+    // Armed only while a rate quota throttles the connection.
+    let throttle_timer = tokio::time::sleep_until(last_heard);
+    tokio::pin!(throttle_timer);
     loop {
         // Handle what has been read, stopping as soon as a session this client publishes
         // to is backed up: the rest waits in the buffer until it drains.
@@ -263,7 +313,7 @@ async fn session<T: Transport>(
         if !conn.is_paused() {
             let now = Timestamp::now();
             loop {
-                if conn.has_congestion() {
+                if conn.has_congestion() || conn.is_throttled() {
                     stopped_early = true;
                     break;
                 }
@@ -327,6 +377,18 @@ async fn session<T: Transport>(
         if !waiting_commit && !outbox.is_empty() {
             continue;
         }
+        // Rate quotas: while the client is over its messages or bytes per second, its
+        // socket is not read either (nothing is lost; TCP slows the client down), and its
+        // keep alive is not held against it.
+        let throttled = if conn.is_throttled() {
+            conn.throttled_for(Timestamp::now())
+        } else {
+            None
+        };
+        if let Some(wait) = throttled {
+            throttle_timer.as_mut().reset(Instant::now() + wait);
+            last_heard = Instant::now();
+        }
         // Flow control: while sessions this client publishes to are backed up, its socket is
         // not read (TCP pushes back on it) and its keep alive is not held against it.
         let mut paused = conn.is_paused();
@@ -344,13 +406,14 @@ async fn session<T: Transport>(
                 continue;
             }
             last_heard = Instant::now();
-        } else if stopped_early {
+        } else if stopped_early && throttled.is_none() {
             // The congestion cleared already: handle the rest of the buffer before reading.
             continue;
         }
+        let reading = !paused && throttled.is_none();
 
         tokio::select! {
-            read = io.read_into(rbuf, read_hint), if !paused => {
+            read = io.read_into(rbuf, read_hint), if reading => {
                 match read {
                     Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
                     Ok(n) => {
@@ -369,7 +432,8 @@ async fn session<T: Transport>(
                     };
                 }
             }
-            () = &mut keep_alive_timer, if !paused => {
+            () = &mut throttle_timer, if throttled.is_some() => {}
+            () = &mut keep_alive_timer, if reading => {
                 // Re-armed lazily: reads only record when they happened.
                 let deadline = last_heard + keep_alive;
                 if deadline > Instant::now() {

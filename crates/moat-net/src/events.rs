@@ -4,8 +4,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use moat_broker::{Principal, ReasonCode};
+use moat_broker::{Close, Principal, ReasonCode};
 use moat_types::ClientId;
+use std::time::Duration;
+
+use crate::shield::AutoBan;
 
 /// Receives what happened at the edge. Every method has an empty default.
 pub trait SecurityEvents: Send + Sync + fmt::Debug {
@@ -22,9 +25,34 @@ pub trait SecurityEvents: Send + Sync + fmt::Debug {
     ) {
     }
     /// A CONNECT from `peer` was accepted.
-    fn connected(&self, _peer: SocketAddr, _principal: &Principal, _client_id: &ClientId) {}
-    /// A connection accepted with [`connected`](Self::connected) ended.
-    fn disconnected(&self, _peer: SocketAddr, _principal: &Principal) {}
+    /// `connection` is the broker's id of the connection ([`Connection::id`]).
+    ///
+    /// [`Connection::id`]: moat_broker::Connection::id
+    fn connected(
+        &self,
+        _peer: SocketAddr,
+        _principal: &Principal,
+        _client_id: &ClientId,
+        _connection: u64,
+    ) {
+    }
+    /// A connection accepted with [`connected`](Self::connected) ended, why (`close`) and
+    /// how long after its CONNECT was accepted.
+    fn disconnected(
+        &self,
+        _peer: SocketAddr,
+        _principal: &Principal,
+        _connection: u64,
+        _close: &Close,
+        _lasted: Duration,
+    ) {
+    }
+    /// The shield banned an address or a device after repeated authentication failures
+    /// (already in force until [`AutoBan::expires_at_ms`]); the last failure came from `peer`.
+    fn auto_banned(&self, _peer: SocketAddr, _ban: &AutoBan) {}
+    /// A connection from `peer` was closed because `phase` did not finish within its
+    /// deadline (a slow-loris, or a client that connects and says nothing).
+    fn deadline_missed(&self, _peer: SocketAddr, _phase: &str) {}
 }
 
 /// Discards every event.

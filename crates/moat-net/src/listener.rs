@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::driver::{self, Committed, DriverContext};
 use crate::events::SecurityEvents;
+use crate::shield::{Offender, Shield, ShieldGuard};
 use crate::stats::{HandshakeFailure, NetStats};
 use crate::transport::Stream;
 use crate::ws;
@@ -83,7 +84,32 @@ pub struct Listener {
     pub kind: ListenerKind,
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Wall-clock milliseconds since the Unix epoch, which ban expiries are in.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Counts an authentication failure from `peer` against its address and, when the identity
+/// was proven, against `device`; records the automatic bans that completes.
+pub(crate) fn authentication_failed(ctx: &DriverContext, peer: SocketAddr, device: Option<&str>) {
+    let now = std::time::Instant::now();
+    let now_ms = now_ms();
+    let offenders = std::iter::once(Offender::Address(peer.ip()))
+        .chain(device.map(|d| Offender::Device(d.to_owned())));
+    for offender in offenders {
+        if let Some(ban) = ctx.shield.note_failure(offender, now, now_ms) {
+            ctx.stats.auto_bans.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, offender = ?ban.offender, secs = ban.duration.as_secs(), "automatic ban");
+            ctx.events.auto_banned(peer, &ban);
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true. Each accepted socket first passes the
+/// `shield` (bans, rates, concurrent caps); a refused one is closed before any TLS work.
+#[allow(clippy::too_many_arguments)] // each is a distinct part of the hub's wiring
 pub async fn serve(
     listener: Listener,
     broker: Broker,
@@ -91,6 +117,7 @@ pub async fn serve(
     stats: Arc<NetStats>,
     committed: Committed,
     events: Arc<dyn SecurityEvents>,
+    shield: Arc<Shield>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = DriverContext {
@@ -99,6 +126,7 @@ pub async fn serve(
         stats,
         committed,
         events,
+        shield,
     };
     loop {
         let accepted = tokio::select! {
@@ -114,8 +142,21 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let guard = match ctx
+            .shield
+            .admit(peer.ip(), std::time::Instant::now(), now_ms())
+        {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                // Closed at once: no task, no TLS, no log line per connection (a flood would
+                // turn it into a log flood); the metric counts it.
+                ctx.stats.refuse(refusal);
+                drop(tcp);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         let span = tracing::debug_span!("conn", %peer);
         // Each kind spawns its own future type, so a task is exactly as large as its
@@ -129,6 +170,7 @@ pub async fn serve(
                 };
                 spawn_counted(
                     ctx.clone(),
+                    guard,
                     driver::run(Stream(tcp), peer, principal, ctx).instrument(span),
                 );
             }
@@ -136,6 +178,7 @@ pub async fn serve(
                 let config = slot.load_full();
                 spawn_counted(
                     ctx.clone(),
+                    guard,
                     mqtt_tls(tcp, peer, config, ctx).instrument(span),
                 );
             }
@@ -143,6 +186,7 @@ pub async fn serve(
                 let config = slot.load_full();
                 spawn_counted(
                     ctx.clone(),
+                    guard,
                     mqtt_wss(tcp, peer, config, ctx).instrument(span),
                 );
             }
@@ -152,12 +196,15 @@ pub async fn serve(
 
 fn spawn_counted(
     ctx: DriverContext,
+    guard: ShieldGuard,
     connection: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::spawn(async move {
         ctx.stats.open.fetch_add(1, Ordering::Relaxed);
         connection.await;
         ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+        // The address's concurrent slot is freed when the connection is gone.
+        drop(guard);
     });
 }
 
@@ -182,8 +229,27 @@ async fn mqtt_wss(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, c
                 .handshake_failed(peer, &format!("websocket upgrade refused: {e}"));
             tracing::debug!(%peer, error = %e, "websocket upgrade refused");
         }
-        Err(_) => ctx.stats.fail(HandshakeFailure::Timeout),
+        Err(_) => {
+            ctx.stats.fail(HandshakeFailure::Timeout);
+            ctx.events.deadline_missed(peer, "WebSocket upgrade");
+        }
     }
+}
+
+/// Whether a failed handshake is an authentication failure (a client certificate refused or
+/// missing), as opposed to a network or protocol problem (a port scan, a health check that
+/// closes at once, an old TLS version), which does not count towards an automatic ban.
+fn is_authentication_failure(e: &std::io::Error) -> bool {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+    )
 }
 
 /// The TLS handshake and the identity it proves.
@@ -193,6 +259,8 @@ async fn handshake(
     config: Arc<ServerConfig>,
     ctx: &DriverContext,
 ) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Principal)> {
+    // One deadline for the whole handshake, however the client trickles its bytes: a
+    // slow-loris cannot extend it by sending a byte now and then.
     let accept = TlsAcceptor::from(config).accept(tcp);
     let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
         Ok(Ok(tls)) => Box::new(tls),
@@ -200,6 +268,9 @@ async fn handshake(
             ctx.stats.fail(HandshakeFailure::Tls);
             tracing::debug!(error = %e, "TLS handshake failed");
             ctx.events.handshake_failed(peer, &e.to_string());
+            if is_authentication_failure(&e) {
+                authentication_failed(ctx, peer, None);
+            }
             return None;
         }
         Err(_) => {
@@ -226,6 +297,7 @@ async fn handshake(
             tracing::info!(error = %e, "certificate names no valid device");
             ctx.events
                 .handshake_failed(peer, &format!("certificate names no valid device: {e}"));
+            authentication_failed(ctx, peer, None);
             None
         }
     }

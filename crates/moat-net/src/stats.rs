@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::shield::Refusal;
+
 /// Why a connection failed before MQTT began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandshakeFailure {
@@ -59,6 +61,9 @@ pub struct NetStats {
     /// Connections closed because keep alive expired.
     pub keep_alive_timeouts: AtomicU64,
     failures: [AtomicU64; 6],
+    refusals: [AtomicU64; 4],
+    /// Automatic bans the shield issued.
+    pub auto_bans: AtomicU64,
 }
 
 impl NetStats {
@@ -70,5 +75,15 @@ impl NetStats {
     /// Failures of one kind so far.
     pub fn failures(&self, why: HandshakeFailure) -> u64 {
         self.failures[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts one connection the shield closed at accept.
+    pub fn refuse(&self, why: Refusal) {
+        self.refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections the shield closed for one reason so far.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refusals[why as usize].load(Ordering::Relaxed)
     }
 }

@@ -5,6 +5,7 @@ use crate::action::{Action, ActionSet, Effect};
 use crate::error::{Format, PolicyError};
 use crate::limits::{MAX_DOCUMENT_BYTES, MAX_NAME_LEN, MAX_STATEMENTS, MAX_TOPICS_PER_STATEMENT};
 use crate::pattern::TopicPattern;
+use moat_types::{Quota, QuotaLimit};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
@@ -31,6 +32,7 @@ fn is_name(s: &str) -> bool {
 pub struct PolicyDocument {
     name: String,
     statements: Vec<Statement>,
+    quota: Quota,
 }
 
 /// One allow or deny statement.
@@ -145,6 +147,52 @@ struct Schema {
     _version: Version,
     #[serde(default, deserialize_with = "statement_list")]
     statement: Vec<Statement>,
+    #[serde(default, deserialize_with = "quota_table")]
+    quota: Quota,
+}
+
+fn quota_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Quota, D::Error> {
+    QuotaSchema::deserialize(d)?
+        .into_quota()
+        .map_err(serde::de::Error::custom)
+}
+
+/// The optional `[quota]` table: usage limits for every identity the document is attached
+/// to (see [`Quota`] for how each is enforced).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaSchema {
+    messages_per_second: Option<u32>,
+    bytes_per_second: Option<u32>,
+    max_subscriptions: Option<u32>,
+    max_payload_bytes: Option<u32>,
+    connections_per_minute: Option<u32>,
+}
+
+impl QuotaSchema {
+    fn into_quota(self) -> Result<Quota, String> {
+        let quota = Quota {
+            messages_per_second: self.messages_per_second,
+            bytes_per_second: self.bytes_per_second,
+            max_subscriptions: self.max_subscriptions,
+            max_payload_bytes: self.max_payload_bytes,
+            connections_per_minute: self.connections_per_minute,
+        };
+        // A rate of zero would stall a connection for ever; forbidding an action is what
+        // deny statements are for.
+        for limit in [
+            QuotaLimit::MessagesPerSecond,
+            QuotaLimit::BytesPerSecond,
+            QuotaLimit::ConnectionsPerMinute,
+        ] {
+            if quota.get(limit) == Some(0) {
+                return Err(format!(
+                    "quota `{limit}` is 0: a rate must be at least 1 (deny the action instead)"
+                ));
+            }
+        }
+        Ok(quota)
+    }
 }
 
 struct Version;
@@ -205,6 +253,7 @@ impl PolicyDocument {
         let document = Self {
             name: name.to_owned(),
             statements: schema.statement,
+            quota: schema.quota,
         };
         let canonical = document.to_json().len();
         if canonical > MAX_DOCUMENT_BYTES {
@@ -224,6 +273,11 @@ impl PolicyDocument {
     /// The statements, in document order.
     pub fn statements(&self) -> &[Statement] {
         &self.statements
+    }
+
+    /// The usage limits the document sets ([`Quota::UNLIMITED`] without a `[quota]` table).
+    pub fn quota(&self) -> Quota {
+        self.quota
     }
 
     /// The canonical JSON form: compact, keys sorted, actions in [`Action::ALL`] order
@@ -254,6 +308,18 @@ impl PolicyDocument {
             })
             .collect();
         let mut document = serde_json::Map::new();
+        if !self.quota.is_unlimited() {
+            let mut quota = serde_json::Map::new();
+            let mut set: Vec<(&str, u32)> = QuotaLimit::ALL
+                .iter()
+                .filter_map(|l| self.quota.get(*l).map(|v| (l.as_str(), v)))
+                .collect();
+            set.sort_unstable();
+            for (key, value) in set {
+                quota.insert(key.into(), value.into());
+            }
+            document.insert("quota".into(), quota.into());
+        }
         document.insert("statement".into(), statements.into());
         document.insert("version".into(), POLICY_VERSION.into());
         // `Value`'s Display writes compact JSON and cannot fail.

@@ -84,6 +84,24 @@
 //! subscribe statements), so the hub may skip per-delivery checks. If any statement names
 //! `receive`, receive is decided by the statements naming it, deny by default.
 //!
+//! # Quotas
+//!
+//! A document may also set usage limits in an optional `[quota]` table; every field is
+//! optional:
+//!
+//! ```toml
+//! [quota]
+//! messages_per_second = 50        # PUBLISH packets per second (at least 1)
+//! bytes_per_second = 65536        # PUBLISH payload bytes per second (at least 1)
+//! max_subscriptions = 20          # subscriptions held at once
+//! max_payload_bytes = 4096        # largest PUBLISH payload
+//! connections_per_minute = 6      # accepted CONNECTs per minute (at least 1)
+//! ```
+//!
+//! Quotas of the documents in a set combine field by field, the tightest value winning
+//! ([`BoundPolicy::quota`]): attaching a policy to a device or to its group can only lower
+//! what it may use. How the broker enforces each field is in [`moat_types::Quota`].
+//!
 //! # Built-in templates
 //!
 //! All are scoped with `${device.id}` and grant nothing to a subject without one

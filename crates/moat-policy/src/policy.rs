@@ -4,7 +4,7 @@ use crate::action::{Action, Effect};
 use crate::document::PolicyDocument;
 use crate::filter::Filter;
 use crate::pattern::Unbound;
-use moat_types::{TopicFilter, TopicName};
+use moat_types::{Quota, TopicFilter, TopicName};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -140,6 +140,10 @@ impl PolicySet {
     pub fn bind(&self, subject: &Subject<'_>) -> BoundPolicy {
         let mut compiled = Compiled {
             receive_rules: self.receive_rules,
+            quota: self
+                .documents
+                .iter()
+                .fold(Quota::UNLIMITED, |q, d| q.tighten(d.quota())),
             ..Compiled::default()
         };
         for document in &self.documents {
@@ -196,6 +200,7 @@ struct Compiled {
     by_action: [Rules; Action::ALL.len()],
     statements: Vec<StatementRef>,
     receive_rules: bool,
+    quota: Quota,
 }
 
 enum Verdict {
@@ -217,6 +222,12 @@ impl BoundPolicy {
         Self {
             compiled: Arc::new(Compiled::default()),
         }
+    }
+
+    /// The usage limits of the subject: the tightest value of each field over every
+    /// document of the set.
+    pub fn quota(&self) -> Quota {
+        self.compiled.quota
     }
 
     /// Decides a `Publish`, `Retain` or `Receive` of `topic`.

@@ -256,7 +256,7 @@ fn errors_display_policy_format_and_position() {
     let err = PolicyDocument::parse("sensor", "version = 1\nextra = 1\n").expect_err("invalid");
     assert_eq!(
         err.to_string(),
-        "policy `sensor` (TOML) line 2, column 1: unknown field `extra`, expected `version` or `statement`"
+        "policy `sensor` (TOML) line 2, column 1: unknown field `extra`, expected one of `version`, `statement`, `quota`"
     );
 }
 
@@ -403,4 +403,65 @@ fn templates_parse_and_round_trip() {
     }
     assert_eq!(template("admin"), None);
     assert_eq!(template_text("admin"), None);
+}
+
+#[test]
+fn quotas_parse_validate_and_survive_the_canonical_form() {
+    use moat_policy::{PolicySet, Subject};
+    use std::sync::Arc;
+    let text = "version = 1\n[quota]\nmessages_per_second = 50\nmax_payload_bytes = 4096\n";
+    let doc = PolicyDocument::parse("limits", text).expect("valid quota");
+    assert_eq!(doc.quota().messages_per_second, Some(50));
+    assert_eq!(doc.quota().max_payload_bytes, Some(4096));
+    assert_eq!(doc.quota().bytes_per_second, None);
+    let json = doc.to_json();
+    assert_eq!(
+        json,
+        r#"{"quota":{"max_payload_bytes":4096,"messages_per_second":50},"statement":[],"version":1}"#
+    );
+    assert_eq!(
+        PolicyDocument::from_json("limits", &json).expect("canonical"),
+        doc
+    );
+    // No table, or an empty one: no quota, and the canonical form says nothing.
+    let plain = PolicyDocument::parse("p", "version = 1\n[quota]\n").expect("empty table");
+    assert!(plain.quota().is_unlimited());
+    assert!(!plain.to_json().contains("quota"));
+
+    // Unknown keys, zero rates and values out of range are refused with their position.
+    let (_, location, message) = invalid("version = 1\n[quota]\nmessages_per_minute = 5\n");
+    assert!(message.contains("messages_per_minute"), "{message}");
+    assert_eq!(location.line, 3, "{message}");
+    let (_, _, message) = invalid("version = 1\n[quota]\nbytes_per_second = 0\n");
+    assert!(
+        message.contains("bytes_per_second") && message.contains("at least 1"),
+        "{message}"
+    );
+    let (_, _, message) = invalid("version = 1\n[quota]\nmax_subscriptions = -1\n");
+    assert!(!message.is_empty());
+    let (_, _, message) = invalid(r#"{"version":1,"quota":{"max_payload_bytes":5000000000}}"#);
+    assert!(!message.is_empty());
+    // Zero subscriptions and empty payloads only are legitimate limits.
+    let none = PolicyDocument::parse("p", "version = 1\n[quota]\nmax_subscriptions = 0\n")
+        .expect("zero subscriptions");
+    assert_eq!(none.quota().max_subscriptions, Some(0));
+
+    // Several documents: the tightest value of each field wins.
+    let other = PolicyDocument::parse(
+        "group",
+        "version = 1\n[quota]\nmessages_per_second = 10\nmax_subscriptions = 3\n",
+    )
+    .expect("valid");
+    let bound = PolicySet::new([Arc::new(doc), Arc::new(other)]).bind(&Subject::device("d1"));
+    let q = bound.quota();
+    assert_eq!(q.messages_per_second, Some(10));
+    assert_eq!(q.max_payload_bytes, Some(4096));
+    assert_eq!(q.max_subscriptions, Some(3));
+    assert_eq!(q.connections_per_minute, None);
+    assert!(
+        PolicySet::new([Arc::new(template("sensor").expect("built-in"))])
+            .bind(&Subject::device("d1"))
+            .quota()
+            .is_unlimited()
+    );
 }

@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
+mod alerts;
+mod bans;
+pub use alerts::{AlertRecord, AlertState, NewAlert};
+pub use bans::{BanKind, BanRecord, BanUpdate};
+
 /// Most rows one list call returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -120,6 +125,15 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 const REGISTRY_VERSION: i64 = 1;
+
+/// Every device's standing, from [`Registry::device_standings`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStandings {
+    /// (device id, standing), in id order.
+    pub standings: Vec<(String, DeviceStatus)>,
+    /// The distinct policy names that devices attach, sorted.
+    pub policies: Vec<String>,
+}
 
 /// A device's standing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -325,6 +339,8 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
         tx.execute_batch(REGISTRY_SCHEMA).map_err(e)?;
+        tx.execute_batch(bans::SCHEMA).map_err(e)?;
+        tx.execute_batch(alerts::SCHEMA).map_err(e)?;
         let version: Option<i64> = tx
             .query_row(
                 "SELECT version FROM registry_version WHERE id = 1",
@@ -933,6 +949,131 @@ impl Registry {
         let path = self.path.clone();
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         read_audit(&inner.conn, after, limit).map_err(|e| row_error(&path, e))
+    }
+
+    /// Records with `seq < before` (every record if `None`) whose actor, action, subject or
+    /// detail contains `needle` (ASCII case-insensitive; every record if empty), newest first,
+    /// at most `limit` (≤ [`MAX_PAGE`]). A needle that matches nothing reads the whole trail.
+    pub fn search_audit(
+        &self,
+        before: Option<u64>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let limit = limit.min(MAX_PAGE);
+        let path = self.path.clone();
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let needle = needle.to_ascii_lowercase();
+        let read = || -> rusqlite::Result<Vec<Record>> {
+            let mut st = inner.conn.prepare_cached(
+                "SELECT seq, at, actor, action, subject, outcome, detail, prev, hash
+                 FROM audit WHERE seq < ?1 AND (?2 = ''
+                   OR instr(lower(actor), ?2) > 0 OR instr(lower(action), ?2) > 0
+                   OR instr(lower(subject), ?2) > 0 OR instr(lower(detail), ?2) > 0)
+                 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let before = before.map_or(i64::MAX, to_i64);
+            st.query_map(params![before, needle, limit as i64], audit_row)?
+                .collect()
+        };
+        read().map_err(|e| row_error(&path, e))
+    }
+
+    /// Every device's id and standing, and the policies devices attach: what a fleet
+    /// summary needs, without decoding every device's attributes.
+    pub fn device_standings(&self) -> Result<DeviceStandings> {
+        self.with(|i| {
+            let mut st = i
+                .conn
+                .prepare_cached("SELECT id, status FROM devices ORDER BY id")?;
+            let standings = st
+                .query_map([], |r| {
+                    let status: String = r.get(1)?;
+                    Ok((
+                        r.get(0)?,
+                        DeviceStatus::parse(&status)
+                            .ok_or_else(|| bad_column(1, "unknown status"))?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = i
+                .conn
+                .prepare_cached("SELECT DISTINCT policies FROM devices WHERE policies != '[]'")?;
+            let mut names = std::collections::BTreeSet::new();
+            for row in st.query_map([], |r| from_json::<Vec<String>>(r, 0))? {
+                names.extend(row?);
+            }
+            Ok(DeviceStandings {
+                standings,
+                policies: names.into_iter().collect(),
+            })
+        })
+    }
+
+    /// For each device with an unrevoked certificate, when the last of them expires
+    /// (device id, not-after in ms), in device id order.
+    pub fn certificate_expiry_by_device(&self) -> Result<Vec<(String, u64)>> {
+        self.with(|i| {
+            let mut st = i.conn.prepare_cached(
+                "SELECT device_id, MAX(not_after) FROM certificates
+                 WHERE revoked_at IS NULL GROUP BY device_id ORDER BY device_id",
+            )?;
+            st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    /// Inserts or replaces many devices and certificates in one transaction (bulk imports and
+    /// fleet-sized tests; one commit instead of one per row).
+    pub fn import(
+        &self,
+        devices: &[DeviceRecord],
+        certificates: &[CertificateRecord],
+    ) -> Result<()> {
+        self.with(|i| {
+            let tx = i.conn.transaction()?;
+            {
+                let mut put = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO devices
+                     (id, grp, status, attrs, policies, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for d in devices {
+                    put.execute(params![
+                        d.id,
+                        d.group,
+                        d.status.as_str(),
+                        json(&d.attrs),
+                        json(&d.policies),
+                        to_i64(d.created_at_ms),
+                        to_i64(d.updated_at_ms)
+                    ])?;
+                }
+                let mut add = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO certificates
+                     (serial, device_id, not_before, not_after, issued_at, source, revoked_at, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for c in certificates {
+                    add.execute(params![
+                        c.serial,
+                        c.device_id,
+                        to_i64(c.not_before_ms),
+                        to_i64(c.not_after_ms),
+                        to_i64(c.issued_at_ms),
+                        c.source,
+                        c.revoked_at_ms.map(to_i64),
+                        c.reason
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
     }
 
     /// Verifies the whole trail against its anchor, reading it in pages.

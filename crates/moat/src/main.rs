@@ -91,6 +91,49 @@ enum Command {
         #[command(flatten)]
         target: ops::Target,
     },
+    /// Print a shell completion script: `moat completions bash > /etc/bash_completion.d/moat`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Alerts of the detection engine: list and show them with their explanation; confirm,
+    /// release or mark false positive (operators; auditors list and show).
+    Alerts {
+        #[command(subcommand)]
+        command: ops::AlertCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// The ban list: addresses and networks refused before TLS, devices and client ids
+    /// refused at CONNECT (operators add and remove; auditors list).
+    Ban {
+        #[command(subcommand)]
+        command: ops::BanCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+    /// Operators who log in to the web console and the API (on the hub's machine: writes the
+    /// registry in --data-dir directly).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Add an operator, or give an existing one a new role and password. Prints a random
+    /// password once; only its argon2id hash is stored.
+    Add {
+        /// Login name: 1-64 characters of A-Z a-z 0-9 . _ -
+        name: String,
+        /// admin, operator or auditor.
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -302,8 +345,34 @@ fn main() -> ExitCode {
         Command::Group { command, target } => ops::group(&target, command),
         Command::Audit { command, target } => ops::audit(&target, command),
         Command::ApiToken { command, target } => ops::api_token(&target, command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "moat", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Alerts { command, target } => ops::alerts(&target, command),
+        Command::Ban { command, target } => ops::ban(&target, command),
         Command::Manufacturer { command, target } => ops::manufacturer(&target, command),
         Command::Ca { command, target } => ca(command, &target),
+        Command::Operator {
+            command: OperatorCommand::Add { name, role },
+            target,
+        } => {
+            let Some(role) = moat_hub::Role::parse(&role) else {
+                eprintln!("error: role must be admin, operator or auditor");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match moat_hub::add_operator(&target.data_dir(), &name, role) {
+                Ok(password) => {
+                    println!("operator {name} ({}): password {password}", role.as_str());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 use crate::{EXIT_CONFIG, EXIT_FAILURE};
 
+mod alerts;
+pub use alerts::{AlertCommand, alerts};
+
 /// Where the hub is.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
@@ -158,6 +161,44 @@ pub enum ApiTokenCommand {
     List,
     /// Revoke an API token by id.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BanCommand {
+    /// List the bans in force (with --json: one JSON object per line).
+    List,
+    /// Ban an address, a network, a device or a client id. A device or client-id ban closes
+    /// its live sessions at once; an address or network ban closes devices connected from it.
+    Add {
+        #[command(flatten)]
+        what: BanWhat,
+        /// How long: 90s, 30m, 24h, 7d (default: until removed).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Why (kept with the ban and in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a ban by id (automatic bans too).
+    Remove { id: String },
+}
+
+/// What a ban applies to: exactly one of these.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct BanWhat {
+    /// An IP address (refused before TLS).
+    #[arg(long)]
+    address: Option<String>,
+    /// An IP network such as 192.0.2.0/24 (refused before TLS).
+    #[arg(long)]
+    cidr: Option<String>,
+    /// A device id (refused at CONNECT).
+    #[arg(long)]
+    device: Option<String>,
+    /// An MQTT client id (refused at CONNECT).
+    #[arg(long)]
+    client_id: Option<String>,
 }
 
 /// Parses `90s`, `30m`, `24h`, `7d` or plain seconds.
@@ -616,7 +657,13 @@ pub fn policy(t: &Target, cmd: PolicyCommand) -> ExitCode {
                     } else {
                         "DENY"
                     };
-                    format!("{verdict}: {}", s(&v["explanation"]))
+                    let mut text = format!("{verdict}: {}", s(&v["explanation"]));
+                    if let Some(quota) = v["quota"].as_object().filter(|q| !q.is_empty()) {
+                        let set: Vec<String> =
+                            quota.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        text.push_str(&format!("\nquota: {}", set.join(", ")));
+                    }
+                    text
                 }
             }),
         ),
@@ -821,6 +868,105 @@ pub fn audit(t: &Target, cmd: AuditCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `5m`, `3h`, `2d`: roughly how long until `at_ms` (milliseconds since the epoch).
+fn remaining(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let secs = at_ms.saturating_sub(now).div_ceil(1000);
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7_200 => format!("{}m", secs / 60),
+        7_200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+pub fn ban(t: &Target, cmd: BanCommand) -> ExitCode {
+    match cmd {
+        BanCommand::List => finish(call(t, "GET", "/api/v1/bans", None).map(|v| {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if t.json {
+                // One object per line, for scripts.
+                return items
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            let rows = items
+                .iter()
+                .map(|b| {
+                    vec![
+                        s(&b["id"]),
+                        s(&b["kind"]),
+                        s(&b["value"]),
+                        b["expires_at_ms"]
+                            .as_u64()
+                            .map_or_else(|| "never".to_owned(), remaining),
+                        s(&b["created_by"]),
+                        s(&b["reason"]),
+                    ]
+                })
+                .collect();
+            table(&["ID", "KIND", "VALUE", "EXPIRES IN", "BY", "REASON"], rows)
+        })),
+        BanCommand::Add {
+            what,
+            duration,
+            reason,
+        } => {
+            let (kind, value) = match what {
+                BanWhat {
+                    address: Some(v), ..
+                } => ("address", v),
+                BanWhat { cidr: Some(v), .. } => ("cidr", v),
+                BanWhat {
+                    device: Some(v), ..
+                } => ("device", v),
+                BanWhat {
+                    client_id: Some(v), ..
+                } => ("client-id", v),
+                _ => {
+                    eprintln!("error: give one of --address, --cidr, --device, --client-id");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let body = json!({
+                "kind": kind,
+                "value": value,
+                "duration_secs": duration.map(|d| d.as_secs()),
+                "reason": reason,
+            });
+            finish(call(t, "POST", "/api/v1/bans", Some(body)).map(|v| {
+                if t.json {
+                    v.to_string()
+                } else {
+                    format!(
+                        "banned {} {} (id {}{}); {} live connection(s) closed",
+                        s(&v["kind"]),
+                        s(&v["value"]),
+                        s(&v["id"]),
+                        v["expires_at_ms"]
+                            .as_u64()
+                            .map_or_else(String::new, |at| format!(
+                                ", expires in {}",
+                                remaining(at)
+                            )),
+                        s(&v["closed_connections"]),
+                    )
+                }
+            }))
+        }
+        BanCommand::Remove { id } => act(
+            t,
+            "DELETE",
+            &format!("/api/v1/bans/{}", encode_path(&id)),
+            format!("ban {id} removed"),
+        ),
     }
 }
 

@@ -402,3 +402,31 @@ fn json_logs_readiness_and_certificate_reload_on_sighup_keep_sessions() {
         );
     }
 }
+
+#[test]
+fn shell_completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_with_deadline(
+            std::process::Command::new(moat_bin()).args(["completions", shell]),
+            EVENT_DEADLINE,
+        );
+        assert!(out.status.success(), "{shell}\n{}", show_output(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["serve", "device", "alerts", "ban", "policy", "--data-dir"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // The bash script is valid bash.
+    let dir = TempDir::new("completions");
+    let out = run_with_deadline(
+        std::process::Command::new(moat_bin()).args(["completions", "bash"]),
+        EVENT_DEADLINE,
+    );
+    let file = dir.path().join("moat.bash");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let check = run_with_deadline(
+        std::process::Command::new("bash").arg("-n").arg(&file),
+        EVENT_DEADLINE,
+    );
+    assert!(check.status.success(), "{}", show_output(&check));
+}

@@ -280,9 +280,23 @@ impl Hub {
 
     /// A hub that is not running yet (its data directory does not exist until `moat serve` or
     /// `moat device add` creates it); start it with [`Hub::start_again`].
-    pub fn prepare(options: HubOptions) -> Hub {
+    pub fn prepare(mut options: HubOptions) -> Hub {
         let dir = TempDir::new("hub");
         fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
+        // Detection runs in every test hub, but its responses are executed only in hubs
+        // whose configuration says something about `[detect]` (the defence tests): the
+        // other suites probe authorization on purpose, and a quarantine after their third
+        // refused topic would test the detector instead of the protocol.
+        let detect_default = "[detect]\nmode = \"dry_run\"\n";
+        match &mut options.config {
+            // Appended: top-level keys before it stay top-level.
+            Some(toml) if !toml.contains("[detect") => {
+                toml.push('\n');
+                toml.push_str(detect_default);
+            }
+            Some(_) => {}
+            None => options.config = Some(detect_default.to_owned()),
+        }
         if let Some(toml) = &options.config {
             fs::write(dir.path().join("moat.toml"), toml).expect("write config");
         }

@@ -1,0 +1,288 @@
+//! The per-entity state: devices, groups and addresses, and the features and limits that
+//! size them.
+
+use std::net::IpAddr;
+
+use crate::event::SIZE_BUCKETS;
+use crate::hst::Masses;
+use crate::stats::{Baseline, EwMedian, FpRing, MINUTE_DECAY, decay};
+
+/// The base window: features are accumulated per device over this many milliseconds, then
+/// learned; per-minute counters decay once per window.
+pub const WINDOW_MS: u64 = 10_000;
+/// Live connections tracked per device (clone detection); more are counted, not tracked.
+pub const LIVE_CONNECTIONS_PER_DEVICE: usize = 3;
+/// Recent addresses remembered per device.
+pub const ADDRESSES_PER_DEVICE: usize = 4;
+/// Recent client ids remembered per device.
+pub const CLIENT_IDS_PER_DEVICE: usize = 4;
+/// Topic edges (device → topic fingerprints) remembered per device; a device using more
+/// topics stops being checked for novel topics.
+pub const EDGES_PER_DEVICE: usize = 16;
+/// Actuator edges remembered per device.
+pub const ACTUATOR_EDGES_PER_DEVICE: usize = 4;
+/// Device fingerprints remembered per address (collateral guard).
+pub const DEVICES_PER_ADDRESS: usize = 4;
+
+/// A baselined feature of a device's 10 s window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// Messages published per window.
+    MsgsPublished,
+    /// Payload bytes published per window.
+    BytesPublished,
+    /// Messages delivered to the device per window.
+    MsgsDelivered,
+    /// Payload bytes delivered per window.
+    BytesDelivered,
+    /// Highest per-second publish rate within the window (messages/s).
+    PeakMsgsPublished,
+    /// Highest per-second publish volume within the window (bytes/s).
+    PeakBytesPublished,
+    /// Mean published payload size (bytes).
+    MeanPayload,
+    /// Largest published payload (bytes).
+    MaxPayload,
+}
+
+pub(crate) const NF: usize = 8;
+
+impl Feature {
+    /// Every feature.
+    pub const ALL: [Feature; NF] = [
+        Self::MsgsPublished,
+        Self::BytesPublished,
+        Self::MsgsDelivered,
+        Self::BytesDelivered,
+        Self::PeakMsgsPublished,
+        Self::PeakBytesPublished,
+        Self::MeanPayload,
+        Self::MaxPayload,
+    ];
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MsgsPublished => "msgs_published_per_window",
+            Self::BytesPublished => "bytes_published_per_window",
+            Self::MsgsDelivered => "msgs_delivered_per_window",
+            Self::BytesDelivered => "bytes_delivered_per_window",
+            Self::PeakMsgsPublished => "peak_msgs_published_per_s",
+            Self::PeakBytesPublished => "peak_bytes_published_per_s",
+            Self::MeanPayload => "mean_payload_bytes",
+            Self::MaxPayload => "max_payload_bytes",
+        }
+    }
+}
+
+/// Decay of the per-signature anomaly counters of a group over one window: `exp(-10/600)`.
+pub(crate) const TEN_MINUTE_DECAY: f32 = 0.983_471_5;
+/// Step of the group drift medians, in log units per device window.
+pub(crate) const DRIFT_STEP: f32 = 0.01;
+/// Devices need this many learned windows before they feed group drift and the group model.
+pub(crate) const ESTABLISHED_WINDOWS: u32 = 6;
+/// Devices need this many learned windows before behaviour anomalies are judged.
+pub(crate) const ANOMALY_MIN_WINDOWS: u32 = 30;
+/// After a connect, a returning device may flush its backlog, and during a fleet surge
+/// flood thresholds are relaxed, for this long.
+pub(crate) const FLUSH_ALLOWANCE_MS: u64 = 30_000;
+/// The longest absence whose backlog a returning device may flush above its thresholds.
+pub const MAX_BACKLOG_MS: u64 = 3_600_000;
+/// A new address within this period turns a behaviour anomaly into a suspected clone.
+pub(crate) const NEW_ADDRESS_CLONE_MS: u64 = 600_000;
+/// Least fleet-wide connects per minute that can count as a surge.
+pub(crate) const SURGE_MIN_CONNECTS: f32 = 20.0;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WindowAcc {
+    pub(crate) msgs_pub: u32,
+    pub(crate) msgs_del: u32,
+    pub(crate) bytes_pub: u64,
+    pub(crate) bytes_del: u64,
+    pub(crate) peak_msgs: f32,
+    pub(crate) peak_bytes: f32,
+    pub(crate) max_payload: u32,
+    pub(crate) summaries: u16,
+    pub(crate) connects: u16,
+    pub(crate) novel_edges: u16,
+    pub(crate) sizes: [u32; SIZE_BUCKETS],
+    pub(crate) alerted: bool,
+    pub(crate) denied: bool,
+    pub(crate) actuator: bool,
+    pub(crate) malformed: bool,
+    pub(crate) novel_burst: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub(crate) refused: f32,
+    pub(crate) protocol_errors: f32,
+    pub(crate) denied_topics: f32,
+    pub(crate) novel_topics: f32,
+    pub(crate) connects: f32,
+    pub(crate) client_ids: f32,
+    pub(crate) foreign: f32,
+    pub(crate) takeovers: f32,
+}
+
+impl Counters {
+    pub(crate) fn decay(&mut self, f: f32) {
+        for c in [
+            &mut self.refused,
+            &mut self.protocol_errors,
+            &mut self.denied_topics,
+            &mut self.novel_topics,
+            &mut self.connects,
+            &mut self.client_ids,
+            &mut self.foreign,
+            &mut self.takeovers,
+        ] {
+            *c *= f;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Live {
+    pub(crate) connection: u64,
+    pub(crate) since_ms: u64,
+    pub(crate) last_active_ms: u64,
+    pub(crate) address: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupRef {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+impl GroupRef {
+    pub(crate) const NONE: Self = Self {
+        slot: u32::MAX,
+        generation: 0,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceState {
+    pub(crate) group: GroupRef,
+    pub(crate) first_seen_ms: u64,
+    pub(crate) last_connect_ms: u64,
+    pub(crate) last_disconnect_ms: u64,
+    pub(crate) last_new_address_ms: u64,
+    pub(crate) window: u64,
+    pub(crate) acc: WindowAcc,
+    pub(crate) base: [Baseline; NF],
+    pub(crate) daily_bytes: f32,
+    pub(crate) daily_n: u32,
+    pub(crate) hour_bytes: f32,
+    /// Learned shares of the payload-size buckets, in 1/65535.
+    pub(crate) size_profile: [u16; SIZE_BUCKETS],
+    pub(crate) size_windows: u32,
+    /// Messages and bytes a returning device may send above its thresholds right after a
+    /// reconnect (what it would have sent while away, up to [`MAX_BACKLOG_MS`]).
+    pub(crate) backlog_msgs: f32,
+    pub(crate) backlog_bytes: f32,
+    pub(crate) counters: Counters,
+    pub(crate) live: [Option<Live>; LIVE_CONNECTIONS_PER_DEVICE],
+    pub(crate) addresses: FpRing<ADDRESSES_PER_DEVICE>,
+    pub(crate) clients: FpRing<CLIENT_IDS_PER_DEVICE>,
+    pub(crate) edges: FpRing<EDGES_PER_DEVICE>,
+    pub(crate) actuator_edges: FpRing<ACTUATOR_EDGES_PER_DEVICE>,
+    pub(crate) denied: FpRing<4>,
+    pub(crate) foreign: FpRing<4>,
+    pub(crate) edges_saturated: bool,
+    pub(crate) flood_streak: u8,
+    pub(crate) burst_streak: u8,
+    pub(crate) slow_streak: u16,
+    pub(crate) anomaly_streak: u16,
+    /// Whether the current low-and-slow streak was judged a cohort change (decided once,
+    /// when the streak reaches its length).
+    pub(crate) slow_cohort: bool,
+    /// The same for the current anomaly streak.
+    pub(crate) anomaly_cohort: bool,
+}
+
+impl DeviceState {
+    pub(crate) fn new(now: u64, group: GroupRef) -> Self {
+        Self {
+            group,
+            first_seen_ms: now,
+            last_connect_ms: 0,
+            last_disconnect_ms: 0,
+            last_new_address_ms: 0,
+            window: now / WINDOW_MS,
+            acc: WindowAcc::default(),
+            base: [Baseline::default(); NF],
+            daily_bytes: 0.0,
+            daily_n: 0,
+            hour_bytes: 0.0,
+            size_profile: [0; SIZE_BUCKETS],
+            size_windows: 0,
+            backlog_msgs: 0.0,
+            backlog_bytes: 0.0,
+            counters: Counters::default(),
+            live: [None; LIVE_CONNECTIONS_PER_DEVICE],
+            addresses: FpRing::default(),
+            clients: FpRing::default(),
+            edges: FpRing::default(),
+            actuator_edges: FpRing::default(),
+            denied: FpRing::default(),
+            foreign: FpRing::default(),
+            edges_saturated: false,
+            flood_streak: 0,
+            burst_streak: 0,
+            slow_streak: 0,
+            anomaly_streak: 0,
+            slow_cohort: false,
+            anomaly_cohort: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GroupState {
+    pub(crate) prior: [Baseline; NF],
+    pub(crate) drift: [EwMedian; NF],
+    pub(crate) slow_drift: EwMedian,
+    pub(crate) hst: Masses,
+    pub(crate) members: u32,
+    pub(crate) denied_devices: f32,
+    pub(crate) actuator_devices: f32,
+    pub(crate) malformed_devices: f32,
+    pub(crate) novel_devices: f32,
+    pub(crate) signatures: [f32; 2 * NF],
+    /// Devices whose last hour is at least half-way to the low-and-slow threshold, counted
+    /// in the current window and as of the last complete window.
+    pub(crate) slow_elevated_now: u32,
+    pub(crate) slow_elevated: u32,
+    pub(crate) anomalous_now: u32,
+    pub(crate) closed_now: u32,
+    pub(crate) anomalous_fraction: f32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AddressState {
+    pub(crate) window: u64,
+    pub(crate) attempts: f32,
+    pub(crate) tls_failures: f32,
+    pub(crate) refused: f32,
+    pub(crate) timeouts: f32,
+    pub(crate) protocol_errors: f32,
+    pub(crate) devices: FpRing<DEVICES_PER_ADDRESS>,
+    pub(crate) last_accept_ms: u64,
+}
+
+impl AddressState {
+    pub(crate) fn roll(&mut self, window: u64) {
+        if window > self.window {
+            let f = decay(MINUTE_DECAY, window - self.window);
+            self.attempts *= f;
+            self.tls_failures *= f;
+            self.refused *= f;
+            self.timeouts *= f;
+            self.protocol_errors *= f;
+            self.window = window;
+        }
+    }
+}

@@ -1,0 +1,1114 @@
+//! Scenario tests in virtual time: each detector fires on its attack and stays silent on the
+//! matching hard negative.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
+
+use crate::*;
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::parse(s).expect("test id")
+}
+
+fn ip(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+}
+
+#[derive(Debug, Clone)]
+struct Dev {
+    id: DeviceId,
+    client: ClientId,
+    group: GroupName,
+    addr: IpAddr,
+    conn: u64,
+    rate: u32,
+    size: u32,
+}
+
+struct Sim {
+    engine: Engine,
+    out: Vec<Output>,
+    now: u64,
+    next_conn: u64,
+}
+
+impl Sim {
+    fn new(cfg: DetectConfig) -> Self {
+        Self {
+            engine: Engine::new(cfg).expect("valid config"),
+            out: Vec::new(),
+            now: 1_700_000_000_000,
+            next_conn: 1,
+        }
+    }
+
+    fn fleet(&mut self, n: usize, group: &str, rate: u32, size: u32) -> Vec<Dev> {
+        (0..n)
+            .map(|i| Dev {
+                id: dev(&format!("{group}-{i}")),
+                client: ClientId::parse(&format!("{group}-{i}-c")).expect("client"),
+                group: GroupName::parse(group).expect("group"),
+                addr: ip(1000 + i as u32 + 100_000 * group.len() as u32),
+                conn: 0,
+                rate,
+                size,
+            })
+            .collect()
+    }
+
+    fn send(&mut self, d: &Dev, kind: EventKind<'_>) {
+        let ev = Event {
+            time_ms: self.now,
+            source: Source {
+                connection: d.conn,
+                address: d.addr,
+                device: Some(&d.id),
+                client: Some(&d.client),
+                group: Some(&d.group),
+            },
+            kind,
+        };
+        self.engine.observe(&ev, &mut self.out);
+    }
+
+    fn anon(&mut self, addr: IpAddr, device: Option<&DeviceId>, kind: EventKind<'_>) {
+        let ev = Event {
+            time_ms: self.now,
+            source: Source {
+                connection: 0,
+                address: addr,
+                device,
+                client: None,
+                group: None,
+            },
+            kind,
+        };
+        self.engine.observe(&ev, &mut self.out);
+    }
+
+    fn connect(&mut self, d: &mut Dev) {
+        d.conn = self.next_conn;
+        self.next_conn += 1;
+        let dd = d.clone();
+        self.send(&dd, EventKind::ConnectAccepted);
+        if let Ok(t) = TopicName::parse(&format!("devices/{}/telemetry", d.id)) {
+            self.send(
+                &dd,
+                EventKind::FirstTopic {
+                    topic: &t,
+                    side: Side::Publish,
+                },
+            );
+        }
+    }
+
+    fn traffic(&mut self, d: &Dev, msgs: u32, size: u32) {
+        let mut h = [0u32; SIZE_BUCKETS];
+        h[TrafficSummary::bucket(size as usize)] = msgs;
+        self.send(
+            d,
+            EventKind::Traffic(TrafficSummary {
+                interval_ms: 1000,
+                msgs_published: msgs,
+                bytes_published: u64::from(msgs) * u64::from(size),
+                msgs_delivered: 1,
+                bytes_delivered: 20,
+                msgs_throttled: 0,
+                size_histogram: h,
+                max_payload: if msgs > 0 { size } else { 0 },
+            }),
+        );
+    }
+
+    /// Runs `secs` seconds of normal traffic for `fleet` (with a little deterministic jitter).
+    fn run(&mut self, fleet: &[Dev], secs: u64) {
+        for _ in 0..secs {
+            self.now += 1000;
+            for (i, d) in fleet.iter().enumerate() {
+                let jitter = ((self.now / 1000 + i as u64 * 7) % 3) as u32;
+                let msgs = d.rate + jitter * d.rate / 4;
+                self.traffic(d, msgs, d.size + jitter * 8);
+            }
+            self.tick();
+        }
+    }
+
+    fn tick(&mut self) {
+        self.engine.tick(self.now, &mut self.out);
+    }
+
+    fn alerts(&self) -> Vec<&Alert> {
+        self.out.iter().filter_map(Output::as_alert).collect()
+    }
+
+    fn alerts_of(&self, d: Detector) -> Vec<&Alert> {
+        self.alerts()
+            .into_iter()
+            .filter(|a| a.detector == d)
+            .collect()
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        check_explained(&self.out);
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// Every alert explains itself.
+fn check_explained(out: &[Output]) {
+    for a in out.iter().filter_map(Output::as_alert) {
+        assert!(!a.explanation.feature.is_empty(), "{a:?}");
+        assert!(!a.explanation.evidence.is_empty(), "{a:?}");
+        assert!(a.explanation.observed.is_finite(), "{a:?}");
+        assert!(a.explanation.threshold.is_finite(), "{a:?}");
+    }
+}
+
+fn connected_fleet(sim: &mut Sim, n: usize, group: &str, rate: u32, size: u32) -> Vec<Dev> {
+    let mut fleet = sim.fleet(n, group, rate, size);
+    for d in &mut fleet {
+        sim.connect(d);
+    }
+    fleet
+}
+
+fn assert_quiet(sim: &Sim, what: &str) {
+    let alerts = sim.alerts();
+    assert!(alerts.is_empty(), "{what}: unexpected alerts {alerts:#?}");
+}
+
+#[test]
+fn publish_flood_detected_within_a_second() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 20, "sensors", 2, 120);
+    sim.run(&fleet, 1800);
+    assert_quiet(&sim, "benign half hour");
+    let start = sim.now;
+    sim.now += 1000;
+    sim.traffic(&fleet[3], 600, 120);
+    let alerts = sim.alerts_of(Detector::PublishFlood);
+    assert_eq!(alerts.len(), 1, "{:#?}", sim.out);
+    let a = alerts[0];
+    assert!(a.time_ms - start <= 1000);
+    assert_eq!(a.device.as_ref(), Some(&fleet[3].id));
+    assert!(matches!(a.response, Response::Throttle { .. }));
+    assert!(a.explanation.baseline.is_some(), "{a:?}");
+    assert!(
+        a.explanation
+            .baseline
+            .as_ref()
+            .is_some_and(|b| b.device_windows > 100)
+    );
+    sim.drain();
+}
+
+#[test]
+fn cohort_doubling_and_quadrupling_is_not_a_flood_nor_exfiltration() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 20, "meters", 2, 200);
+    sim.run(&fleet, 3 * 3600);
+    assert_quiet(&sim, "baseline");
+    // A configuration change doubles the cohort's rate, later doubles it again.
+    for d in &mut fleet {
+        d.rate *= 2;
+    }
+    sim.run(&fleet, 2 * 3600);
+    assert_quiet(&sim, "cohort ×2");
+    for d in &mut fleet {
+        d.rate *= 2;
+    }
+    sim.run(&fleet, 2 * 3600);
+    assert_quiet(&sim, "cohort ×4");
+}
+
+#[test]
+fn exfiltration_burst_and_low_and_slow() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 10, "cams", 1, 200);
+    sim.run(&fleet, 1200);
+    sim.now += 1000;
+    // Loud: one message per second, but 400 KB each.
+    sim.traffic(&fleet[0], 1, 400_000);
+    let a = sim.alerts_of(Detector::ExfiltrationBurst);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert!(sim.alerts_of(Detector::PublishFlood).is_empty());
+    sim.drain();
+
+    // Low and slow: device 1 adds 600 bytes/s on top of its ~200, for two hours.
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 10, "cams", 1, 200);
+    sim.run(&fleet, 3 * 3600);
+    assert_quiet(&sim, "baseline");
+    let mut fleet2 = fleet.clone();
+    fleet2[1].size = 800;
+    let mut detected_after = None;
+    for s in 0..(2 * 3600) {
+        sim.run(&fleet2, 1);
+        if !sim.alerts_of(Detector::ExfiltrationLowAndSlow).is_empty() {
+            detected_after = Some(s);
+            break;
+        }
+    }
+    let s = detected_after.expect("low-and-slow detected within two hours");
+    // A 4× hourly volume crosses the 3× threshold after about 66 minutes, then 5 minutes
+    // of consecutive windows.
+    assert!(s < 90 * 60, "took {s} s");
+    let a = sim.alerts_of(Detector::ExfiltrationLowAndSlow)[0];
+    assert_eq!(a.device.as_ref(), Some(&fleet[1].id));
+    let others: Vec<_> = sim
+        .alerts()
+        .into_iter()
+        .filter(|a| a.device.as_ref() != Some(&fleet[1].id))
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
+    sim.drain();
+}
+
+#[test]
+fn reconnect_storm_with_client_id_rotation() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5, "plugs", 1, 50);
+    sim.run(&fleet, 120);
+    let mut d = fleet[0].clone();
+    for i in 0..12 {
+        sim.now += 2000;
+        d.client = ClientId::parse(&format!("rot-{i}")).expect("client");
+        let dd = d.clone();
+        sim.send(
+            &dd,
+            EventKind::Disconnected {
+                cause: DisconnectCause::ConnectionLost,
+                connected_ms: 2000,
+            },
+        );
+        sim.connect(&mut d);
+    }
+    let a = sim.alerts_of(Detector::ReconnectStorm);
+    assert!(!a.is_empty(), "{:#?}", sim.out);
+    assert_eq!(a[0].severity, Severity::High);
+    sim.drain();
+}
+
+#[test]
+fn mass_reconnect_after_outage_is_not_a_storm() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 300, "fleet", 1, 80);
+    sim.run(&fleet, 900);
+    assert_quiet(&sim, "baseline");
+    // The hub restarts: everyone drops, then reconnects with backoff (1 to 4 tries each),
+    // some hitting handshake timeouts while the hub is overloaded, behind a few NATs.
+    for d in &fleet {
+        sim.send(
+            d,
+            EventKind::Disconnected {
+                cause: DisconnectCause::Shutdown,
+                connected_ms: 900_000,
+            },
+        );
+    }
+    sim.now += 30_000;
+    sim.tick();
+    for round in 0..4u64 {
+        for (i, d) in fleet.iter_mut().enumerate() {
+            if (i as u64) % 4 < round {
+                continue;
+            }
+            sim.now += 10;
+            if round < 3 && i % 3 == 0 {
+                sim.anon(d.addr, None, EventKind::HandshakeTimeout);
+            }
+            sim.connect(d);
+            // Store-and-forward: a backlog is flushed right after connecting.
+            sim.traffic(d, 40, 80);
+        }
+        sim.now += 5_000;
+        sim.tick();
+    }
+    sim.run(&fleet, 600);
+    assert_quiet(&sim, "mass reconnect");
+}
+
+#[test]
+fn clone_detected_immediately_but_not_for_nat_or_roaming() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 10, "locks", 1, 60);
+    // Several benign devices behind one NAT address.
+    let nat = ip(77);
+    for d in fleet.iter_mut().take(6) {
+        d.addr = nat;
+        sim.connect(d);
+    }
+    sim.run(&fleet, 300);
+    // Roaming: device 8's old connection goes silent, it reappears from a new address.
+    let mut roam = fleet[8].clone();
+    let rest: Vec<Dev> = fleet.iter().filter(|d| d.id != roam.id).cloned().collect();
+    sim.run(&rest, 30);
+    roam.addr = ip(4242);
+    sim.connect(&mut roam);
+    sim.send(
+        &fleet[8],
+        EventKind::Disconnected {
+            cause: DisconnectCause::TakenOver,
+            connected_ms: 300_000,
+        },
+    );
+    let mut fleet = rest;
+    fleet.push(roam);
+    sim.run(&fleet, 120);
+    assert_quiet(&sim, "NAT and roaming");
+
+    // A clone of device 2 connects from elsewhere while the original is active.
+    let mut clone = fleet[2].clone();
+    clone.addr = ip(666);
+    let start = sim.now;
+    sim.connect(&mut clone);
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert!(a[0].time_ms - start <= 1000);
+    assert_eq!(a[0].response, Response::Quarantine);
+    // They fight over the session: take-over ping-pong escalates to critical.
+    let mut orig = fleet[2].clone();
+    for _ in 0..3 {
+        sim.now += 1000;
+        sim.send(
+            &orig,
+            EventKind::Disconnected {
+                cause: DisconnectCause::TakenOver,
+                connected_ms: 1000,
+            },
+        );
+        sim.connect(&mut orig);
+        sim.send(
+            &clone,
+            EventKind::Disconnected {
+                cause: DisconnectCause::TakenOver,
+                connected_ms: 1000,
+            },
+        );
+        sim.connect(&mut clone);
+    }
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert!(a.iter().any(|a| a.severity == Severity::Critical), "{a:#?}");
+    let critical = a
+        .iter()
+        .find(|a| a.severity == Severity::Critical)
+        .expect("critical");
+    assert!(critical.escalates.is_some());
+    sim.drain();
+}
+
+#[test]
+fn brute_force_ban_with_collateral_guard() {
+    // Alone at its address: banned.
+    let mut sim = Sim::new(DetectConfig::default());
+    for i in 0..12 {
+        sim.now += 500;
+        let claimed = dev(&format!("guess-{i}"));
+        sim.anon(
+            ip(9),
+            Some(&claimed),
+            EventKind::ConnectRefused {
+                reason: RefusedReason::BadCredentials,
+            },
+        );
+    }
+    let a = sim.alerts_of(Detector::CredentialBruteForce);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].response, Response::BanAddress);
+    assert_eq!(
+        sim.engine.device_count(),
+        0,
+        "refused guesses create no device state"
+    );
+    sim.drain();
+
+    // Behind a NAT with benign devices: downgraded, and the benign devices are untouched.
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = sim.fleet(5, "nat", 1, 60);
+    for d in &mut fleet {
+        d.addr = ip(9);
+        sim.connect(d);
+    }
+    sim.run(&fleet, 60);
+    for i in 0..12 {
+        sim.now += 500;
+        let claimed = dev(&format!("guess-{i}"));
+        sim.anon(
+            ip(9),
+            Some(&claimed),
+            EventKind::ConnectRefused {
+                reason: RefusedReason::BadCredentials,
+            },
+        );
+    }
+    let a = sim.alerts_of(Detector::CredentialBruteForce);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].intended, Response::BanAddress);
+    assert!(matches!(a[0].response, Response::Throttle { .. }));
+    assert!(
+        a[0].explanation
+            .evidence
+            .iter()
+            .any(|e| e.contains("collateral guard"))
+    );
+    assert!(sim.alerts().iter().all(|a| a.device.is_none()));
+    sim.drain();
+}
+
+#[test]
+fn certificate_brute_force_but_not_rotation_stragglers() {
+    let mut sim = Sim::new(DetectConfig::default());
+    // A device that missed a rotation retries with its expired certificate every 10 s.
+    let straggler = dev("old-cert");
+    for _ in 0..30 {
+        sim.now += 10_000;
+        sim.anon(
+            ip(5),
+            Some(&straggler),
+            EventKind::TlsHandshakeFailed {
+                reason: TlsFailure::Expired,
+            },
+        );
+        sim.tick();
+    }
+    assert_quiet(&sim, "rotation straggler");
+    for _ in 0..15 {
+        sim.now += 200;
+        sim.anon(
+            ip(6),
+            None,
+            EventKind::TlsHandshakeFailed {
+                reason: TlsFailure::UnknownIssuer,
+            },
+        );
+    }
+    let a = sim.alerts_of(Detector::CertificateBruteForce);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].address, Some(ip(6)));
+    sim.drain();
+}
+
+#[test]
+fn slow_loris_and_malformed_stream() {
+    let mut sim = Sim::new(DetectConfig::default());
+    for _ in 0..6 {
+        sim.now += 2_000;
+        sim.anon(ip(31), None, EventKind::ConnectAttempt);
+        sim.anon(ip(31), None, EventKind::HandshakeTimeout);
+    }
+    assert_eq!(
+        sim.alerts_of(Detector::SlowLoris).len(),
+        1,
+        "{:#?}",
+        sim.out
+    );
+    sim.drain();
+
+    let fleet = connected_fleet(&mut sim, 10, "bulbs", 1, 40);
+    sim.run(&fleet, 60);
+    for _ in 0..4 {
+        sim.now += 300;
+        sim.send(&fleet[4], EventKind::ProtocolError);
+    }
+    // Held for the group-consensus check, then raised.
+    assert!(sim.alerts_of(Detector::MalformedStream).is_empty());
+    sim.run(&fleet, 6);
+    let a = sim.alerts_of(Detector::MalformedStream);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert!(
+        a[0].explanation
+            .evidence
+            .iter()
+            .any(|e| e.contains("consensus"))
+    );
+    sim.drain();
+}
+
+#[test]
+fn fleet_update_with_protocol_quirks_is_not_malformed() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 20, "bulbs", 1, 40);
+    sim.run(&fleet, 300);
+    // A firmware update makes half of the fleet send a few bad packets.
+    for d in fleet.iter().take(10) {
+        for _ in 0..3 {
+            sim.now += 50;
+            sim.send(d, EventKind::ProtocolError);
+        }
+    }
+    sim.run(&fleet, 120);
+    assert_quiet(&sim, "fleet update");
+    assert!(sim.engine.stats().suppressed_by_consensus > 0);
+}
+
+#[test]
+fn reconnaissance_but_not_policy_change() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 20, "hvac", 1, 40);
+    sim.run(&fleet, 900);
+    // A policy change denies the same five topics to most of the group.
+    for d in fleet.iter().take(12) {
+        for k in 0..5 {
+            sim.now += 20;
+            let topic = format!("devices/{}/legacy/{k}", d.id);
+            sim.send(
+                d,
+                EventKind::AuthorizationDenied {
+                    action: Action::Publish,
+                    topic: &topic,
+                },
+            );
+        }
+    }
+    sim.run(&fleet, 60);
+    assert_quiet(&sim, "policy change");
+
+    sim.run(&fleet, 600);
+    // One device probes.
+    for k in 0..12 {
+        sim.now += 100;
+        let topic = format!("admin/config/{k}");
+        sim.send(
+            &fleet[15],
+            EventKind::AuthorizationDenied {
+                action: Action::Subscribe,
+                topic: &topic,
+            },
+        );
+    }
+    sim.run(&fleet, 6);
+    let a = sim.alerts_of(Detector::TopicReconnaissance);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].device.as_ref(), Some(&fleet[15].id));
+    sim.drain();
+}
+
+#[test]
+fn command_injection_after_onboarding_only() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 5, "ctl", 1, 40);
+    // Onboarding: the controller learns its actuator topic.
+    let learned = TopicName::parse("devices/ctl-0/cmd/valve").expect("topic");
+    sim.send(
+        &fleet[0],
+        EventKind::FirstTopic {
+            topic: &learned,
+            side: Side::Publish,
+        },
+    );
+    sim.run(&fleet, 900);
+    // Reconnect: the known actuator edge is not novel.
+    sim.connect(&mut fleet[0]);
+    sim.send(
+        &fleet[0],
+        EventKind::FirstTopic {
+            topic: &learned,
+            side: Side::Publish,
+        },
+    );
+    sim.run(&fleet, 10);
+    assert_quiet(&sim, "known actuator topic");
+    let injected = TopicName::parse("devices/ctl-0/cmd/unlock").expect("topic");
+    sim.send(
+        &fleet[0],
+        EventKind::FirstTopic {
+            topic: &injected,
+            side: Side::Publish,
+        },
+    );
+    sim.run(&fleet, 6);
+    let a = sim.alerts_of(Detector::CommandInjection);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].response, Response::ReadOnly);
+    sim.drain();
+}
+
+#[test]
+fn lateral_movement_honey_and_canary() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5, "cams", 1, 40);
+    sim.run(&fleet, 60);
+    for other in ["cams-1", "cams-2"] {
+        let f = TopicFilter::parse(&format!("devices/{other}/#")).expect("filter");
+        sim.send(&fleet[0], EventKind::Subscribed { filter: &f });
+    }
+    let a = sim.alerts_of(Detector::LateralMovement);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    sim.drain();
+
+    // A refused `#` aimed at everything, not at the honey topics: reconnaissance at most.
+    sim.send(
+        &fleet[2],
+        EventKind::AuthorizationDenied {
+            action: Action::Subscribe,
+            topic: "#",
+        },
+    );
+    assert!(
+        sim.alerts_of(Detector::HoneyTopic).is_empty(),
+        "{:#?}",
+        sim.out
+    );
+    // A refused publish aimed inside one is a touch.
+    sim.send(
+        &fleet[4],
+        EventKind::AuthorizationDenied {
+            action: Action::Publish,
+            topic: "_moat/honey/keys",
+        },
+    );
+    assert_eq!(
+        sim.alerts_of(Detector::HoneyTopic).len(),
+        1,
+        "{:#?}",
+        sim.out
+    );
+    sim.drain();
+
+    let all = TopicFilter::parse("#").expect("filter");
+    sim.send(&fleet[3], EventKind::Subscribed { filter: &all });
+    let a = sim.alerts_of(Detector::HoneyTopic);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].severity, Severity::High);
+    sim.drain();
+
+    let mut cfg = DetectConfig::default();
+    cfg.deception.canary_devices = vec![dev("canary-7")];
+    let mut sim = Sim::new(cfg);
+    sim.anon(
+        ip(50),
+        Some(&dev("canary-7")),
+        EventKind::ConnectRefused {
+            reason: RefusedReason::BadCredentials,
+        },
+    );
+    let a = sim.alerts_of(Detector::CanaryIdentity);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].severity, Severity::Critical);
+    assert_eq!(a[0].response, Response::BanAddress);
+    sim.drain();
+}
+
+#[test]
+fn release_after_time_box_once_behaviour_is_back() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5, "s", 2, 100);
+    sim.run(&fleet, 600);
+    for _ in 0..2 {
+        sim.now += 1000;
+        sim.traffic(&fleet[0], 500, 100);
+    }
+    let id = sim.alerts_of(Detector::PublishFlood)[0].id;
+    let until = sim.alerts_of(Detector::PublishFlood)[0].until_ms;
+    sim.drain();
+    // The flood goes on past the time box (offered load seen through the throttle).
+    for _ in 0..400 {
+        sim.now += 1000;
+        sim.send(
+            &fleet[0],
+            EventKind::Traffic(TrafficSummary {
+                interval_ms: 1000,
+                msgs_published: 10,
+                msgs_throttled: 490,
+                bytes_published: 1000,
+                ..TrafficSummary::default()
+            }),
+        );
+        sim.tick();
+    }
+    assert!(sim.now > until);
+    assert!(
+        sim.out.iter().all(|o| o.as_release().is_none()),
+        "released while flooding"
+    );
+    sim.drain();
+    // Back to normal: released after the quiet period.
+    sim.run(&fleet, 120);
+    let r: Vec<_> = sim.out.iter().filter_map(Output::as_release).collect();
+    assert_eq!(r.len(), 1, "{:#?}", sim.out);
+    assert!(r[0].alert_id >= id);
+    assert!(sim.engine.incidents().is_empty());
+}
+
+#[test]
+fn dry_run_changes_nothing_but_the_response() {
+    let cfg: DetectConfig = toml::from_str("mode = \"dry_run\"").expect("config");
+    let mut sim = Sim::new(cfg);
+    let fleet = connected_fleet(&mut sim, 5, "s", 2, 100);
+    sim.run(&fleet, 300);
+    sim.now += 1000;
+    sim.traffic(&fleet[0], 900, 100);
+    let a = sim.alerts_of(Detector::PublishFlood);
+    assert_eq!(a[0].response, Response::Alert);
+    assert!(matches!(
+        a[0].intended,
+        Response::Throttle { .. } | Response::Disconnect
+    ));
+    sim.drain();
+}
+
+#[test]
+fn learning_skips_windows_that_alerted() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5, "s", 2, 100);
+    sim.run(&fleet, 600);
+    let before = sim
+        .engine
+        .baseline(&fleet[0].id, Feature::PeakMsgsPublished)
+        .expect("baseline");
+    let skipped = sim.engine.stats().windows_skipped;
+    for _ in 0..60 {
+        sim.now += 1000;
+        sim.traffic(&fleet[0], 400, 100);
+        let rest: Vec<Dev> = fleet[1..].to_vec();
+        for d in &rest {
+            sim.traffic(d, 2, 100);
+        }
+        sim.tick();
+    }
+    let after = sim
+        .engine
+        .baseline(&fleet[0].id, Feature::PeakMsgsPublished)
+        .expect("baseline");
+    assert_eq!(
+        after.device_windows, before.device_windows,
+        "flood windows were learned"
+    );
+    assert!(
+        (after.typical - before.typical).abs() < 0.5,
+        "{before:?} {after:?}"
+    );
+    assert!(sim.engine.stats().windows_skipped >= skipped + 5);
+    sim.drain();
+}
+
+#[test]
+fn onboarding_device_uses_group_prior() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 10, "s", 2, 100);
+    sim.run(&fleet, 1800);
+    let mut newcomer = sim.fleet(11, "s", 2, 100).pop().expect("one");
+    newcomer.id = dev("s-new");
+    sim.connect(&mut newcomer);
+    let mut all = fleet.clone();
+    all.push(newcomer.clone());
+    sim.run(&all, 60);
+    let b = sim
+        .engine
+        .baseline(&newcomer.id, Feature::PeakMsgsPublished)
+        .expect("baseline");
+    assert!(b.group_weight > 0.5, "{b:?}");
+    assert!(b.typical > 1.0 && b.typical < 6.0, "{b:?}");
+    assert_quiet(&sim, "onboarding");
+    // Its first minute is already armed with the group's prior.
+    sim.now += 1000;
+    sim.traffic(&newcomer, 400, 100);
+    assert_eq!(sim.alerts_of(Detector::PublishFlood).len(), 1);
+    sim.drain();
+}
+
+#[test]
+fn alerts_serialize_as_json_lines() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 3, "s", 2, 100);
+    sim.run(&fleet, 120);
+    sim.now += 1000;
+    sim.traffic(&fleet[0], 900, 100);
+    let out = sim.drain();
+    let line = serde_json::to_string(&out[0]).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("parse");
+    for k in [
+        "kind",
+        "time",
+        "detector",
+        "severity",
+        "device",
+        "address",
+        "explanation",
+        "response",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {line}");
+    }
+    assert_eq!(v["detector"], "publish_flood");
+    assert_eq!(v["device"], "s-0");
+    assert_eq!(v["response"]["action"], "throttle");
+}
+
+#[test]
+fn config_from_toml() {
+    let cfg: DetectConfig = toml::from_str(
+        r#"
+        mode = "enforce"
+        [thresholds]
+        flood_ratio = 6.0
+        [responses]
+        throttle_factor = 0.25
+        collateral_fallback = "disconnect"
+        [responses.rungs.publish_flood]
+        high = "read_only"
+        [responses.time_box]
+        throttle_secs = 120
+        [deception]
+        honey_topics = ["secret/#", "admin/+/keys"]
+        canary_devices = ["canary-1"]
+        [topics]
+        device_namespace = "tenants/acme/{device}/#"
+        actuator_topics = ["tenants/acme/+/set/#"]
+        [limits]
+        max_devices = 1000
+        "#,
+    )
+    .expect("config");
+    assert!(cfg.validate().is_ok());
+    assert_eq!(cfg.deception.honey_topics.len(), 2);
+    assert!(Engine::new(cfg).is_ok());
+    assert!(toml::from_str::<DetectConfig>("bogus = 1").is_err());
+    assert!(toml::from_str::<DetectConfig>("[thresholds]\nflood = 1").is_err());
+    assert!(toml::from_str::<DetectConfig>("[deception]\nhoney_topics = [\"a/#/b\"]").is_err());
+    let bad: DetectConfig = toml::from_str(
+        "[responses]\nthrottle_factor = 2.0\ncollateral_fallback = \"ban_address\"\n[topics]\ndevice_namespace = \"x/#\"",
+    )
+    .expect("parses");
+    let errors = bad.validate().expect_err("invalid");
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    // Defaults arm everything.
+    let d = DetectConfig::default();
+    assert!(d.validate().is_ok());
+    assert!(!d.deception.honey_topics.is_empty());
+}
+
+#[test]
+fn per_device_state_is_small() {
+    assert!(
+        Engine::device_entry_bytes() <= 1024,
+        "{}",
+        Engine::device_entry_bytes()
+    );
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5_000, "big", 1, 64);
+    sim.run(&fleet, 30);
+    let per = sim.engine.state_bytes() / sim.engine.device_count();
+    assert!(per <= 2048, "{per} bytes per device");
+}
+
+mod churn {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Random identities, addresses, groups and attacks never grow the tables past
+        /// their limits, and every alert explains itself.
+        #[test]
+        fn tables_stay_bounded(ops in proptest::collection::vec((0u32..500, 0u32..300, 0u8..40, 0u8..8), 1..600)) {
+            let cfg = DetectConfig {
+                limits: Limits { max_devices: 64, max_addresses: 32, max_groups: 4, max_incidents: 16, max_held: 8 },
+                ..DetectConfig::default()
+            };
+            let mut engine = Engine::new(cfg).expect("config");
+            let mut out = Vec::new();
+            let mut now = 0u64;
+            for (d, a, g, k) in ops {
+                now += 250;
+                let id = dev(&format!("d{d}"));
+                let group = GroupName::parse(&format!("g{g}")).expect("group");
+                let client = ClientId::parse(&format!("c{d}-{k}")).expect("client");
+                let topic = TopicName::parse(&format!("devices/d{}/cmd/x", d / 2)).expect("topic");
+                let kind = match k {
+                    0 => EventKind::ConnectAccepted,
+                    1 => EventKind::ConnectRefused { reason: RefusedReason::BadCredentials },
+                    2 => EventKind::TlsHandshakeFailed { reason: TlsFailure::BadCertificate },
+                    3 => EventKind::ProtocolError,
+                    4 => EventKind::FirstTopic { topic: &topic, side: Side::Publish },
+                    5 => EventKind::AuthorizationDenied { action: Action::Publish, topic: topic.as_str() },
+                    6 => EventKind::Disconnected { cause: DisconnectCause::TakenOver, connected_ms: 5 },
+                    _ => EventKind::Traffic(TrafficSummary { interval_ms: 1000, msgs_published: d, bytes_published: u64::from(d) * 1000, ..TrafficSummary::default() }),
+                };
+                let ev = Event {
+                    time_ms: now,
+                    source: Source { connection: u64::from(a), address: ip(a), device: Some(&id), client: Some(&client), group: Some(&group) },
+                    kind,
+                };
+                engine.observe(&ev, &mut out);
+                engine.tick(now, &mut out);
+                prop_assert!(engine.device_count() <= 64);
+                prop_assert!(engine.address_count() <= 32);
+                prop_assert!(engine.group_count() <= 4);
+                prop_assert!(engine.incidents().len() <= 16);
+            }
+            check_explained(&out);
+        }
+    }
+}
+
+#[test]
+fn behaviour_anomaly_and_diverging_clone() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 20, "pumps", 2, 100);
+    sim.run(&fleet, 3600);
+    assert_quiet(&sim, "baseline");
+    // Device 5 reappears from a new address and starts pulling a firehose of other data.
+    let mut d5 = fleet[5].clone();
+    d5.addr = ip(31337);
+    sim.now += 1000;
+    sim.send(
+        &fleet[5],
+        EventKind::Disconnected {
+            cause: DisconnectCause::ConnectionLost,
+            connected_ms: 3_600_000,
+        },
+    );
+    sim.connect(&mut d5);
+    let rest: Vec<Dev> = fleet.iter().filter(|d| d.id != d5.id).cloned().collect();
+    let mut first = None;
+    for s in 0..600 {
+        sim.run(&rest, 1);
+        sim.send(
+            &d5,
+            EventKind::Traffic(TrafficSummary {
+                interval_ms: 1000,
+                msgs_published: 2,
+                bytes_published: 200,
+                msgs_delivered: 400,
+                bytes_delivered: 400 * 900,
+                ..TrafficSummary::default()
+            }),
+        );
+        if first.is_none() && !sim.alerts().is_empty() {
+            first = Some(s);
+        }
+    }
+    let a = sim.alerts();
+    assert!(!a.is_empty(), "no anomaly found");
+    assert!(
+        a.iter().all(|a| a.device.as_ref() == Some(&d5.id)),
+        "{a:#?}"
+    );
+    assert_eq!(a[0].detector, Detector::ClonedIdentity, "{a:#?}");
+    assert_eq!(a[0].severity, Severity::Medium);
+    assert!(first.is_some_and(|s| s <= 120), "{first:?}");
+    sim.drain();
+}
+
+#[test]
+fn concurrent_sessions_with_other_client_ids_are_clones() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 5, "meters", 1, 60);
+    sim.run(&fleet, 120);
+    // The clone connects while the original is idle (no fast-path alert), with its own
+    // client id, and both keep publishing.
+    let mut clone = fleet[1].clone();
+    clone.addr = ip(9999);
+    clone.client = ClientId::parse("other").expect("client");
+    sim.now += 5_000;
+    sim.connect(&mut clone);
+    assert!(sim.alerts().is_empty(), "{:#?}", sim.out);
+    let start = sim.now;
+    sim.now += 1000;
+    sim.traffic(&clone, 1, 60);
+    sim.traffic(&fleet[1], 1, 60);
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert!(a[0].time_ms - start <= 1000);
+    sim.drain();
+}
+
+#[test]
+fn fleet_wide_update_is_not_an_attack() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 40, "lamps", 1, 90);
+    sim.run(&fleet, 3600);
+    assert_quiet(&sim, "baseline");
+    // Every device downloads an image for a minute, reboots, reconnects, reports on a new
+    // status topic and from then on sends larger messages.
+    for _ in 0..60 {
+        sim.now += 1000;
+        for d in &fleet {
+            sim.send(
+                d,
+                EventKind::Traffic(TrafficSummary {
+                    interval_ms: 1000,
+                    msgs_published: 1,
+                    bytes_published: 90,
+                    msgs_delivered: 50,
+                    bytes_delivered: 50 * 4096,
+                    ..TrafficSummary::default()
+                }),
+            );
+        }
+        sim.tick();
+    }
+    for d in &mut fleet {
+        let old = d.clone();
+        sim.send(
+            &old,
+            EventKind::Disconnected {
+                cause: DisconnectCause::Client,
+                connected_ms: 3_660_000,
+            },
+        );
+    }
+    sim.now += 20_000;
+    sim.tick();
+    for d in &mut fleet {
+        sim.connect(d);
+        let status = TopicName::parse(&format!("devices/{}/fw/status", d.id)).expect("topic");
+        sim.send(
+            d,
+            EventKind::FirstTopic {
+                topic: &status,
+                side: Side::Publish,
+            },
+        );
+        d.size = 400;
+    }
+    sim.run(&fleet, 3600);
+    assert_quiet(&sim, "fleet update");
+}
+
+#[test]
+fn staged_rollout_with_larger_messages_is_not_exfiltration() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 40, "lamps", 1, 90);
+    sim.run(&fleet, 3 * 3600);
+    assert_quiet(&sim, "baseline");
+    // A quarter of the fleet gets firmware that sends 4.4× larger messages.
+    for d in fleet.iter_mut().take(10) {
+        d.size = 400;
+    }
+    sim.run(&fleet, 3 * 3600);
+    assert_quiet(&sim, "staged roll-out");
+}
+
+#[test]
+fn collateral_guard_for_device_alerts_and_lateral_exemption() {
+    let mut cfg = DetectConfig::default();
+    cfg.deception.canary_devices = vec![dev("canary-1")];
+    cfg.topics.lateral_exempt_groups = vec![GroupName::parse("gateways").expect("group")];
+    let mut sim = Sim::new(cfg);
+    let mut fleet = sim.fleet(3, "nat", 1, 60);
+    for d in &mut fleet {
+        d.addr = ip(70);
+        sim.connect(d);
+    }
+    sim.run(&fleet, 30);
+    // A canary identity used from the shared address: a ban would hit the three devices.
+    let mut canary = sim.fleet(1, "nat", 1, 60).pop().expect("one");
+    canary.id = dev("canary-1");
+    canary.addr = ip(70);
+    sim.connect(&mut canary);
+    let a = sim.alerts_of(Detector::CanaryIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].intended, Response::BanAddress);
+    assert_eq!(a[0].response, Response::Quarantine);
+    sim.drain();
+
+    // A gateway legitimately subscribes across namespaces.
+    let gw = connected_fleet(&mut sim, 1, "gateways", 1, 60);
+    for other in ["nat-0", "nat-1", "nat-2"] {
+        let f = TopicFilter::parse(&format!("devices/{other}/#")).expect("filter");
+        sim.send(&gw[0], EventKind::Subscribed { filter: &f });
+    }
+    assert_quiet(&sim, "gateway");
+}

@@ -1,0 +1,307 @@
+//! Detection and the response ladder (issue 4) end to end: paho-mqtt devices, the `moat` CLI
+//! as the operator, the hub's metrics and audit trail. `tests/interop/defence.py` does the
+//! protocol work.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// Short time boxes, so that an automatic release happens within the test.
+const SHORT_BOXES: &str = "
+[detect.responses.time_box]
+quarantine_secs = 2
+quiet_secs = 1
+";
+
+fn moat_cli(hub: &Hub, args: &[&str]) -> String {
+    let out = run_with_deadline(
+        Command::new(moat_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(hub.data_dir()),
+        EVENT_DEADLINE,
+    );
+    assert!(out.status.success(), "moat {args:?}\n{}", show_output(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn honey_topic_alerts_quarantine_live_sessions_and_release_by_operator_and_by_time_box() {
+    let hub = Hub::start(HubOptions::new().config(SHORT_BOXES));
+    for id in ["watcher", "nosy", "h1", "h2"] {
+        hub.add_device(id);
+    }
+    let data_dir = hub.data_dir();
+    run_script(
+        &hub,
+        "defence.py",
+        &[
+            "--moat",
+            moat_bin(),
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+        ],
+    );
+    // The sinks besides MQTT: counters and the audit trail.
+    let alerts = hub.metric("moat_alerts_total{detector=\"honey_topic\"}");
+    assert!(
+        alerts.is_some_and(|n| n >= 2.0),
+        "honey_topic alerts: {alerts:?}"
+    );
+    let executed = hub.metric("moat_responses_executed_total");
+    assert!(
+        executed.is_some_and(|n| n >= 2.0),
+        "responses executed: {executed:?}"
+    );
+    let released = hub.metric("moat_responses_released_total");
+    assert!(
+        released.is_some_and(|n| n >= 2.0),
+        "responses released: {released:?}"
+    );
+    let trail = moat_cli(&hub, &["audit", "export"]);
+    for action in [
+        "\"alert.raised\"",
+        "\"response.executed\"",
+        "\"alert.release\"",
+        "\"response.released\"",
+    ] {
+        assert!(trail.contains(action), "no {action} in the audit trail");
+    }
+}
+
+#[test]
+fn dry_run_records_the_intended_response_and_executes_nothing() {
+    let hub = Hub::start(HubOptions::new().config("[detect]\nmode = \"dry_run\"\n"));
+    let creds = hub.add_device("d1");
+    // Outside d1's policy (denied), and a honey topic.
+    mosquitto_pub(
+        &hub,
+        &Via::Device(creds.clone()),
+        Mqtt::V5,
+        None,
+        &["-t", "_moat/honey/x", "-m", "1", "-q", "1"],
+    );
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    let line = loop {
+        let out = moat_cli(&hub, &["alerts", "list", "--json"]);
+        if let Some(line) = out.lines().find(|l| l.contains("honey_topic")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no honey_topic alert in dry-run mode"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(line.contains("\"response\":\"alert\""), "{line}");
+    assert!(line.contains("\"intended\":\"quarantine\""), "{line}");
+    // Nothing was executed: d1 still publishes into its own namespace.
+    mosquitto_pub(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        None,
+        &["-t", "devices/d1/temp", "-m", "2", "-q", "1"],
+    )
+    .assert_ok();
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test on error.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = run_with_deadline(
+        Command::new("openssl").args(args).current_dir(dir),
+        EVENT_DEADLINE,
+    );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}\n{}",
+        show_output(&out)
+    );
+}
+
+#[test]
+fn alerts_reach_a_signed_https_webhook() {
+    use std::io::BufRead;
+    let dir = TempDir::new("webhook");
+    let d = dir.path();
+    // A CA and a server certificate for the receiver, like any internal HTTPS service.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=webhook test CA",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("srv.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "srv.ext",
+        ],
+    );
+    std::fs::write(d.join("secret"), "a-webhook-secret-of-32-bytes-xyz\n").expect("secret");
+
+    let mut receiver = Command::new("python3")
+        .arg("-B")
+        .arg(interop_dir().join("webhook_receiver.py"))
+        .args([
+            "--cert",
+            "srv.pem",
+            "--key",
+            "srv.key",
+            "--secret-file",
+            "secret",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let stdout = receiver.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(EVENT_DEADLINE)
+        .expect("the receiver's port");
+    let port: u16 = first
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("receiver said {first:?}"));
+
+    let hub = Hub::start(HubOptions::new().config(&format!(
+        "[alert-webhook]\nurl = \"https://localhost:{port}/hooks/moat\"\nsecret-file = \"{}\"\nca-file = \"{}\"\n",
+        d.join("secret").display(),
+        d.join("ca.pem").display()
+    )));
+    let creds = hub.add_device("d1");
+    mosquitto_pub(
+        &hub,
+        &Via::Device(creds),
+        Mqtt::V5,
+        None,
+        &["-t", "_moat/honey/x", "-m", "1", "-q", "1"],
+    );
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the alert at the webhook");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(line.contains("\"path\": \"/hooks/moat\""), "{line}");
+    assert!(
+        line.contains("\"verified\": true"),
+        "signature did not verify: {line}"
+    );
+    assert!(
+        line.contains("\"tampered_verified\": false"),
+        "a tampered body verified: {line}"
+    );
+    assert!(line.contains("\"detector\": \"honey_topic\""), "{line}");
+    assert!(line.contains("\"device\": \"d1\""), "{line}");
+    // The hub counts the delivery once the receiver has answered.
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let delivered = hub.metric("moat_alert_webhook_total{result=\"delivered\"}");
+        if delivered.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery not counted: {delivered:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_rung_of_the_ladder_acts_on_live_sessions_and_is_released_by_itself() {
+    for rung in [
+        "throttle",
+        "read_only",
+        "disconnect",
+        "ban_address",
+        "revoke_certificate",
+    ] {
+        let config = format!(
+            "[detect.responses.time_box]\n{rung}_secs = 2\nquiet_secs = 1\n\
+             [detect.responses.rungs.honey_topic]\n\
+             low = \"{rung}\"\nmedium = \"{rung}\"\nhigh = \"{rung}\"\ncritical = \"{rung}\"\n"
+        );
+        let hub = Hub::start(HubOptions::new().config(&config));
+        hub.add_device("d1");
+        let data_dir = hub.data_dir();
+        run_script(
+            &hub,
+            "defence_rungs.py",
+            &[
+                "--moat",
+                moat_bin(),
+                "--data-dir",
+                data_dir.to_str().expect("utf-8"),
+                "--rung",
+                rung,
+            ],
+        );
+    }
+}
