@@ -44,6 +44,8 @@ pub struct BrokerSetup {
     dir: ScratchDir,
     /// Mosquitto only: the generated configuration file.
     mosquitto_conf: Option<PathBuf>,
+    /// Moat only: extra lines for its configuration file.
+    moat_config: Vec<String>,
     /// Credentials for the mutual-TLS scenarios.
     pub pki: ClientPki,
 }
@@ -124,13 +126,19 @@ acl_file {acl}
             binary: binary.to_owned(),
             dir,
             mosquitto_conf: Some(conf_path),
+            moat_config: Vec::new(),
             pki: client_pki,
         })
     }
 
     /// Prepares Moat: a data directory (its CA is created on first start) and `devices`
     /// device certificates issued with `moat device add`.
-    pub fn moat(binary: &Path, devices: usize, keep: bool) -> Result<Self, String> {
+    pub fn moat(
+        binary: &Path,
+        devices: usize,
+        moat_config: &[String],
+        keep: bool,
+    ) -> Result<Self, String> {
         if !binary.exists() {
             return Err(format!(
                 "{} not found: build it with `cargo build --release -p moat`",
@@ -143,6 +151,7 @@ acl_file {acl}
             binary: binary.to_owned(),
             dir,
             mosquitto_conf: None,
+            moat_config: moat_config.to_vec(),
             pki: ClientPki::default(),
         };
         // `device add` needs the CA that the first `serve` creates in the data directory.
@@ -260,8 +269,22 @@ acl_file {acl}
         // a second), which the pre-authentication shield's per-address limits would rightly
         // refuse; the harness exempts loopback explicitly (Mosquitto has no such limits).
         let config = self.dir.path().join("moat-bench.toml");
-        std::fs::write(&config, "[shield]\nexempt = [\"127.0.0.0/8\"]\n")
-            .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let mut text = String::from("[shield]\nexempt = [\"127.0.0.0/8\"]\n");
+        // The scenarios flood on purpose; by the detector's standards that is an attack, and
+        // it would throttle the load it is meant to measure. Detection runs (its cost is
+        // part of the figures) but only records, unless `--moat-config` says otherwise.
+        if !self
+            .moat_config
+            .iter()
+            .any(|l| l.trim_start().starts_with("[detect"))
+        {
+            text.push_str("[detect]\nmode = \"dry_run\"\n");
+        }
+        for line in &self.moat_config {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
         let mut child = Command::new(&self.binary)
             .arg("serve")
             .arg("--config")

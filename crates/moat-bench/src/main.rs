@@ -65,6 +65,11 @@ struct Cli {
     #[arg(long)]
     moat: Option<PathBuf>,
 
+    /// An extra line for Moat's generated configuration file (repeatable), after its
+    /// `[shield]` table, for example `--moat-config '[detect]' --moat-config 'mode = "off"'`.
+    #[arg(long)]
+    moat_config: Vec<String>,
+
     /// Load before each throughput window (and before latency sampling).
     #[arg(long, default_value = "2s", value_parser = stats::parse_duration)]
     warmup: Duration,
@@ -234,7 +239,12 @@ fn run(cli: &Cli) -> Result<(), String> {
                 &cli.mosquitto_option,
                 cli.keep_scratch,
             ),
-            BrokerKind::Moat => BrokerSetup::moat(&cli.moat_binary(), devices, cli.keep_scratch),
+            BrokerKind::Moat => BrokerSetup::moat(
+                &cli.moat_binary(),
+                devices,
+                &cli.moat_config,
+                cli.keep_scratch,
+            ),
         };
         match setup {
             Ok(setup) => setups.push(setup),

@@ -18,13 +18,16 @@ pub enum Mode {
     Enforce,
     /// Alerts carry `Response::Alert`; the configured response is in `intended`.
     DryRun,
+    /// No detection at all: the hub runs no engine (an engine given this mode behaves as
+    /// in `DryRun`).
+    Off,
 }
 
 /// The engine's configuration (the `[detect]` section of the hub's file).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
-    /// `enforce` (default) or `dry_run`.
+    /// `enforce` (default), `dry_run` or `off`.
     pub mode: Mode,
     /// Rule thresholds.
     pub thresholds: Thresholds,

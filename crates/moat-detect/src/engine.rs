@@ -923,7 +923,7 @@ impl Engine {
         };
         let intended = to_response(intended_rung);
         let mut response = to_response(rung);
-        if self.cfg.mode == Mode::DryRun {
+        if self.cfg.mode != Mode::Enforce {
             if response != Response::Alert {
                 explanation
                     .evidence

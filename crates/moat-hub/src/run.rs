@@ -434,9 +434,16 @@ pub async fn run(
     // Behaviour monitoring, detection and automatic responses (issue 4): the engine's task
     // is fed by the broker's observer, the network events and the traffic counts.
     let (defence, facts) = crate::defence::Defence::new();
-    let _ = broker.set_observer(Arc::new(crate::defence::BrokerFacts(defence.clone())));
-    identity.attach_defence(defence.clone());
-    let _ = net_events.defence.set(defence.clone());
+    let detecting = config.detect.mode != moat_detect::Mode::Off;
+    if detecting {
+        let _ = broker.set_observer(Arc::new(crate::defence::BrokerFacts(defence.clone())));
+        identity.attach_defence(defence.clone());
+        let _ = net_events.defence.set(defence.clone());
+    } else {
+        tracing::warn!(
+            "detection is off ([detect] mode = \"off\"): no alerts, no automatic responses"
+        );
+    }
     let actors = crate::defence::Actors {
         broker: broker.clone(),
         identity: identity.clone(),
@@ -454,13 +461,15 @@ pub async fn run(
             }
         },
     };
-    tasks.push(tokio::spawn(crate::defence::run(
-        defence.clone(),
-        config.detect.clone(),
-        facts,
-        actors.clone(),
-        stop_rx.clone(),
-    )));
+    if detecting {
+        tasks.push(tokio::spawn(crate::defence::run(
+            defence.clone(),
+            config.detect.clone(),
+            facts,
+            actors.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let app_state = AppState {
         identity: identity.clone(),
         access: access.clone(),
