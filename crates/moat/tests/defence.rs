@@ -15,18 +15,6 @@ quarantine_secs = 2
 quiet_secs = 1
 ";
 
-fn moat_cli(hub: &Hub, args: &[&str]) -> String {
-    let out = run_with_deadline(
-        Command::new(moat_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(hub.data_dir()),
-        EVENT_DEADLINE,
-    );
-    assert!(out.status.success(), "moat {args:?}\n{}", show_output(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn honey_topic_alerts_quarantine_live_sessions_and_release_by_operator_and_by_time_box() {
     let hub = Hub::start(HubOptions::new().config(SHORT_BOXES));
@@ -60,7 +48,7 @@ fn honey_topic_alerts_quarantine_live_sessions_and_release_by_operator_and_by_ti
         released.is_some_and(|n| n >= 2.0),
         "responses released: {released:?}"
     );
-    let trail = moat_cli(&hub, &["audit", "export"]);
+    let trail = cli_ok(&hub, &["audit", "export"]);
     for action in [
         "\"alert.raised\"",
         "\"response.executed\"",
@@ -85,7 +73,7 @@ fn dry_run_records_the_intended_response_and_executes_nothing() {
     );
     let deadline = std::time::Instant::now() + EVENT_DEADLINE;
     let line = loop {
-        let out = moat_cli(&hub, &["alerts", "list", "--json"]);
+        let out = cli_ok(&hub, &["alerts", "list", "--json"]);
         if let Some(line) = out.lines().find(|l| l.contains("honey_topic")) {
             break line.to_owned();
         }
@@ -108,27 +96,14 @@ fn dry_run_records_the_intended_response_and_executes_nothing() {
     .assert_ok();
 }
 
-/// Runs `openssl` with `args` in `dir`, failing the test on error.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = run_with_deadline(
-        Command::new("openssl").args(args).current_dir(dir),
-        EVENT_DEADLINE,
-    );
-    assert!(
-        out.status.success(),
-        "openssl {args:?}\n{}",
-        show_output(&out)
-    );
-}
-
 #[test]
 fn alerts_reach_a_signed_https_webhook() {
     use std::io::BufRead;
     let dir = TempDir::new("webhook");
     let d = dir.path();
     // A CA and a server certificate for the receiver, like any internal HTTPS service.
-    openssl(
-        d,
+    tool_ok(
+        "openssl",
         &[
             "req",
             "-x509",
@@ -150,9 +125,10 @@ fn alerts_reach_a_signed_https_webhook() {
             "-addext",
             "keyUsage=critical,keyCertSign",
         ],
-    );
-    openssl(
         d,
+    );
+    tool_ok(
+        "openssl",
         &[
             "req",
             "-newkey",
@@ -167,14 +143,15 @@ fn alerts_reach_a_signed_https_webhook() {
             "-subj",
             "/CN=localhost",
         ],
+        d,
     );
     std::fs::write(
         d.join("srv.ext"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .expect("ext");
-    openssl(
-        d,
+    tool_ok(
+        "openssl",
         &[
             "x509",
             "-req",
@@ -192,6 +169,7 @@ fn alerts_reach_a_signed_https_webhook() {
             "-extfile",
             "srv.ext",
         ],
+        d,
     );
     std::fs::write(d.join("secret"), "a-webhook-secret-of-32-bytes-xyz\n").expect("secret");
 

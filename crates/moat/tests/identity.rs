@@ -6,49 +6,9 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use support::*;
-
-/// `moat ARGS --data-dir DIR` (the operator CLI against this hub).
-fn cli(hub: &Hub, args: &[&str]) -> Output {
-    run_with_deadline(
-        Command::new(moat_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(hub.data_dir()),
-        EVENT_DEADLINE,
-    )
-}
-
-fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let out = cli(hub, args);
-    assert!(
-        out.status.success(),
-        "moat {} failed\n{}",
-        args.join(" "),
-        show_output(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn tool(program: &str, args: &[&str], dir: &Path) -> Output {
-    run_with_deadline(
-        Command::new(program).args(args).current_dir(dir),
-        EVENT_DEADLINE,
-    )
-}
-
-fn tool_ok(program: &str, args: &[&str], dir: &Path) -> String {
-    let out = tool(program, args, dir);
-    assert!(
-        out.status.success(),
-        "{program} {} failed\n{}",
-        args.join(" "),
-        show_output(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn api_url(hub: &Hub, path: &str) -> String {
     format!("https://localhost:{}{path}", hub.addrs.api.port())

@@ -10,7 +10,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -226,27 +226,6 @@ fn publish_from(hub: &Hub, src: &str, via: &Via, client_id: Option<&str>) -> Pub
         client_id,
         &["-A", src, "-t", "shield/test", "-m", "1"],
     )
-}
-
-fn cli(hub: &Hub, args: &[&str]) -> Output {
-    run_with_deadline(
-        Command::new(moat_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(hub.data_dir()),
-        EVENT_DEADLINE,
-    )
-}
-
-fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let out = cli(hub, args);
-    assert!(
-        out.status.success(),
-        "moat {} failed\n{}",
-        args.join(" "),
-        show_output(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// `moat ban list --json`: one JSON object per line.

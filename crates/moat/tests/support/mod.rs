@@ -1466,3 +1466,49 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}{}x{nanos:x}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operator CLI and other command-line tools
+
+/// `moat ARGS --data-dir DIR` (the operator CLI against this hub).
+pub fn cli(hub: &Hub, args: &[&str]) -> Output {
+    run_with_deadline(
+        Command::new(moat_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(hub.data_dir()),
+        EVENT_DEADLINE,
+    )
+}
+
+/// [`cli`], which must succeed; its standard output, trimmed.
+pub fn cli_ok(hub: &Hub, args: &[&str]) -> String {
+    let out = cli(hub, args);
+    assert!(
+        out.status.success(),
+        "moat {} failed\n{}",
+        args.join(" "),
+        show_output(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `program ARGS` run in `dir`.
+pub fn tool(program: &str, args: &[&str], dir: &Path) -> Output {
+    run_with_deadline(
+        Command::new(program).args(args).current_dir(dir),
+        EVENT_DEADLINE,
+    )
+}
+
+/// [`tool`], which must succeed; its standard output.
+pub fn tool_ok(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = tool(program, args, dir);
+    assert!(
+        out.status.success(),
+        "{program} {} failed\n{}",
+        args.join(" "),
+        show_output(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
