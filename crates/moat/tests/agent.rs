@@ -7,7 +7,6 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use moat_agent::{
     AgentError, Blame, EnrollOptions, EnrollmentToken, HubUrl, Identity, IdentityFiles, Overrides,
@@ -15,24 +14,6 @@ use moat_agent::{
 };
 use moat_types::DeviceId;
 use support::*;
-
-/// `moat ARGS --data-dir DIR`; must succeed; returns stdout trimmed.
-fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let out = run_with_deadline(
-        Command::new(moat_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(hub.data_dir()),
-        EVENT_DEADLINE,
-    );
-    assert!(
-        out.status.success(),
-        "moat {} failed\n{}",
-        args.join(" "),
-        show_output(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A single-use enrollment token.
 fn token(hub: &Hub) -> EnrollmentToken {
