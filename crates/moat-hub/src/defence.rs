@@ -537,15 +537,41 @@ async fn raise(defence: &Defence, actors: &Actors, alert: Alert) {
     .with("threshold", alert.explanation.threshold);
     actors.audit.record(entry);
 
-    if alert.response == Response::Alert {
-        return;
+    // An escalation replaces the response of the alert it escalates: the engine will only
+    // release the new one.
+    if let Some(previous) = alert.escalates
+        && let Some(superseded) = undo(actors, defence, previous).await
+    {
+        let registry = actors.registry.clone();
+        let id = superseded.registry_id;
+        let _ = tokio::task::spawn_blocking(move || {
+            registry.set_alert_state(id, AlertState::Released, "detect", now_ms())
+        })
+        .await;
+        actors.audit.record(
+            Entry::new(
+                now_ms(),
+                "detect",
+                "response.superseded",
+                alert_subject(&alert),
+                Outcome::Success,
+            )
+            .with("alert", id)
+            .with("by_alert", registry_id),
+        );
     }
-    let ban = execute(actors, &alert, registry_id).await;
-    s.responses_executed.fetch_add(1, Ordering::Relaxed);
-    s.active
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(
+    let ban = if alert.response == Response::Alert {
+        // Nothing to execute; remembered so that the engine's release closes it too.
+        None
+    } else {
+        s.responses_executed.fetch_add(1, Ordering::Relaxed);
+        execute(actors, &alert, registry_id).await
+    };
+    let mut active = s.active.lock().unwrap_or_else(PoisonError::into_inner);
+    // Executed responses are always remembered (they must be undone); alert-only ones only
+    // while the table has room (the engine's incidents are bounded the same way).
+    if alert.response != Response::Alert || active.len() < MAX_ACTIVE_ALERTS {
+        active.insert(
             alert.id,
             Active {
                 registry_id,
@@ -554,7 +580,12 @@ async fn raise(defence: &Defence, actors: &Actors, alert: Alert) {
                 ban,
             },
         );
+    }
 }
+
+/// Alerts remembered until the engine releases them: twice the engine's default incident
+/// limit.
+pub const MAX_ACTIVE_ALERTS: usize = 131_072;
 
 /// Owned copy of a [`NewAlert`] to move into a blocking task.
 struct NewAlertOwned {
@@ -759,6 +790,9 @@ async fn undo(actors: &Actors, defence: &Defence, alert_id: u64) -> Option<Activ
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&alert_id)?;
+    if active.response != Response::Alert {
+        defence.shared.releases.fetch_add(1, Ordering::Relaxed);
+    }
     match (&active.response, &active.device) {
         (
             Response::Throttle { .. }
@@ -778,12 +812,11 @@ async fn undo(actors: &Actors, defence: &Defence, alert_id: u64) -> Option<Activ
         }
         _ => {}
     }
-    defence.shared.releases.fetch_add(1, Ordering::Relaxed);
     Some(active)
 }
 
 async fn release_by_engine(defence: &Defence, actors: &Actors, release: Release) {
-    // Already released by an operator, or an alert whose response needed no undoing.
+    // Already released by an operator, or superseded by an escalation.
     let Some(active) = undo(actors, defence, release.alert_id).await else {
         return;
     };
