@@ -25,6 +25,9 @@ mod config;
 mod device;
 mod engine;
 mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod hst;
 mod state;
 mod stats;
