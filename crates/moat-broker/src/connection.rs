@@ -606,7 +606,7 @@ impl Connection {
         }
         let message = Message::new(topic.clone(), p, now, Some(self.cell.id));
         let retain = message.retain;
-        self.refresh_permissions();
+        // (Permissions were refreshed for this packet before the rate charge above.)
         let repeat = !retain && self.last_allowed_topic.as_deref() == Some(topic.as_bytes());
         let Some(authorized) = auth::check_publish_remembering(
             &*self.permissions,

@@ -37,14 +37,12 @@ pub struct Traffic {
 impl Traffic {
     /// The histogram bucket of a payload of `len` bytes.
     pub fn bucket(len: usize) -> usize {
-        // 16 << 2k: each bucket is four times the previous one.
-        let mut bucket = 0;
-        let mut bound = 16usize;
-        while len >= bound && bucket < TRAFFIC_SIZE_BUCKETS - 1 {
-            bucket += 1;
-            bound <<= 2;
+        // Bucket k ≥ 1 holds [16·4^(k-1), 16·4^k): two bits of length per bucket above 15.
+        if len < 16 {
+            return 0;
         }
-        bucket
+        let bits = (usize::BITS - len.leading_zeros()) as usize;
+        ((bits - 5) / 2 + 1).min(TRAFFIC_SIZE_BUCKETS - 1)
     }
 
     pub(crate) fn record_in(&mut self, len: usize) {
@@ -140,6 +138,16 @@ mod tests {
         assert_eq!(Traffic::bucket(64 * 1024 - 1), 6);
         assert_eq!(Traffic::bucket(64 * 1024), 7);
         assert_eq!(Traffic::bucket(usize::MAX), 7);
+        for len in 0..300_000usize {
+            // The definition, one bucket at a time.
+            let mut bucket = 0;
+            let mut bound = 16usize;
+            while len >= bound && bucket < TRAFFIC_SIZE_BUCKETS - 1 {
+                bucket += 1;
+                bound <<= 2;
+            }
+            assert_eq!(Traffic::bucket(len), bucket, "{len}");
+        }
     }
 
     #[test]
