@@ -926,8 +926,9 @@ pub(crate) struct DefenceHandle {
 #[derive(Debug, Clone)]
 pub(crate) struct BrokerFacts(pub Defence);
 
-impl moat_broker::Observer for BrokerFacts {
-    fn first_topic(&self, client: &ClientId, principal: &Principal, topic: &TopicName) {
+impl BrokerFacts {
+    /// Reports what a device's connection did; the task fills in its connection and address.
+    fn device_fact(&self, client: &ClientId, principal: &Principal, kind: FactKind) {
         if let Principal::Device(device) = principal {
             self.0.report(Fact {
                 at_ms: now_ms(),
@@ -935,22 +936,19 @@ impl moat_broker::Observer for BrokerFacts {
                 connection: 0,
                 device: Some(device.clone()),
                 client: Some(client.clone()),
-                kind: FactKind::FirstTopic(topic.clone()),
+                kind,
             });
         }
     }
+}
+
+impl moat_broker::Observer for BrokerFacts {
+    fn first_topic(&self, client: &ClientId, principal: &Principal, topic: &TopicName) {
+        self.device_fact(client, principal, FactKind::FirstTopic(topic.clone()));
+    }
 
     fn subscribed(&self, client: &ClientId, principal: &Principal, filter: &TopicFilter) {
-        if let Principal::Device(device) = principal {
-            self.0.report(Fact {
-                at_ms: now_ms(),
-                peer: UNKNOWN_PEER,
-                connection: 0,
-                device: Some(device.clone()),
-                client: Some(client.clone()),
-                kind: FactKind::Subscribed(filter.clone()),
-            });
-        }
+        self.device_fact(client, principal, FactKind::Subscribed(filter.clone()));
     }
 }
 

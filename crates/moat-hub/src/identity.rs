@@ -765,6 +765,21 @@ impl NetEvents {
         }
     }
 
+    /// Audits a refusal of an unauthenticated peer (rate-limited per address).
+    fn peer_denied(&self, peer: std::net::SocketAddr, action: &str, key: &str, value: &str) {
+        self.audit.record_unauthenticated(
+            Some(peer.ip()),
+            Entry::new(
+                now_ms(),
+                format!("peer:{peer}"),
+                action,
+                format!("peer:{}", peer.ip()),
+                Outcome::Denied,
+            )
+            .with(key, value),
+        );
+    }
+
     /// Sends a fact to the detection engine, if it runs.
     fn detect(
         &self,
@@ -852,17 +867,7 @@ impl moat_net::SecurityEvents for NetEvents {
             crate::defence::FactKind::HandshakeTimeout
         };
         self.detect(peer, 0, None, None, kind);
-        self.audit.record_unauthenticated(
-            Some(peer.ip()),
-            Entry::new(
-                now_ms(),
-                format!("peer:{peer}"),
-                "security.deadline_missed",
-                format!("peer:{}", peer.ip()),
-                Outcome::Denied,
-            )
-            .with("phase", phase),
-        );
+        self.peer_denied(peer, "security.deadline_missed", "phase", phase);
     }
 
     fn handshake_failed(&self, peer: std::net::SocketAddr, reason: &str) {
@@ -873,17 +878,7 @@ impl moat_net::SecurityEvents for NetEvents {
             crate::defence::FactKind::TlsFailed(crate::defence::tls_failure(reason))
         };
         self.detect(peer, 0, None, None, kind);
-        self.audit.record_unauthenticated(
-            Some(peer.ip()),
-            Entry::new(
-                now_ms(),
-                format!("peer:{peer}"),
-                "auth.handshake_failed",
-                format!("peer:{}", peer.ip()),
-                Outcome::Denied,
-            )
-            .with("reason", reason),
-        );
+        self.peer_denied(peer, "auth.handshake_failed", "reason", reason);
     }
 
     fn connect_refused(
