@@ -1,0 +1,1 @@
+//! Campaigns: waves, gates, maintenance windows and consent as a pure state machine.
