@@ -111,8 +111,23 @@ impl HubUrl {
         })
     }
 
+    /// The host: a DNS name or an IP address (without brackets).
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The name the hub's TLS certificate must carry.
+    pub(crate) fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+
     /// `HOST:PORT` as the Host header wants it.
-    fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -176,6 +191,48 @@ impl std::str::FromStr for EnrollmentToken {
     }
 }
 
+impl ClientAuth {
+    /// The same credentials again (a second connection's configuration).
+    pub(crate) fn clone_key(&self) -> Self {
+        match self {
+            ClientAuth::None => ClientAuth::None,
+            ClientAuth::Device { chain, key } => ClientAuth::Device {
+                chain: chain.clone(),
+                key: key.clone_key(),
+            },
+        }
+    }
+}
+
+/// A TLS client configuration trusting only `roots` for the hub's certificate, presenting
+/// `auth`, offering the ALPN protocols `alpn` (`http/1.1`; none for raw MQTT).
+pub(crate) fn client_config(
+    roots: &[CertificateDer<'static>],
+    auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, AgentError> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone())
+            .map_err(|e| AgentError::Misconfigured(format!("a CA certificate is unusable: {e}")))?;
+    }
+    let builder = ClientConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Crypto(e.to_string()))?
+        .with_root_certificates(store);
+    let mut config = match auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Device { chain, key } => {
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                AgentError::Misconfigured(format!("the device key or certificate: {e}"))
+            })?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// An EST client bound to one hub and one TLS configuration.
 pub(crate) struct EstClient {
     url: HubUrl,
@@ -208,25 +265,7 @@ impl EstClient {
         roots: &[CertificateDer<'static>],
         auth: ClientAuth,
     ) -> Result<Self, AgentError> {
-        let mut store = RootCertStore::empty();
-        for root in roots {
-            store.add(root.clone()).map_err(|e| {
-                AgentError::Misconfigured(format!("a CA certificate is unusable: {e}"))
-            })?;
-        }
-        let builder = ClientConfig::builder_with_provider(crate::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| AgentError::Crypto(e.to_string()))?
-            .with_root_certificates(store);
-        let mut config = match auth {
-            ClientAuth::None => builder.with_no_client_auth(),
-            ClientAuth::Device { chain, key } => {
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    AgentError::Misconfigured(format!("the device key or certificate: {e}"))
-                })?
-            }
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = client_config(roots, auth, &[b"http/1.1"])?;
         Ok(EstClient {
             url,
             tls: TlsConnector::from(Arc::new(config)),
@@ -410,7 +449,7 @@ fn one_line(body: &[u8], status: StatusCode) -> String {
 
 /// A failed TLS connection: an untrusted hub certificate is [`AgentError::HubNotTrusted`];
 /// anything else (an alert from the hub, a reset) is [`AgentError::Unreachable`].
-fn tls_error(url: &HubUrl, e: std::io::Error) -> AgentError {
+pub(crate) fn tls_error(url: &HubUrl, e: std::io::Error) -> AgentError {
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -364,6 +364,45 @@ pub async fn renew_with(
     })
 }
 
+/// What a mutual-TLS connection to the hub needs, read from the identity directory: the
+/// device id, the hub, the trusted roots (`ca.crt`), the chain and its key.
+pub(crate) struct DeviceCredentials {
+    pub(crate) device_id: DeviceId,
+    pub(crate) hub: HubUrl,
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    pub(crate) auth: crate::est::ClientAuth,
+}
+
+/// Reads the credentials of the identity in `dir` (the key must belong to the certificate).
+pub(crate) fn device_credentials(
+    dir: &Path,
+    overrides: &Overrides,
+) -> Result<DeviceCredentials, AgentError> {
+    let files = IdentityFiles::in_dir(dir);
+    let current = read_identity(&files)?;
+    let key_pem = files::read_bounded(&files.key, MAX_PEM_FILE_SIZE)?;
+    let key = std::str::from_utf8(&key_pem)
+        .map_err(|_| "not UTF-8".to_owned())
+        .and_then(DeviceKey::from_pem)
+        .map_err(|e| AgentError::Misconfigured(format!("{}: {e}", files.key.display())))?;
+    if !key.matches(&current.leaf) {
+        return Err(AgentError::Misconfigured(format!(
+            "{} does not belong to the certificate in {}",
+            files.key.display(),
+            files.cert.display()
+        )));
+    }
+    Ok(DeviceCredentials {
+        device_id: current.state.device_id,
+        hub: overrides.hub.clone().unwrap_or(current.state.hub),
+        roots: read_ca(&files.ca, "ca.crt")?,
+        auth: crate::est::ClientAuth::Device {
+            chain: current.chain,
+            key: key.der_for_tls()?,
+        },
+    })
+}
+
 /// The identity in `dir`, its hub and renewal schedule at the current time. Reads only: an
 /// interrupted renewal is completed by the next [`renew`], not here.
 pub fn status(dir: &Path, overrides: &Overrides) -> Result<Status, AgentError> {

@@ -1,7 +1,8 @@
 //! `moat-agent`: argv parsing and output only; everything else is the library.
 //!
-//! Exit codes: 0 success, 1 local failure, 2 misconfiguration (bad flags or files),
-//! 3 refused by the hub, 4 verification failed, 5 hub unreachable, 6 malformed hub response.
+//! Exit codes: 0 success, 1 local failure (for `update`: the install failed or was rolled
+//! back), 2 misconfiguration (bad flags or files), 3 refused by the hub, 4 verification failed
+//! (for `update`: the update was refused), 5 hub unreachable, 6 malformed hub response.
 
 #![forbid(unsafe_code)]
 
@@ -9,9 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use moat_agent::update::command::CommandLine;
+use moat_agent::update::inventory::InventorySource;
 use moat_agent::{
     AgentError, Blame, EnrollOptions, EnrollmentToken, ExistingIdentity, HubUrl, Overrides,
-    RenewMode, RenewOutcome, RenewalThreshold, format_utc,
+    RenewMode, RenewOutcome, RenewalThreshold, Reports, UpdateOptions, UpdateOutcome, format_utc,
 };
 use moat_types::DeviceId;
 
@@ -39,6 +42,120 @@ struct ThresholdArg {
     /// `25%`); default: what enroll remembered.
     #[arg(long, value_name = "FRACTION")]
     renew_when_remaining: Option<RenewalThreshold>,
+}
+
+/// Signed updates (see `crates/moat-ota/README.md` for the contract). Commands are split at
+/// whitespace and run without a shell.
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// This device's hardware class (images published with --hardware must match).
+    #[arg(long, env = "MOAT_AGENT_HARDWARE", value_name = "CLASS")]
+    hardware: Option<String>,
+    /// The version installed before the agent's first update (its own record wins after).
+    #[arg(
+        long,
+        env = "MOAT_AGENT_INSTALLED_VERSION",
+        value_name = "VERSION",
+        default_value = "0"
+    )]
+    installed_version: String,
+    /// The pinned image repository root [default: DIR/image-root.json].
+    #[arg(long, env = "MOAT_AGENT_IMAGE_ROOT", value_name = "FILE")]
+    image_root: Option<PathBuf>,
+    /// The pinned director root [default: DIR/director-root.json].
+    #[arg(long, env = "MOAT_AGENT_DIRECTOR_ROOT", value_name = "FILE")]
+    director_root: Option<PathBuf>,
+    /// Update state, trusted metadata and downloads [default: DIR/ota].
+    #[arg(long, env = "MOAT_AGENT_OTA_DIR", value_name = "DIR")]
+    ota_dir: Option<PathBuf>,
+    /// Installs an image; the image path is appended as the last argument.
+    #[arg(long, env = "MOAT_AGENT_INSTALL_CMD", value_name = "CMD")]
+    install_cmd: Option<CommandLine>,
+    /// Restarts into the new version after the install (none: health check at once).
+    #[arg(long, env = "MOAT_AGENT_REBOOT_CMD", value_name = "CMD")]
+    reboot_cmd: Option<CommandLine>,
+    /// Checks the new version after the restart; exit 0 is healthy.
+    #[arg(long, env = "MOAT_AGENT_HEALTH_CMD", value_name = "CMD")]
+    health_cmd: Option<CommandLine>,
+    /// Makes the new version permanent after a good health check.
+    #[arg(long, env = "MOAT_AGENT_CONFIRM_CMD", value_name = "CMD")]
+    confirm_cmd: Option<CommandLine>,
+    /// Restores the previous version after a failed health check or too many starts.
+    #[arg(long, env = "MOAT_AGENT_ROLLBACK_CMD", value_name = "CMD")]
+    rollback_cmd: Option<CommandLine>,
+    /// Asks for consent before downloading; exit 0 is yes.
+    #[arg(long, env = "MOAT_AGENT_CONSENT_CMD", value_name = "CMD")]
+    consent_cmd: Option<CommandLine>,
+    /// Starts a new version gets to pass its health check before the agent rolls back.
+    #[arg(long, value_name = "N", default_value_t = moat_agent::update::DEFAULT_MAX_BOOT_ATTEMPTS)]
+    max_boot_attempts: u32,
+    /// Where reports go: mqtts://HOST:PORT, or `off` [default: the hub's host, port 8883].
+    #[arg(long, env = "MOAT_AGENT_MQTT", value_name = "URL")]
+    mqtt: Option<Reports>,
+    /// The package inventory: a JSON file of {"name","version","purl"} packages.
+    #[arg(
+        long,
+        env = "MOAT_AGENT_INVENTORY",
+        value_name = "FILE",
+        conflicts_with = "inventory_cmd"
+    )]
+    inventory: Option<PathBuf>,
+    /// The package inventory: a command printing that JSON.
+    #[arg(long, env = "MOAT_AGENT_INVENTORY_CMD", value_name = "CMD")]
+    inventory_cmd: Option<CommandLine>,
+    /// How often to check for updates (`90s`, `15m`, `6h`, `1d`).
+    #[arg(long, env = "MOAT_AGENT_UPDATE_EVERY", value_name = "INTERVAL", default_value = "1h",
+          value_parser = moat_agent::update::parse_interval)]
+    update_every: std::time::Duration,
+}
+
+impl UpdateArgs {
+    /// The update options, `None` if updates are not configured (no --install-cmd).
+    fn options(&self, dir: &std::path::Path) -> Result<Option<UpdateOptions>, AgentError> {
+        let Some(install) = self.install_cmd.clone() else {
+            if self.hardware.is_some() {
+                return Err(AgentError::Misconfigured(
+                    "--hardware is set but --install-cmd is not: updates need an install \
+                     command"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let hardware = self.hardware.clone().ok_or_else(|| {
+            AgentError::Misconfigured(
+                "updates need this device's hardware class (--hardware or \
+                 MOAT_AGENT_HARDWARE)"
+                    .into(),
+            )
+        })?;
+        let mut o = UpdateOptions::new(dir, hardware, install);
+        o.installed_version = self.installed_version.clone();
+        if let Some(p) = &self.image_root {
+            o.image_root = p.clone();
+        }
+        if let Some(p) = &self.director_root {
+            o.director_root = p.clone();
+        }
+        if let Some(p) = &self.ota_dir {
+            o.work_dir = p.clone();
+        }
+        o.commands.reboot = self.reboot_cmd.clone();
+        o.commands.health = self.health_cmd.clone();
+        o.commands.confirm = self.confirm_cmd.clone();
+        o.commands.rollback = self.rollback_cmd.clone();
+        o.commands.consent = self.consent_cmd.clone();
+        o.max_boot_attempts = self.max_boot_attempts;
+        if let Some(r) = &self.mqtt {
+            o.reports = r.clone();
+        }
+        o.inventory = match (&self.inventory, &self.inventory_cmd) {
+            (Some(f), _) => Some(InventorySource::File(f.clone())),
+            (None, Some(c)) => Some(InventorySource::Command(c.clone())),
+            (None, None) => None,
+        };
+        Ok(Some(o))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,7 +197,8 @@ enum Command {
         #[command(flatten)]
         threshold: ThresholdArg,
     },
-    /// Keep renewing when due, forever (retrying with backoff on failure).
+    /// Keep renewing when due, forever (retrying with backoff on failure); with
+    /// --install-cmd, also check for updates every --update-every.
     Run {
         #[command(flatten)]
         dir: DirArg,
@@ -89,6 +207,22 @@ enum Command {
         hub: Option<HubUrl>,
         #[command(flatten)]
         threshold: ThresholdArg,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
+    /// Check for a signed update and install it (finishing an install pending from before a
+    /// restart first).
+    Update {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Talk to this hub instead of the one remembered from enroll (not saved).
+        #[arg(long)]
+        hub: Option<HubUrl>,
+        /// One cycle, then exit (otherwise: every --update-every, forever).
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        update: UpdateArgs,
     },
     /// Show the device id, certificate serial, expiry and whether renewal is due.
     Status {
@@ -136,14 +270,28 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Agent(e)) => {
             eprintln!("moat-agent: {e}");
             ExitCode::from(exit_code(&e))
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }
 
-async fn execute(command: Command) -> Result<(), AgentError> {
+/// How `execute` fails: an error to print, or an outcome already printed that still needs a
+/// non-zero exit code.
+enum Failure {
+    Agent(AgentError),
+    Exit(u8),
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure::Agent(e)
+    }
+}
+
+async fn execute(command: Command) -> Result<(), Failure> {
     match command {
         Command::Enroll {
             hub,
@@ -166,7 +314,8 @@ async fn execute(command: Command) -> Result<(), AgentError> {
                 identity.not_before,
                 identity.not_after,
                 opts.renew_when,
-            )?;
+            )
+            .map_err(AgentError::from)?;
             println!("enrolled {}", identity.device_id);
             println!("  serial     {}", identity.serial);
             println!(
@@ -222,15 +371,83 @@ async fn execute(command: Command) -> Result<(), AgentError> {
             }
             Ok(())
         }
+        Command::Update {
+            dir,
+            hub,
+            once,
+            update,
+        } => {
+            let opts = update.options(&dir.dir)?.ok_or_else(|| {
+                AgentError::Misconfigured(
+                    "updates need an install command (--install-cmd or MOAT_AGENT_INSTALL_CMD)"
+                        .into(),
+                )
+            })?;
+            let overrides = Overrides {
+                hub,
+                renew_when: None,
+            };
+            if !once {
+                tokio::select! {
+                    never = moat_agent::update::run_updates(
+                        &dir.dir, &overrides, &opts, update.update_every
+                    ) => match never {},
+                    () = shutdown() => tracing::info!("stopping"),
+                }
+                return Ok(());
+            }
+            let outcome = moat_agent::update_once(&dir.dir, &overrides, &opts).await?;
+            match &outcome {
+                UpdateOutcome::UpToDate { installed } => println!("up to date: {installed}"),
+                UpdateOutcome::Installed { target, version } => {
+                    println!("installed {target} (version {version})")
+                }
+                UpdateOutcome::Rebooting { target, version } => println!(
+                    "installed {target} (version {version}); rebooting, the next start checks \
+                     its health"
+                ),
+                UpdateOutcome::RolledBack {
+                    target,
+                    version,
+                    reason,
+                } => println!("rolled back {target} (version {version}): {reason}"),
+                UpdateOutcome::Failed {
+                    target,
+                    version,
+                    reason,
+                } => println!("failed to install {target} (version {version}): {reason}"),
+                UpdateOutcome::ConsentDeclined { target, version } => {
+                    println!("consent declined for {target} (version {version})")
+                }
+                UpdateOutcome::Skipped { target, version } => println!(
+                    "not retrying {target} (version {version}): it failed or was rolled back \
+                     before"
+                ),
+                UpdateOutcome::Refused { target, reason } => match target {
+                    Some(t) => println!("refused {t}: {reason}"),
+                    None => println!("refused: {reason}"),
+                },
+                other => println!("{other:?}"),
+            }
+            match outcome {
+                UpdateOutcome::Refused { .. } => Err(Failure::Exit(4)),
+                UpdateOutcome::RolledBack { .. } | UpdateOutcome::Failed { .. } => {
+                    Err(Failure::Exit(1))
+                }
+                _ => Ok(()),
+            }
+        }
         Command::Run {
             dir,
             hub,
             threshold,
+            update,
         } => {
             let overrides = Overrides {
                 hub,
                 renew_when: threshold.renew_when_remaining,
             };
+            let updates = update.options(&dir.dir)?;
             // A directory without an identity is a setup mistake, reported at once; later
             // failures are retried by the loop.
             let st = moat_agent::status(&dir.dir, &overrides)?;
@@ -242,8 +459,23 @@ async fn execute(command: Command) -> Result<(), AgentError> {
                 hub = %st.hub,
                 "moat-agent running"
             );
+            let update_loop = async {
+                match &updates {
+                    Some(opts) => {
+                        moat_agent::update::run_updates(
+                            &dir.dir,
+                            &overrides,
+                            opts,
+                            update.update_every,
+                        )
+                        .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 never = moat_agent::run(&dir.dir, &overrides) => match never {},
+                never = update_loop => match never {},
                 () = shutdown() => tracing::info!("stopping"),
             }
             Ok(())

@@ -32,7 +32,7 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
 pub const MAX_RENEWAL_JITTER: Duration = Duration::from_secs(15 * 60);
 
 /// A uniformly random duration below `bound` (zero if the system has no randomness).
-fn random_below(bound: Duration) -> Duration {
+pub(crate) fn random_below(bound: Duration) -> Duration {
     let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
     if bound_ms == 0 {
         return Duration::ZERO;

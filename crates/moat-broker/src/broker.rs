@@ -41,6 +41,11 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     pub stats: Stats,
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    tap: std::sync::OnceLock<Arc<dyn crate::traffic::PublishTap>>,
+    /// Counts of connections that ended (or were taken over) since the last
+    /// `collect_traffic`, so that a short connection is counted too. At most
+    /// [`crate::traffic::MAX_DEPARTED_TRAFFIC`] entries; beyond, counts are dropped.
+    departed: Mutex<Vec<(ClientId, u64, Principal, Traffic)>>,
 }
 
 /// The result of a CONNECT.
@@ -112,6 +117,8 @@ impl Broker {
                 next_id: AtomicU64::new(1),
                 stats: Stats::default(),
                 observer: std::sync::OnceLock::new(),
+                tap: std::sync::OnceLock::new(),
+                departed: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -126,10 +133,25 @@ impl Broker {
         self.shared.observer.get()
     }
 
+    /// Installs the [`PublishTap`](crate::PublishTap) that receives allowed publishes to the
+    /// topics it wants (the hub's device reports). Only the first call takes effect;
+    /// returns whether it did.
+    pub fn set_tap(&self, tap: Arc<dyn crate::traffic::PublishTap>) -> bool {
+        self.shared.tap.set(tap).is_ok()
+    }
+
+    pub(crate) fn tap(&self) -> Option<&Arc<dyn crate::traffic::PublishTap>> {
+        self.shared.tap.get()
+    }
+
     /// Takes the [`Traffic`] counted for every connected session since the last call,
     /// calling `f` with the client id, the connection's id, its principal and the counts
     /// (sessions with nothing counted are skipped). The hub calls it about once a second.
     pub fn collect_traffic(&self, mut f: impl FnMut(&ClientId, u64, &Principal, Traffic)) {
+        let departed = std::mem::take(&mut *lock(&self.shared.departed));
+        for (client, conn_id, principal, traffic) in departed {
+            f(&client, conn_id, &principal, traffic);
+        }
         let cells: Vec<Arc<SessionCell>> = lock(&self.shared.sessions).values().cloned().collect();
         for cell in cells {
             let mut st = cell.lock();
@@ -143,6 +165,25 @@ impl Broker {
                 drop(st);
                 f(&cell.client_id, conn_id, &principal, traffic);
             }
+        }
+    }
+
+    /// Keeps the counts of a connection leaving `st` for the next `collect_traffic`.
+    fn depart(
+        &self,
+        client: &ClientId,
+        st: &crate::session::SessionState,
+        old: &crate::session::Attached,
+    ) {
+        if old.traffic.is_empty() {
+            return;
+        }
+        let Some(principal) = st.principal.clone() else {
+            return;
+        };
+        let mut departed = lock(&self.shared.departed);
+        if departed.len() < crate::traffic::MAX_DEPARTED_TRAFFIC {
+            departed.push((client.clone(), old.conn_id, principal, old.traffic));
         }
     }
 
@@ -344,6 +385,7 @@ impl Broker {
                     let mut st = cell.lock();
                     // Takeover (MQTT-3.1.4-3): the old connection is told to go.
                     if let Some(old) = st.attached.take() {
+                        self.depart(&cell.client_id, &st, &old);
                         old.waker.wake();
                         self.shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
                         if let Some(will) = st.will.take()
@@ -362,6 +404,7 @@ impl Broker {
                     // Clean start: the old session ends (its will goes now).
                     let mut st = cell.lock();
                     if let Some(old) = st.attached.take() {
+                        self.depart(&cell.client_id, &st, &old);
                         old.waker.wake();
                         self.shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
                     }
@@ -889,7 +932,9 @@ impl Broker {
                 // Taken over: the new connection owns the session now.
                 return;
             }
-            st.attached = None;
+            if let Some(old) = st.attached.take() {
+                self.depart(&cell.client_id, &st, &old);
+            }
             cell.set_online(false);
             st.disconnected_at = Some(now);
             // Paused publishers must not wait for a session nobody drains.

@@ -630,6 +630,11 @@ impl Connection {
         {
             observer.first_topic(&self.client_id, &self.principal, &topic);
         }
+        if let Some(tap) = self.broker.tap()
+            && tap.wants(&topic)
+        {
+            tap.publish(&self.principal, &topic, authorized.get().payload.clone());
+        }
         let mut ops = Vec::new();
         if qos == QoS::ExactlyOnce
             && let Some(id) = packet_id

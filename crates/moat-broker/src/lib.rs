@@ -43,7 +43,10 @@ pub use connection::{Close, CloseKind, Connection, Outbox, Outgoing};
 pub use message::Message;
 pub use moat_mqtt::ReasonCode;
 pub use stats::Stats;
-pub use traffic::{NoObserver, Observer, TOPICS_REMEMBERED, TRAFFIC_SIZE_BUCKETS, Traffic};
+pub use traffic::{
+    MAX_DEPARTED_TRAFFIC, NoObserver, Observer, PublishTap, TOPICS_REMEMBERED, TRAFFIC_SIZE_BUCKETS,
+    Traffic,
+};
 
 /// Called by the broker when a connection has something to send or must close.
 /// The network layer implements it (for example with `tokio::sync::Notify`).

@@ -85,11 +85,30 @@ pub trait Observer: Send + Sync + fmt::Debug {
     fn subscribed(&self, _client: &ClientId, _principal: &Principal, _filter: &TopicFilter) {}
 }
 
+/// Receives copies of allowed publishes to a few topics the hub itself consumes (device
+/// update reports: `devices/+/ota/+`), after the policy allowed them and before they are
+/// routed (they are routed as usual too).
+///
+/// Called on the packet path for every allowed publish: [`wants`](Self::wants) must be a
+/// cheap check of the topic's shape (a few byte comparisons, no allocation), and
+/// [`publish`](Self::publish) must not block (queue and return; drop and count when full).
+pub trait PublishTap: Send + Sync + fmt::Debug {
+    /// Whether publishes to `topic` are for the tap.
+    fn wants(&self, topic: &TopicName) -> bool;
+    /// An allowed publish by `principal` to a topic the tap wants; `payload` shares the
+    /// read buffer.
+    fn publish(&self, principal: &Principal, topic: &TopicName, payload: bytes::Bytes);
+}
+
 /// Observes nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+/// Ended connections whose counts wait for the next `Broker::collect_traffic` (about a
+/// second's worth of disconnects); beyond it their counts are not reported.
+pub const MAX_DEPARTED_TRAFFIC: usize = 65_536;
 
 /// Topics one connection remembers having published to (hashes, oldest forgotten first).
 pub const TOPICS_REMEMBERED: usize = 32;

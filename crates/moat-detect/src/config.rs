@@ -162,6 +162,11 @@ pub struct Learning {
     /// A device younger than this (seconds since first seen) is onboarding: first-seen
     /// topics are learned, not alerted on.
     pub onboarding_secs: u64,
+    /// A device observed for less than this (seconds since first seen) is not mitigated
+    /// automatically on a *learned* threshold (rate, volume, behaviour): such alerts carry
+    /// `Response::Alert` until the device's history covers a daily cycle. Absolute rules
+    /// (the cold-start rates, brute force, deception, clones by take-over…) are not affected.
+    pub mature_secs: u64,
     /// Robust z of the upper bound of a learned peak.
     pub upper_z: f32,
     /// Smallest standard deviation of a log-scale baseline (0.2: ±22 %).
@@ -179,6 +184,7 @@ impl Default for Learning {
             device_windows: 360,
             daily_windows: 8_640,
             onboarding_secs: 600,
+            mature_secs: 86_400,
             upper_z: 4.0,
             min_log_sd: 0.2,
             hst_window: 256,
@@ -379,7 +385,7 @@ impl Default for TopicLayout {
 }
 
 /// Table sizes. Every table evicts its least recently seen entry when full.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Devices tracked (default 250,000).

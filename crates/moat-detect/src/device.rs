@@ -23,6 +23,12 @@ pub(crate) struct Finding {
     pub(crate) explanation: Explanation,
     /// Key the incident by address (address-scoped detectors).
     pub(crate) by_address: bool,
+    /// The threshold crossed was learned (not an absolute rule): no automatic mitigation
+    /// while the device is younger than `learning.mature_secs`.
+    pub(crate) learned: bool,
+    /// Only evidence for an active incident (a response held while behaviour has not
+    /// returned to normal): dropped when no incident of its key is active.
+    pub(crate) extend_only: bool,
 }
 
 /// Which group counter a held finding is checked against: if enough of the group did the
@@ -75,6 +81,8 @@ impl Ctx<'_> {
                 evidence,
             },
             by_address: false,
+            learned: false,
+            extend_only: false,
         }
     }
 }
@@ -215,7 +223,8 @@ pub(crate) fn on_connect(
     }
 }
 
-/// Disconnect: live sessions, take-over ping-pong between addresses.
+/// Disconnect: live sessions; a session taken over from another address (the identity in
+/// use from two places at once), and taken back (ping-pong between two addresses).
 pub(crate) fn on_disconnect(
     cx: &Ctx<'_>,
     d: &mut DeviceState,
@@ -223,33 +232,100 @@ pub(crate) fn on_disconnect(
     found: &mut Vec<Finding>,
 ) {
     let t = &cx.cfg.thresholds;
-    let mut other: Option<IpAddr> = None;
+    // The taker is the most recent other live session.
+    let mut taker: Option<Live> = None;
+    let mut displaced: Option<Live> = None;
     for l in d.live.iter_mut() {
         match l {
-            Some(x) if x.connection == cx.src.connection => *l = None,
-            Some(x) => other = Some(x.address),
+            Some(x) if x.connection == cx.src.connection => {
+                displaced = Some(*x);
+                *l = None;
+            }
+            Some(x) => {
+                if taker.is_none_or(|t| x.since_ms >= t.since_ms) {
+                    taker = Some(*x);
+                }
+            }
             None => {}
         }
     }
     d.last_disconnect_ms = cx.now;
-    if cause == DisconnectCause::TakenOver
-        && let Some(taker) = other
-        && taker != cx.src.address
-    {
-        d.counters.takeovers += 1.0;
-        if d.counters.takeovers >= t.takeovers_per_min {
-            found.push(cx.finding(
-                Detector::ClonedIdentity,
-                Severity::Critical,
-                "takeovers_between_addresses_per_min",
-                f64::from(d.counters.takeovers),
-                f64::from(t.takeovers_per_min),
-                vec![format!(
-                    "session taken over {:.1} times in the last minute; latest {} → {}",
-                    d.counters.takeovers, cx.src.address, taker
-                )],
-            ));
-        }
+    let Some(taker) = taker.filter(|x| {
+        cause == DisconnectCause::TakenOver && x.address != cx.src.address
+    }) else {
+        return;
+    };
+    d.counters.takeovers += 1.0;
+    let (from, to) = (fingerprint(&cx.src.address), fingerprint(&taker.address));
+    let ping_pong = d.last_takeover_ms > 0
+        && cx.now.saturating_sub(d.last_takeover_ms) <= TAKEOVER_PING_PONG_MS
+        && d.takeover_from == to
+        && d.takeover_to == from;
+    let previous_ms = d.last_takeover_ms;
+    d.last_takeover_ms = cx.now;
+    d.takeover_from = from;
+    d.takeover_to = to;
+    let lasted = cx.now.saturating_sub(taker.since_ms);
+    if d.counters.takeovers >= t.takeovers_per_min {
+        found.push(cx.finding(
+            Detector::ClonedIdentity,
+            Severity::Critical,
+            "takeovers_between_addresses_per_min",
+            f64::from(d.counters.takeovers),
+            f64::from(t.takeovers_per_min),
+            vec![format!(
+                "session taken over {:.1} times in the last minute; latest {} → {}",
+                d.counters.takeovers, cx.src.address, taker.address
+            )],
+        ));
+    } else if ping_pong {
+        found.push(cx.finding(
+            Detector::ClonedIdentity,
+            Severity::High,
+            "session_taken_back_between_addresses",
+            2.0,
+            2.0,
+            vec![
+                format!(
+                    "connection {} from {} took the session back from {} (connection {}), which had taken it {} s earlier",
+                    taker.connection,
+                    taker.address,
+                    cx.src.address,
+                    cx.src.connection,
+                    cx.now.saturating_sub(previous_ms) / 1000
+                ),
+                "two endpoints hold this identity at the same time".to_owned(),
+            ],
+        ));
+    } else if let Some(x) = displaced.filter(|x| {
+        // Still in its rhythm: the displaced session carried traffic, and its silence
+        // before the take-over is within twice the device's usual gap. A device that
+        // moved (roaming) lost its old link, so its old session had gone silent.
+        let rhythm = u64::from(d.usual_gap_ms).max(t.clone_active_ms);
+        d.usual_gap_ms > 0
+            && x.last_active_ms > x.since_ms
+            && cx.now.saturating_sub(x.last_active_ms) <= 2 * rhythm
+    }) {
+        // One take-over, from another address, of a session still keeping its rhythm: a
+        // second endpoint of this identity. Alert (medium); taken back, it is high.
+        found.push(cx.finding(
+            Detector::ClonedIdentity,
+            Severity::Medium,
+            "session_taken_over_from_another_address",
+            1.0,
+            1.0,
+            vec![
+                format!(
+                    "open session {} from {} taken over by connection {} from {} ({} ms after it connected)",
+                    cx.src.connection, cx.src.address, taker.connection, taker.address, lasted
+                ),
+                format!(
+                    "the displaced session carried traffic {} ms before; the device's usual gap is {} ms",
+                    cx.now.saturating_sub(x.last_active_ms),
+                    d.usual_gap_ms
+                ),
+            ],
+        ));
     }
 }
 
@@ -408,7 +484,13 @@ pub(crate) fn on_first_publish(
     {
         let fp = fingerprint(topic.as_str());
         if !d.actuator_edges.contains(fp) {
-            if cx.onboarded {
+            // Other members command actuators: a group prior of the actuator edge (apps
+            // pairing with new actuators), not an injection.
+            let commanding_group = g.commanders >= cx.cfg.thresholds.consensus_min_devices.max(1);
+            if d.actuator_edges.len() == 0 {
+                g.commanders = g.commanders.saturating_add(1);
+            }
+            if cx.onboarded && !commanding_group {
                 if !d.acc.actuator {
                     d.acc.actuator = true;
                     g.actuator_devices += 1.0;
@@ -560,6 +642,16 @@ pub(crate) fn on_traffic(
         let mut this_since = None;
         for x in d.live.iter_mut().flatten() {
             if x.connection == src.connection {
+                if x.last_active_ms > x.since_ms {
+                    // The device's rhythm: gaps between busy seconds of one session.
+                    let gap = now.saturating_sub(x.last_active_ms).min(MAX_RHYTHM_MS) as f32;
+                    let g0 = d.usual_gap_ms as f32;
+                    d.usual_gap_ms = if d.usual_gap_ms == 0 {
+                        gap as u32
+                    } else {
+                        (g0 + (gap - g0) / 16.0) as u32
+                    };
+                }
                 x.last_active_ms = now;
                 this_since = Some(x.since_ms);
             }
@@ -649,6 +741,7 @@ pub(crate) fn on_traffic(
                 threshold_text(t.flood_ratio, l.upper_z, &flood_base, allowance),
             ],
         );
+        f.learned = flood_base.is_some() && offered < f64::from(t.flood_cold_msgs_per_s);
         f.explanation.baseline = flood_base;
         found.push(f);
     } else {
@@ -684,6 +777,7 @@ pub(crate) fn on_traffic(
                     threshold_text(t.burst_ratio, l.upper_z, &burst_base, allowance),
                 ],
             );
+            f.learned = burst_base.is_some() && brate < f64::from(t.burst_cold_bytes_per_s);
             f.explanation.baseline = burst_base;
             found.push(f);
         } else {
@@ -694,7 +788,9 @@ pub(crate) fn on_traffic(
 
 fn threshold_text(ratio: f32, z: f32, base: &Option<LearnedBaseline>, allowance: f64) -> String {
     let mut s = match base {
-        Some(_) => format!("threshold: {ratio} × the learned peak's upper bound (z = {z})"),
+        Some(_) => format!(
+            "threshold: {ratio} × the learned peak's upper bound (z = {z}) or × the learned burst envelope"
+        ),
         None => "threshold: the cold-start rule (no baseline yet)".to_owned(),
     };
     if allowance > 1.0 {
@@ -728,7 +824,11 @@ fn rate_threshold(
     }
     let drift = f64::from(g.drift[f as usize].0.max(0.0)).exp();
     let upper = e.upper(l.upper_z);
-    let thr = (f64::from(ratio) * upper * drift).max(f64::from(floor));
+    let k = if f == Feature::PeakMsgsPublished { 0 } else { 1 };
+    let envelope = f64::from(ratio * d.envelope(g, k, &cfg.thresholds));
+    let thr = (f64::from(ratio) * upper * drift)
+        .max(f64::from(floor))
+        .max(envelope);
     (thr, Some(learned(&e)))
 }
 

@@ -35,6 +35,9 @@ struct IncidentKey {
 
 #[derive(Debug, Clone)]
 struct Incident {
+    first_alert_id: u64,
+    /// An operator confirmed it ([`Engine::confirm`]): its episode is never learned.
+    confirmed: bool,
     alert_id: u64,
     severity: Severity,
     rung: Rung,
@@ -92,8 +95,10 @@ pub struct EngineStats {
     pub suppressed_by_consensus: u64,
     /// Device windows learned.
     pub windows_learned: u64,
-    /// Device windows not learned because they alerted.
+    /// Device windows not learned because they alerted (or were in a known burst mode).
     pub windows_skipped: u64,
+    /// Released, unconfirmed volume episodes learned into envelopes.
+    pub episodes_learned: u64,
     /// Device entries evicted.
     pub device_evictions: u64,
     /// Address entries evicted.
@@ -167,6 +172,35 @@ impl Engine {
     /// The configuration in force.
     pub fn config(&self) -> &DetectConfig {
         &self.cfg
+    }
+
+    /// Puts `cfg` in force (configuration reload) and keeps what was learned: baselines,
+    /// open incidents and responses in force stay. The table capacities (`[detect.limits]`)
+    /// and the Half-Space Trees' seed are fixed at construction and keep their values; the
+    /// names of the settings that therefore wait for a restart are returned. On an invalid
+    /// `cfg` nothing changes.
+    pub fn reconfigure(
+        &mut self,
+        mut cfg: DetectConfig,
+    ) -> Result<Vec<&'static str>, Vec<ConfigError>> {
+        cfg.validate()?;
+        let namespace_prefix = cfg
+            .namespace_level()
+            .map_err(|()| vec![ConfigError::Namespace(cfg.topics.device_namespace.clone())])?;
+        let mut waiting = Vec::new();
+        if cfg.limits != self.cfg.limits {
+            waiting.push("detect.limits");
+            cfg.limits = self.cfg.limits.clone();
+        }
+        if cfg.learning.hst_seed != self.cfg.learning.hst_seed {
+            waiting.push("detect.learning.hst-seed");
+            cfg.learning.hst_seed = self.cfg.learning.hst_seed;
+        }
+        self.rungs = cfg.responses.table();
+        self.namespace_prefix = namespace_prefix;
+        self.canaries = cfg.deception.canary_devices.iter().cloned().collect();
+        self.cfg = cfg;
+        Ok(waiting)
     }
 
     /// Counters about the engine itself.
@@ -320,6 +354,8 @@ impl Engine {
                     )],
                 },
                 by_address: false,
+                learned: false,
+                extend_only: false,
             });
         }
 
@@ -415,6 +451,8 @@ impl Engine {
                         evidence: vec![evidence],
                     },
                     by_address: true,
+                    learned: false,
+                    extend_only: false,
                 }
             };
         match ev.kind {
@@ -554,6 +592,8 @@ impl Engine {
                     )],
                 },
                 by_address: false,
+                learned: false,
+                extend_only: false,
             });
         }
     }
@@ -773,6 +813,7 @@ impl Engine {
                 }
                 let f = decay(MINUTE_DECAY, steps);
                 let f10 = decay(TEN_MINUTE_DECAY, steps);
+                let fe = crate::window::envelope_decay(steps);
                 for g in groups
                     .slots_mut()
                     .map(|s| &mut s.value)
@@ -782,6 +823,7 @@ impl Engine {
                     g.actuator_devices *= f;
                     g.malformed_devices *= f;
                     g.novel_devices *= f;
+                    g.decay_env(fe);
                     g.slow_elevated = g.slow_elevated_now;
                     g.slow_elevated_now = 0;
                     for s in &mut g.signatures {
@@ -842,6 +884,11 @@ impl Engine {
         released.sort_by_key(|(_, i)| i.alert_id);
         for (k, inc) in released {
             self.stats.releases += 1;
+            if let Some(device) = &k.device
+                && is_volume(k.detector)
+            {
+                self.learn_episode(device, inc.confirmed);
+            }
             out.push(Output::Release(Release {
                 alert_id: inc.alert_id,
                 time_ms: now,
@@ -859,13 +906,70 @@ impl Engine {
         }
     }
 
+    /// An operator confirmed the alert `alert_id` (any alert of an active incident): the
+    /// incident's episode will not be learned as the device's normal when it is released.
+    /// False when no active incident has that alert.
+    pub fn confirm(&mut self, alert_id: u64) -> bool {
+        let mut hit = None;
+        for (k, inc) in &mut self.incidents {
+            if (inc.first_alert_id..=inc.alert_id).contains(&alert_id) {
+                inc.confirmed = true;
+                hit = k.device.clone();
+            }
+        }
+        let Some(device) = hit else {
+            return false;
+        };
+        if let Some(i) = self.devices.find(&device) {
+            self.devices.slot_mut(i).value.pending = [0.0; ENV_FEATURES];
+        }
+        true
+    }
+
+    /// A volume incident of `device` was released: unless confirmed, what its episode did
+    /// (the pending peaks) becomes the device's learned envelope, and its group's.
+    fn learn_episode(&mut self, device: &DeviceId, confirmed: bool) {
+        let Some(i) = self.devices.find(device) else {
+            return;
+        };
+        let slot = self.devices.slot_mut(i);
+        let fp = fingerprint(slot.key.as_str());
+        let d = &mut slot.value;
+        let pending = std::mem::take(&mut d.pending);
+        if confirmed || pending.iter().all(|&p| p <= 0.0) {
+            return;
+        }
+        let first = d.env.iter().all(|&e| e <= 0.0);
+        for (e, p) in d.env.iter_mut().zip(pending) {
+            *e = e.max(p);
+        }
+        let (env, gref) = (d.env, d.group);
+        let g = group_of(&mut self.groups, &mut self.ungrouped, gref);
+        if first {
+            g.env_members = g.env_members.saturating_add(1);
+        }
+        for (k, v) in env.into_iter().enumerate() {
+            if v > 0.0 {
+                g.note_env(k, fp, v);
+            }
+        }
+        self.stats.episodes_learned += 1;
+    }
+
     /// Applies the response ladder, deduplicates against active incidents, emits.
     fn emit(&mut self, f: Finding, now: u64, out: &mut Vec<Output>) {
-        // Learning skips windows that alerted.
+        // Learning skips windows that alerted. An episode that any detector other than the
+        // volume ones joins is never learned as the device's normal.
+        let mut young = false;
         if let Some(d) = &f.device
             && let Some(i) = self.devices.find(d)
         {
-            self.devices.slot_mut(i).value.acc.alerted = true;
+            let d = &mut self.devices.slot_mut(i).value;
+            d.acc.alerted = true;
+            if !is_volume(f.detector) {
+                d.pending = [0.0; ENV_FEATURES];
+            }
+            young = now.saturating_sub(d.first_seen_ms) < 1000 * self.cfg.learning.mature_secs;
         }
         let key = IncidentKey {
             detector: f.detector,
@@ -873,6 +977,9 @@ impl Engine {
             address: if f.by_address { f.address } else { None },
         };
         let mut escalates = None;
+        if f.extend_only && !self.incidents.contains_key(&key) {
+            return;
+        }
         if let Some(inc) = self.incidents.get_mut(&key) {
             inc.last_evidence_ms = now;
             inc.evidence_count += 1;
@@ -885,6 +992,15 @@ impl Engine {
         let mut explanation = f.explanation;
         let mut rung = DetectConfig::rung_for(&self.rungs, f.detector, f.severity);
         let intended_rung = rung;
+        if f.learned && young && rung > Rung::Alert {
+            // A learned threshold of a device observed for less than a daily cycle: not
+            // trusted for an automatic response yet.
+            explanation.evidence.push(format!(
+                "device observed for less than {} s: {rung:?} on a learned threshold not executed (alert only)",
+                self.cfg.learning.mature_secs
+            ));
+            rung = Rung::Alert;
+        }
         if rung == Rung::BanAddress
             && let Some(addr) = f.address
         {
@@ -936,6 +1052,8 @@ impl Engine {
         self.next_alert_id += 1;
         if escalates.is_some() || self.incidents.len() < self.cfg.limits.max_incidents {
             let inc = self.incidents.entry(key).or_insert(Incident {
+                first_alert_id: id,
+                confirmed: false,
                 alert_id: id,
                 severity: f.severity,
                 rung,
@@ -969,6 +1087,14 @@ impl Engine {
             escalates,
         }));
     }
+}
+
+/// Detectors of rate and volume, whose released, unconfirmed episodes are learned.
+fn is_volume(d: Detector) -> bool {
+    matches!(
+        d,
+        Detector::PublishFlood | Detector::ExfiltrationBurst | Detector::ExfiltrationLowAndSlow
+    )
 }
 
 fn kind_name(k: &EventKind<'_>) -> &'static str {

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::config::Thresholds;
 use crate::event::SIZE_BUCKETS;
 use crate::hst::Masses;
 use crate::stats::{Baseline, EwMedian, FpRing, MINUTE_DECAY, decay};
@@ -77,6 +78,8 @@ impl Feature {
 
 /// Decay of the per-signature anomaly counters of a group over one window: `exp(-10/600)`.
 pub(crate) const TEN_MINUTE_DECAY: f32 = 0.983_471_5;
+/// Steady-state sum of a ten-minute accumulator fed 1 per window: `1 / (1 - TEN_MINUTE_DECAY)`.
+pub(crate) const TEN_MINUTE_WINDOWS: f32 = 60.5;
 /// Step of the group drift medians, in log units per device window.
 pub(crate) const DRIFT_STEP: f32 = 0.01;
 /// Devices need this many learned windows before they feed group drift and the group model.
@@ -92,6 +95,18 @@ pub const MAX_BACKLOG_MS: u64 = 3_600_000;
 pub(crate) const NEW_ADDRESS_CLONE_MS: u64 = 600_000;
 /// Least fleet-wide connects per minute that can count as a surge.
 pub(crate) const SURGE_MIN_CONNECTS: f32 = 20.0;
+/// A session taken back by the address it was taken from within this period is a
+/// take-over ping-pong: two endpoints hold one identity.
+pub const TAKEOVER_PING_PONG_MS: u64 = 600_000;
+/// Longest rhythm (usual gap between busy seconds) a taken-over session is judged by.
+pub(crate) const MAX_RHYTHM_MS: u64 = 600_000;
+/// Envelope features: peak messages/s, peak bytes/s, bytes of the last hour.
+pub(crate) const ENV_FEATURES: usize = 3;
+/// Decay of a learned envelope over one window: `exp(-10 s / 30 days)`.
+pub(crate) const ENVELOPE_DECAY: f32 = 0.999_996_14;
+/// Devices whose envelopes a group remembers, per feature (its prior is the
+/// `consensus_min_devices`-th largest of them, once enough members have one).
+pub const GROUP_ENVELOPES: usize = 4;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct WindowAcc {
@@ -176,6 +191,9 @@ pub(crate) struct DeviceState {
     pub(crate) daily_bytes: f32,
     pub(crate) daily_n: u32,
     pub(crate) hour_bytes: f32,
+    /// Decayed sum of published bytes with τ = 10 min: the recent pace, which says when a
+    /// leak has stopped long before the hour's sum has come down.
+    pub(crate) recent_bytes: f32,
     /// Learned shares of the payload-size buckets, in 1/65535.
     pub(crate) size_profile: [u16; SIZE_BUCKETS],
     pub(crate) size_windows: u32,
@@ -201,6 +219,23 @@ pub(crate) struct DeviceState {
     pub(crate) slow_cohort: bool,
     /// The same for the current anomaly streak.
     pub(crate) anomaly_cohort: bool,
+    /// Learned envelopes of the rates and of the hour's volume ([`ENV_FEATURES`]): what the
+    /// device did in alerted episodes that were released without an operator confirming
+    /// them (a bursty device's normal, such as a bulk upload). 0: none. Detectors allow
+    /// their own ratio (`flood_ratio`, `burst_ratio`, `low_slow_ratio`) times the envelope,
+    /// as they allow that ratio times the learned normal bound.
+    pub(crate) env: [f32; ENV_FEATURES],
+    /// The largest values of the current alerted episode, learned into `env` when its
+    /// volume incident is released unconfirmed; dropped when any other detector fires.
+    pub(crate) pending: [f32; ENV_FEATURES],
+    /// Last take-over between two addresses: when, and fingerprints of the displaced and
+    /// the taking address.
+    pub(crate) last_takeover_ms: u64,
+    pub(crate) takeover_from: u32,
+    pub(crate) takeover_to: u32,
+    /// Usual gap between two busy seconds of one session (exponentially weighted, ms;
+    /// 0 until known): the device's rhythm.
+    pub(crate) usual_gap_ms: u32,
 }
 
 impl DeviceState {
@@ -217,6 +252,7 @@ impl DeviceState {
             daily_bytes: 0.0,
             daily_n: 0,
             hour_bytes: 0.0,
+            recent_bytes: 0.0,
             size_profile: [0; SIZE_BUCKETS],
             size_windows: 0,
             backlog_msgs: 0.0,
@@ -236,6 +272,12 @@ impl DeviceState {
             anomaly_streak: 0,
             slow_cohort: false,
             anomaly_cohort: false,
+            env: [0.0; ENV_FEATURES],
+            pending: [0.0; ENV_FEATURES],
+            last_takeover_ms: 0,
+            takeover_from: 0,
+            takeover_to: 0,
+            usual_gap_ms: 0,
         }
     }
 }
@@ -259,6 +301,65 @@ pub(crate) struct GroupState {
     pub(crate) anomalous_now: u32,
     pub(crate) closed_now: u32,
     pub(crate) anomalous_fraction: f32,
+    /// Members that publish to actuator topics (learned edges): the group commands
+    /// actuators, so a member's first command to another actuator is not an injection.
+    pub(crate) commanders: u32,
+    /// Largest learned envelopes of distinct members (fingerprint, value) per feature.
+    pub(crate) env_top: [[(u32, f32); GROUP_ENVELOPES]; ENV_FEATURES],
+    /// Members that learned an envelope (counted once each, at their first episode).
+    pub(crate) env_members: u32,
+}
+
+impl GroupState {
+    /// The group's envelope prior of feature `k`: the `consensus_min_devices`-th largest
+    /// envelope among its members, once at least `consensus_fraction` of the members (and
+    /// `consensus_min_devices`) learned one, so that a few devices (a few compromised ones,
+    /// whose episodes nobody confirmed) cannot make bursts the group's normal. 0 otherwise.
+    pub(crate) fn env_prior(&self, k: usize, t: &Thresholds) -> f32 {
+        let need = t.consensus_min_devices.max(1);
+        if (self.env_members as f32) < (t.consensus_fraction * self.members as f32).max(need as f32) {
+            return 0.0;
+        }
+        let need = (need as usize).min(GROUP_ENVELOPES);
+        let mut v: [f32; GROUP_ENVELOPES] = [0.0; GROUP_ENVELOPES];
+        for (slot, (_, x)) in v.iter_mut().zip(&self.env_top[k]) {
+            *slot = *x;
+        }
+        v.sort_by(|a, b| b.total_cmp(a));
+        v[need - 1]
+    }
+
+    /// Records member `fp`'s envelope of feature `k`.
+    pub(crate) fn note_env(&mut self, k: usize, fp: u32, value: f32) {
+        let top = &mut self.env_top[k];
+        if let Some(e) = top.iter_mut().find(|e| e.0 == fp) {
+            e.1 = value;
+            return;
+        }
+        if let Some(e) = top
+            .iter_mut()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|e| e.1 < value)
+        {
+            *e = (fp, value);
+        }
+    }
+
+    /// Multiplies the remembered envelopes by `f` (their decay over the elapsed windows).
+    pub(crate) fn decay_env(&mut self, f: f32) {
+        for top in &mut self.env_top {
+            for e in top.iter_mut() {
+                e.1 *= f;
+            }
+        }
+    }
+}
+
+impl DeviceState {
+    /// The envelope of feature `k` in force: the device's own, or its group's prior.
+    pub(crate) fn envelope(&self, g: &GroupState, k: usize, t: &Thresholds) -> f32 {
+        self.env[k].max(g.env_prior(k, t))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -263,6 +263,34 @@ fn exfiltration_burst_and_low_and_slow() {
         .collect();
     assert!(others.is_empty(), "{others:#?}");
     sim.drain();
+    // The leak goes on for 20 minutes: one incident (escalations aside), no re-raise.
+    sim.run(&fleet2, 1200);
+    let again: Vec<_> = sim
+        .alerts()
+        .into_iter()
+        .filter(|a| a.escalates.is_none())
+        .collect();
+    assert!(again.is_empty(), "re-raised while leaking: {again:#?}");
+    // It stops: released once the recent pace is back (not an hour later), never re-raised.
+    let mut released_after = None;
+    for s in 0..3600 {
+        sim.run(&fleet, 1);
+        if sim.out.iter().any(
+            |o| matches!(o, Output::Release(r) if r.detector == Detector::ExfiltrationLowAndSlow),
+        ) {
+            released_after = Some(s);
+            break;
+        }
+    }
+    let s = released_after.expect("released within an hour of the leak stopping");
+    assert!(s < 30 * 60, "released after {s} s");
+    sim.run(&fleet, 1800);
+    assert!(
+        sim.alerts_of(Detector::ExfiltrationLowAndSlow).is_empty(),
+        "{:#?}",
+        sim.out
+    );
+    sim.drain();
 }
 
 #[test]
@@ -1111,4 +1139,253 @@ fn collateral_guard_for_device_alerts_and_lateral_exemption() {
         sim.send(&gw[0], EventKind::Subscribed { filter: &f });
     }
     assert_quiet(&sim, "gateway");
+}
+
+#[test]
+fn reconfigure_keeps_what_was_learned_and_applies_new_deception() {
+    let mut sim = Sim::new(DetectConfig::default());
+    sim.anon(
+        ip(51),
+        Some(&dev("canary-8")),
+        EventKind::ConnectRefused {
+            reason: RefusedReason::BadCredentials,
+        },
+    );
+    assert!(sim.alerts_of(Detector::CanaryIdentity).is_empty());
+    sim.drain();
+    let devices = sim.engine.device_count();
+
+    let mut cfg = DetectConfig::default();
+    cfg.deception.canary_devices = vec![dev("canary-8")];
+    cfg.mode = Mode::DryRun;
+    cfg.limits.max_devices += 1;
+    let waiting = sim.engine.reconfigure(cfg).expect("valid");
+    assert_eq!(waiting, vec!["detect.limits"]);
+    assert_eq!(sim.engine.config().mode, Mode::DryRun);
+    assert_eq!(
+        sim.engine.config().limits.max_devices,
+        DetectConfig::default().limits.max_devices,
+        "capacity kept"
+    );
+    assert_eq!(sim.engine.device_count(), devices, "state kept");
+    sim.now += 1_000;
+    sim.anon(
+        ip(52),
+        Some(&dev("canary-8")),
+        EventKind::ConnectRefused {
+            reason: RefusedReason::BadCredentials,
+        },
+    );
+    assert_eq!(sim.alerts_of(Detector::CanaryIdentity).len(), 1);
+    sim.drain();
+
+    let mut bad = DetectConfig::default();
+    bad.topics.device_namespace = "devices/#/x".into();
+    assert!(sim.engine.reconfigure(bad).is_err());
+    assert_eq!(sim.engine.config().mode, Mode::DryRun, "unchanged on error");
+}
+
+/// One second of a group of bulk uploaders: a heartbeat per window each, and 5 chunks of
+/// 40 KB (200 KB/s) from the devices in `burst`.
+fn uploaders_second(sim: &mut Sim, fleet: &[Dev], burst: &[usize]) {
+    sim.now += 1000;
+    for (i, d) in fleet.iter().enumerate() {
+        if burst.contains(&i) {
+            sim.traffic(d, 5, 40_000);
+        } else if (sim.now / 1000 + i as u64).is_multiple_of(10) {
+            sim.traffic(d, 1, 48);
+        }
+    }
+    sim.tick();
+}
+
+#[test]
+fn bursty_device_learns_unconfirmed_uploads_and_young_devices_are_not_mitigated() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 6, "uploaders", 1, 48);
+    for _ in 0..1800 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    assert_quiet(&sim, "heartbeats");
+    // The first upload alerts; the device is young, so the learned threshold does not
+    // mitigate.
+    for _ in 0..20 {
+        uploaders_second(&mut sim, &fleet, &[0]);
+    }
+    let a = sim.alerts_of(Detector::ExfiltrationBurst);
+    assert!(!a.is_empty(), "{:#?}", sim.out);
+    for x in &a {
+        assert_eq!(x.response, Response::Alert);
+        assert_ne!(x.intended, Response::Alert);
+        assert!(
+            x.explanation
+                .evidence
+                .iter()
+                .any(|e| e.contains("alert only")),
+            "{x:#?}"
+        );
+    }
+    sim.drain();
+    // Released unconfirmed: the episode becomes the device's burst envelope.
+    for _ in 0..400 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    assert!(sim.out.iter().any(|o| matches!(o, Output::Release(_))));
+    assert_eq!(sim.engine.stats().episodes_learned, 1);
+    sim.drain();
+    for _ in 0..20 {
+        uploaders_second(&mut sim, &fleet, &[0]);
+    }
+    assert_quiet(&sim, "a learned upload");
+    // A confirmed episode is never learned: the next upload of that device alerts again.
+    for _ in 0..20 {
+        uploaders_second(&mut sim, &fleet, &[1]);
+    }
+    let id = sim.alerts_of(Detector::ExfiltrationBurst)[0].id;
+    assert!(sim.engine.confirm(id));
+    assert!(!sim.engine.confirm(u64::MAX));
+    sim.drain();
+    for _ in 0..400 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    assert_eq!(sim.engine.stats().episodes_learned, 1);
+    sim.drain();
+    for _ in 0..20 {
+        uploaders_second(&mut sim, &fleet, &[1]);
+    }
+    assert!(!sim.alerts_of(Detector::ExfiltrationBurst).is_empty());
+    sim.drain();
+
+    // A mature device is mitigated on the same threshold.
+    let mut cfg = DetectConfig::default();
+    cfg.learning.mature_secs = 0;
+    let mut sim = Sim::new(cfg);
+    let fleet = connected_fleet(&mut sim, 6, "uploaders", 1, 48);
+    for _ in 0..1800 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    uploaders_second(&mut sim, &fleet, &[2]);
+    let a = sim.alerts_of(Detector::ExfiltrationBurst);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert!(matches!(a[0].response, Response::Throttle { .. }));
+    sim.drain();
+}
+
+#[test]
+fn group_envelope_needs_several_members() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 6, "uploaders", 1, 48);
+    for _ in 0..1800 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    // Two members' learned uploads do not make uploads the group's normal…
+    for k in 0..2 {
+        for _ in 0..20 {
+            uploaders_second(&mut sim, &fleet, &[k]);
+        }
+        for _ in 0..400 {
+            uploaders_second(&mut sim, &fleet, &[]);
+        }
+    }
+    assert_eq!(sim.engine.stats().episodes_learned, 2);
+    sim.drain();
+    for _ in 0..5 {
+        uploaders_second(&mut sim, &fleet, &[4]);
+    }
+    assert!(!sim.alerts_of(Detector::ExfiltrationBurst).is_empty());
+    sim.drain();
+    for _ in 0..400 {
+        uploaders_second(&mut sim, &fleet, &[]);
+    }
+    sim.drain();
+    // …three do: a member that never uploaded before is within the group's envelope.
+    for _ in 0..5 {
+        uploaders_second(&mut sim, &fleet, &[5]);
+    }
+    assert_quiet(&sim, "the group's learned envelope");
+}
+
+#[test]
+fn takeover_of_a_session_in_its_rhythm_alerts_and_taking_it_back_quarantines() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 1, "meters", 1, 60);
+    let mut meter = fleet.remove(0);
+    // A meter that publishes every 20 s.
+    for s in 0..600u64 {
+        sim.now += 1000;
+        if s % 20 == 0 {
+            sim.traffic(&meter, 1, 60);
+        }
+        sim.tick();
+    }
+    assert_quiet(&sim, "meter");
+    // 5 s after its last message (within its rhythm), a clone takes the session over.
+    sim.now += 4_000;
+    let mut clone = meter.clone();
+    clone.addr = ip(999);
+    let start = sim.now;
+    sim.connect(&mut clone);
+    assert!(
+        sim.alerts().is_empty(),
+        "not concurrent traffic: {:#?}",
+        sim.out
+    );
+    sim.send(
+        &meter,
+        EventKind::Disconnected {
+            cause: DisconnectCause::TakenOver,
+            connected_ms: 600_000,
+        },
+    );
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].time_ms, start);
+    assert_eq!(a[0].severity, Severity::Medium);
+    assert_eq!(a[0].response, Response::Alert);
+    // The real meter takes it back 3 s later: two endpoints hold the identity.
+    sim.now += 3_000;
+    sim.connect(&mut meter);
+    sim.send(
+        &clone,
+        EventKind::Disconnected {
+            cause: DisconnectCause::TakenOver,
+            connected_ms: 3_000,
+        },
+    );
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 2, "{:#?}", sim.out);
+    assert_eq!(a[1].severity, Severity::High);
+    assert_eq!(a[1].response, Response::Quarantine);
+    assert_eq!(a[1].escalates, Some(a[0].id));
+    sim.drain();
+}
+
+#[test]
+fn apps_of_a_commanding_group_pair_with_new_actuators_after_onboarding() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let fleet = connected_fleet(&mut sim, 4, "apps", 1, 40);
+    // During onboarding, three apps command their actuators.
+    for (i, d) in fleet.iter().take(3).enumerate() {
+        let t = TopicName::parse(&format!("devices/act-{i}/cmd/set")).expect("topic");
+        sim.send(
+            d,
+            EventKind::FirstTopic {
+                topic: &t,
+                side: Side::Publish,
+            },
+        );
+    }
+    sim.run(&fleet, 900);
+    // After onboarding, the fourth app pairs with an actuator: the group commands
+    // actuators, so this is a new edge of a commanding group, not an injection.
+    let t = TopicName::parse("devices/act-9/cmd/set").expect("topic");
+    sim.send(
+        &fleet[3],
+        EventKind::FirstTopic {
+            topic: &t,
+            side: Side::Publish,
+        },
+    );
+    sim.run(&fleet, 10);
+    assert_quiet(&sim, "pairing in a commanding group");
 }

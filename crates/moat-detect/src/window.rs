@@ -32,6 +32,102 @@ pub(crate) fn close_window(
     let t = &cfg.thresholds;
     let l = &cfg.learning;
     d.hour_bytes = d.hour_bytes * HOUR_DECAY + acc.bytes_pub as f32;
+    d.recent_bytes = d.recent_bytes * TEN_MINUTE_DECAY + acc.bytes_pub as f32;
+    // Low-and-slow exfiltration: the last hour against the daily norm, or against the
+    // learned envelope of the hour's volume for a bursty device. Judged in every window, busy
+    // or silent, so that a held response is not released between two sparse summaries.
+    let established = d.daily_n >= l.device_windows;
+    if established && d.daily_bytes > 0.0 {
+        let expected = d.daily_bytes * HOUR_WINDOWS;
+        let ratio = d.hour_bytes / expected;
+        let drift = g.slow_drift.0.exp();
+        let corrected = ratio / drift;
+        let excess = d.hour_bytes - expected * drift;
+        let envelope = d.envelope(g, 2, t);
+        let limit = (t.low_slow_ratio * expected * drift).max(t.low_slow_ratio * envelope);
+        // The group's view (cohort changes) counts busy windows only, as its drift learns.
+        let busy = acc.summaries > 0;
+        if busy && corrected >= t.low_slow_ratio / 2.0 {
+            g.slow_elevated_now += 1;
+        }
+        // The pace of the last ten minutes, per hour: a leak still going on.
+        let pace = d.recent_bytes * (HOUR_WINDOWS / TEN_MINUTE_WINDOWS);
+        let leaking = pace >= limit / 2.0;
+        let over = d.hour_bytes >= limit && excess >= 256.0 * 1024.0 && leaking;
+        // Hysteresis: a streak that reached its length holds while the recent pace stays
+        // above half the limit, so that one window's dip does not release the response and
+        // re-raise it minutes later; it ends when the pace returns towards normal (not when
+        // the lagging hour's sum does).
+        let holding = d.slow_streak >= t.low_slow_windows && leaking;
+        if over || holding {
+            d.slow_streak = d.slow_streak.saturating_add(1);
+            // Several devices of the group rising together is a staged roll-out or a
+            // cohort's change, not one device leaking. Decided once per streak.
+            if d.slow_streak == t.low_slow_windows {
+                d.slow_cohort = g.slow_elevated > t.consensus_min_devices;
+                if d.slow_cohort {
+                    stats.suppressed_by_consensus += 1;
+                }
+            }
+            if d.slow_streak >= t.low_slow_windows && !d.slow_cohort {
+                let mut evidence = vec![
+                    format!(
+                        "{:.0} bytes published over the last hour, {ratio:.2} × the daily norm of {expected:.0}",
+                        d.hour_bytes
+                    ),
+                    format!(
+                        "group common drift × {drift:.2} removed: {corrected:.2} × (threshold {})",
+                        t.low_slow_ratio
+                    ),
+                    format!("{} consecutive windows above", d.slow_streak),
+                ];
+                if envelope > 0.0 {
+                    evidence.push(format!(
+                        "learned hourly envelope {envelope:.0} bytes (× {} allowed)",
+                        t.low_slow_ratio
+                    ));
+                }
+                if !over {
+                    evidence.push(format!(
+                        "held: the pace of the last 10 min ({pace:.0} bytes/h) is still above half the limit of {limit:.0}"
+                    ));
+                }
+                found.push(Finding {
+                    detector: Detector::ExfiltrationLowAndSlow,
+                    severity: if d.hour_bytes >= 3.0 * limit {
+                        Severity::High
+                    } else {
+                        Severity::Medium
+                    },
+                    device: Some(id.clone()),
+                    address: d.live.iter().flatten().next().map(|l| l.address),
+                    group: None,
+                    explanation: Explanation {
+                        feature: "bytes_published_last_hour",
+                        observed: f64::from(d.hour_bytes),
+                        threshold: f64::from(limit),
+                        baseline: Some(LearnedBaseline {
+                            typical: f64::from(expected),
+                            spread: 0.0,
+                            device_windows: d.daily_n,
+                            group_weight: 0.0,
+                        }),
+                        evidence,
+                    },
+                    by_address: false,
+                    learned: true,
+                    extend_only: !over,
+                });
+            }
+        } else {
+            d.slow_streak = 0;
+            d.slow_cohort = false;
+        }
+        if busy && d.base[0].n >= ESTABLISHED_WINDOWS && !acc.alerted && ratio > 0.0 {
+            g.slow_drift.learn(ratio.ln(), DRIFT_STEP);
+        }
+    }
+
     if acc.summaries > 0 {
         let x: [Option<f64>; NF] = [
             Some(f64::from(acc.msgs_pub)),
@@ -57,72 +153,6 @@ pub(crate) fn close_window(
             }
         }
 
-        // Low-and-slow exfiltration: the last hour against the daily norm.
-        let established = d.daily_n >= l.device_windows;
-        if established && d.daily_bytes > 0.0 {
-            let expected = d.daily_bytes * HOUR_WINDOWS;
-            let ratio = d.hour_bytes / expected;
-            let corrected = ratio / g.slow_drift.0.exp();
-            let excess = d.hour_bytes - expected * g.slow_drift.0.exp();
-            if corrected >= t.low_slow_ratio / 2.0 {
-                g.slow_elevated_now += 1;
-            }
-            if corrected >= t.low_slow_ratio && excess >= 256.0 * 1024.0 {
-                d.slow_streak = d.slow_streak.saturating_add(1);
-                // Several devices of the group rising together is a staged roll-out or a
-                // cohort's change, not one device leaking. Decided once per streak.
-                if d.slow_streak == t.low_slow_windows {
-                    d.slow_cohort = g.slow_elevated > t.consensus_min_devices;
-                    if d.slow_cohort {
-                        stats.suppressed_by_consensus += 1;
-                    }
-                }
-                if d.slow_streak >= t.low_slow_windows && !d.slow_cohort {
-                    found.push(Finding {
-                        detector: Detector::ExfiltrationLowAndSlow,
-                        severity: if corrected >= 3.0 * t.low_slow_ratio {
-                            Severity::High
-                        } else {
-                            Severity::Medium
-                        },
-                        device: Some(id.clone()),
-                        address: d.live.iter().flatten().next().map(|l| l.address),
-                        group: None,
-                        explanation: Explanation {
-                            feature: "bytes_published_last_hour",
-                            observed: f64::from(d.hour_bytes),
-                            threshold: f64::from(t.low_slow_ratio * expected * g.slow_drift.0.exp()),
-                            baseline: Some(LearnedBaseline {
-                                typical: f64::from(expected),
-                                spread: 0.0,
-                                device_windows: d.daily_n,
-                                group_weight: 0.0,
-                            }),
-                            evidence: vec![
-                                format!(
-                                    "{:.0} bytes published over the last hour, {ratio:.2} × the daily norm of {expected:.0}",
-                                    d.hour_bytes
-                                ),
-                                format!(
-                                    "group common drift × {:.2} removed: {corrected:.2} × (threshold {})",
-                                    g.slow_drift.0.exp(),
-                                    t.low_slow_ratio
-                                ),
-                                format!("{} consecutive windows above", d.slow_streak),
-                            ],
-                        },
-                        by_address: false,
-                    });
-                }
-            } else {
-                d.slow_streak = 0;
-                d.slow_cohort = false;
-            }
-            if d.base[0].n >= ESTABLISHED_WINDOWS && !acc.alerted && ratio > 0.0 {
-                g.slow_drift.learn(ratio.ln(), DRIFT_STEP);
-            }
-        }
-
         // Behaviour anomaly: the group's Half-Space Trees and the device's own baselines.
         let divergence = size_divergence(&d.size_profile, &acc.sizes);
         let point = hst_point(&z, divergence, acc.connects, acc.novel_edges);
@@ -132,7 +162,29 @@ pub(crate) fn close_window(
             .enumerate()
             .map(|(k, v)| (k, *v))
             .fold((0, 0f32), |a, b| if b.1.abs() > a.1.abs() { b } else { a });
+        // A window in the device's known burst mode (peak rates above its normal bound but
+        // within the envelope it learned, such as a bulk upload) is neither an anomaly nor
+        // learned into the normal mode's baselines: the device has two modes.
+        let in_envelope = |k: usize, f: Feature, v: f32, ratio: f32| {
+            let env = d.envelope(g, k, t);
+            env > 0.0
+                && v <= ratio * env
+                && eff[f as usize].is_some_and(|e: Effective| {
+                    e.known && f64::from(v) > e.upper(l.upper_z)
+                })
+        };
+        let burst_mode = in_envelope(0, Feature::PeakMsgsPublished, acc.peak_msgs, t.flood_ratio)
+            || in_envelope(1, Feature::PeakBytesPublished, acc.peak_bytes, t.burst_ratio);
+        let recent_new_address = d.last_new_address_ms > 0
+            && now.saturating_sub(d.last_new_address_ms) <= NEW_ADDRESS_CLONE_MS;
+        // A new address corroborates a deviation: fewer windows in a row are needed.
+        let needed = if recent_new_address {
+            (t.anomaly_windows / 3).max(1)
+        } else {
+            t.anomaly_windows
+        };
         let anomalous = d.base[0].n >= ANOMALY_MIN_WINDOWS
+            && !burst_mode
             && isolation >= t.hst_isolated_trees
             && zmax.abs() >= t.anomaly_z;
         g.closed_now += 1;
@@ -149,18 +201,19 @@ pub(crate) fn close_window(
                 }
             }
             d.anomaly_streak = d.anomaly_streak.saturating_add(1);
-            if d.anomaly_streak == t.anomaly_windows {
+            if d.anomaly_streak == needed {
                 let sig = 2 * kmax + usize::from(zmax > 0.0);
-                d.anomaly_cohort = g.anomalous_fraction >= t.consensus_fraction
-                    || g.signatures[sig] >= (t.consensus_min_devices as f32).max(1.0);
+                // A device that just moved to a new address is not explained by its
+                // cohort: a fleet change does not move each device to a new address.
+                d.anomaly_cohort = !recent_new_address
+                    && (g.anomalous_fraction >= t.consensus_fraction
+                        || g.signatures[sig] >= (t.consensus_min_devices as f32).max(1.0));
                 if d.anomaly_cohort {
                     stats.suppressed_by_consensus += 1;
                 }
             }
-            if d.anomaly_streak >= t.anomaly_windows && !d.anomaly_cohort {
+            if d.anomaly_streak >= needed && !d.anomaly_cohort {
                 let f = Feature::ALL[kmax];
-                let recent_new_address = d.last_new_address_ms > 0
-                    && now.saturating_sub(d.last_new_address_ms) <= NEW_ADDRESS_CLONE_MS;
                 let mut evidence = vec![
                     format!(
                         "{} windows in a row unlike the group: {:.0} % of the group's trees isolate this window",
@@ -205,6 +258,8 @@ pub(crate) fn close_window(
                         evidence,
                     },
                     by_address: false,
+                    learned: true,
+                    extend_only: false,
                 });
             }
         } else {
@@ -212,8 +267,14 @@ pub(crate) fn close_window(
             d.anomaly_cohort = false;
         }
 
-        // Learning, unless the window alerted (no poisoning).
+        // Learning, unless the window alerted (no poisoning). An alerted window's largest
+        // values wait in `pending` until the episode is released (see `Engine::tick`).
         if acc.alerted || found.len() > found_before {
+            stats.windows_skipped += 1;
+            for (p, v) in d.pending.iter_mut().zip([acc.peak_msgs, acc.peak_bytes, d.hour_bytes]) {
+                *p = p.max(v);
+            }
+        } else if burst_mode {
             stats.windows_skipped += 1;
         } else {
             stats.windows_learned += 1;
@@ -250,10 +311,24 @@ pub(crate) fn close_window(
     }
     let f = decay(MINUTE_DECAY, steps);
     d.counters.decay(f);
+    let fe = envelope_decay(steps);
+    for e in &mut d.env {
+        *e *= fe;
+    }
     if steps > 1 {
         d.hour_bytes *= decay(HOUR_DECAY, steps - 1);
+        d.recent_bytes *= decay(TEN_MINUTE_DECAY, steps - 1);
     }
     d.window = to;
+}
+
+/// Decay of an envelope over `windows` (exact for any gap, unlike [`decay`]).
+pub(crate) fn envelope_decay(windows: u64) -> f32 {
+    match windows {
+        0 => 1.0,
+        1 => ENVELOPE_DECAY,
+        w => ENVELOPE_DECAY.powf(w as f32),
+    }
 }
 
 /// The streaming model's view of a window: clipped z-scores of five features mapped to

@@ -60,6 +60,10 @@ pub(crate) struct AppState {
     pub bans: Arc<crate::bans::Bans>,
     /// Detection and responses (`None` in tests that build an API without them).
     pub defence: Option<Arc<crate::defence::DefenceHandle>>,
+    /// Signed updates: image repository, director, campaigns (`ota/`).
+    pub ota: Arc<crate::ota::OtaService>,
+    /// Update campaigns and device update reports (`ota/campaigns.rs`).
+    pub campaigns: Arc<crate::ota::campaigns::Campaigns>,
     /// Turns true when the hub stops (shutdown, or a failed store): not ready any more.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -73,7 +77,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -81,7 +85,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -119,14 +123,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// An authenticated caller with at least role `R`.
-struct Authed<const R: u8>(Caller);
+pub(crate) struct Authed<const R: u8>(pub(crate) Caller);
 
-const AUDITOR: u8 = 0;
-const OPERATOR: u8 = 1;
-const ADMIN: u8 = 2;
+pub(crate) const AUDITOR: u8 = 0;
+pub(crate) const OPERATOR: u8 = 1;
+pub(crate) const ADMIN: u8 = 2;
 
 fn role_of(level: u8) -> Role {
     match level {
@@ -136,7 +140,7 @@ fn role_of(level: u8) -> Role {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -199,7 +203,7 @@ impl<const R: u8> FromRequestParts<AppState> for Authed<R> {
 }
 
 /// JSON body with the API's error format on failure.
-struct Json<T>(T);
+pub(crate) struct Json<T>(pub(crate) T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json<T> {
     type Rejection = ApiError;
@@ -219,7 +223,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 }
 
 /// Query string with the API's error format on failure (axum's own rejection is plain text).
-struct Query<T>(T);
+pub(crate) struct Query<T>(pub(crate) T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
@@ -249,6 +253,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/devices", get(list_devices).post(create_device))
         .route("/devices/{id}", get(get_device).put(update_device))
         .route("/devices/{id}/certificate", post(issue_certificate))
+        .route("/devices/{id}/rates", get(device_rates))
         .route("/devices/{id}/revoke", post(revoke_device))
         .route("/devices/{id}/disable", post(disable_device))
         .route("/devices/{id}/enable", post(enable_device))
@@ -300,6 +305,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/pki/crl", get(crl))
         .route("/pki/crl/previous", get(crl_previous))
         .merge(crate::est::router())
+        .merge(crate::ota::router())
+        .merge(crate::ota::campaign_router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -326,6 +333,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         d.defence
             .render_metrics(&mut body, d.actors.webhook.as_ref());
     }
+    s.campaigns.report_stats.render(&mut body);
     (
         [(
             header::CONTENT_TYPE,
@@ -517,6 +525,17 @@ async fn get_device(
     ok(json!({"device": d, "certificates": certs}))
 }
 
+/// The device's messages per minute over the last hour (`rates.rs`).
+async fn device_rates(
+    State(s): State<AppState>,
+    Authed(_): Authed<AUDITOR>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    s.identity.device(&id)?;
+    let minutes = s.events.activity.rates.series(&id, now_ms());
+    ok(json!({"device": id, "minutes": minutes}))
+}
+
 async fn update_device(
     State(s): State<AppState>,
     Authed(caller): Authed<OPERATOR>,
@@ -551,7 +570,7 @@ async fn issue_certificate(
     Json(body): Json<IssueBody>,
 ) -> ApiResult<axum::Json<Value>> {
     let id = device_id(&id)?;
-    let validity = body.validity_days.map_or(s.identity.device_validity, |d| {
+    let validity = body.validity_days.map_or(s.identity.device_validity(), |d| {
         Duration::from_secs(u64::from(d) * 86_400)
     });
     let issued = s

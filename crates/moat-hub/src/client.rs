@@ -211,4 +211,97 @@ impl HubClient {
             .to_bytes();
         Ok((status, bytes.to_vec()))
     }
+
+    /// Streams `length` bytes of `file` as the body of `POST path` (raw bytes, for image
+    /// uploads), adding each chunk sent to `sent`. No overall timeout (a large image over a
+    /// slow link takes as long as it takes); [`CALL_TIMEOUT`] applies to connecting and to
+    /// each chunk.
+    pub async fn upload(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+        length: u64,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        use tokio::io::AsyncReadExt;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ClientError::Unreachable(format!("cannot reach the hub at {}: {e}", self.addr))
+        };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreachable(&e))?
+        .with_root_certificates(self.roots.clone())
+        .with_no_client_auth();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let name = ServerName::try_from(self.host.clone()).map_err(|e| unreachable(&e))?;
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unreachable(&e))
+        };
+        let tls = tokio::time::timeout(CALL_TIMEOUT, connect)
+            .await
+            .map_err(|_| unreachable(&"connection timed out"))??;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn);
+        const CHUNK: usize = 256 * 1024;
+        let stream = futures_util::stream::unfold((file, length), move |(mut f, left)| {
+            let sent = sent.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                let mut buf = vec![0u8; want];
+                let read = tokio::time::timeout(CALL_TIMEOUT, f.read(&mut buf)).await;
+                match read {
+                    Ok(Ok(n)) if n > 0 => {
+                        buf.truncate(n);
+                        sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        Some((
+                            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(buf))),
+                            (f, left - n as u64),
+                        ))
+                    }
+                    Ok(Ok(_)) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the file got shorter while it was uploaded",
+                        )),
+                        (f, 0),
+                    )),
+                    Ok(Err(e)) => Some((Err(e), (f, 0))),
+                    Err(_) => Some((Err(std::io::Error::other("reading the file timed out")), (f, 0))),
+                }
+            }
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", length.to_string())
+            .body(http_body_util::StreamBody::new(stream))
+            .map_err(|e| unreachable(&e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);
+        let bytes = tokio::time::timeout(CALL_TIMEOUT, limited.collect())
+            .await
+            .map_err(|_| unreachable(&"no response in time"))?
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        Ok((status, bytes.to_vec()))
+    }
 }

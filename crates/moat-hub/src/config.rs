@@ -454,6 +454,7 @@ impl Settings {
                     Some(settings)
                 }
             },
+            reload: None,
             console: self.console.map_or_else(ConsoleSettings::default, |c| {
                 let d = ConsoleSettings::default();
                 ConsoleSettings {
@@ -477,6 +478,29 @@ pub enum CaAlgorithm {
     P256,
     /// Ed25519: smaller and faster; mbedTLS devices cannot verify it.
     Ed25519,
+}
+
+/// Reads the configuration again, from the same file and flags the hub started with
+/// (SIGHUP). `moat serve` installs one; a hub started otherwise reloads certificates only.
+#[derive(Clone)]
+pub struct Reloader(std::sync::Arc<dyn Fn() -> Result<HubConfig, ConfigError> + Send + Sync>);
+
+impl Reloader {
+    /// A reloader calling `read`.
+    pub fn new(read: impl Fn() -> Result<HubConfig, ConfigError> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(read))
+    }
+
+    /// Reads the configuration now.
+    pub fn read(&self) -> Result<HubConfig, ConfigError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
 }
 
 /// The resolved configuration the hub runs with.
@@ -512,6 +536,8 @@ pub struct HubConfig {
     pub detect: moat_detect::DetectConfig,
     /// The signed webhook alerts are POSTed to, if any.
     pub alert_webhook: Option<crate::webhook::WebhookSettings>,
+    /// How to read this configuration again on SIGHUP (`None`: certificates only).
+    pub reload: Option<Reloader>,
 }
 
 #[cfg(test)]

@@ -142,6 +142,9 @@ struct Shared {
     releases: AtomicU64,
     /// Engine alert id → registry id, for alerts whose response is in force.
     active: Mutex<HashMap<u64, Active>>,
+    /// The update campaigns' per-device security signals, fed from the facts taken off the
+    /// queue (off the packet path).
+    signals: std::sync::OnceLock<Arc<crate::ota::signals::SignalTracker>>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,7 @@ impl Defence {
                     responses_executed: AtomicU64::new(0),
                     releases: AtomicU64::new(0),
                     active: Mutex::new(HashMap::new()),
+                    signals: std::sync::OnceLock::new(),
                 }),
             },
             rx,
@@ -172,6 +176,11 @@ impl Defence {
     }
 
     /// Queues a fact; never waits.
+    /// Feeds the update campaigns' signal tracker from now on (first call only).
+    pub(crate) fn set_signal_tracker(&self, tracker: Arc<crate::ota::signals::SignalTracker>) {
+        let _ = self.shared.signals.set(tracker);
+    }
+
     pub(crate) fn report(&self, fact: Fact) {
         if self.tx.try_send(fact).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -235,17 +244,23 @@ pub(crate) struct Actors {
     pub bans: Arc<crate::bans::Bans>,
     /// The signed webhook sink, if configured.
     pub webhook: Option<crate::webhook::Webhook>,
+    /// Per-device message rates, fed from the traffic counts this task collects.
+    pub rates: Arc<crate::rates::DeviceRates>,
 }
 
 /// Runs the engine until `stop` turns true.
+///
+/// A new value of `config` (configuration reload) is put in force without losing what was
+/// learned (`Engine::reconfigure`).
 pub(crate) async fn run(
     defence: Defence,
-    config: DetectConfig,
+    mut config: watch::Receiver<DetectConfig>,
     mut rx: mpsc::Receiver<Fact>,
     actors: Actors,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut engine = match Engine::new(config) {
+    let initial = config.borrow_and_update().clone();
+    let mut engine = match Engine::new(initial) {
         Ok(e) => e,
         Err(errors) => {
             // The configuration was validated at start; this is a bug, not an input.
@@ -268,6 +283,9 @@ pub(crate) async fn run(
                 }
                 for mut fact in batch.drain(..) {
                     live.complete(&mut fact, &actors.identity);
+                    if let Some(t) = defence.shared.signals.get() {
+                        t.observe(&fact);
+                    }
                     let group = live.group_of(fact.device.as_ref());
                     observe_fact(&mut engine, &fact, group, &mut out);
                 }
@@ -280,6 +298,10 @@ pub(crate) async fn run(
                         traffic.push((d.clone(), client.clone(), conn, t));
                     }
                 });
+                actors.rates.record(
+                    now,
+                    traffic.iter().map(|(d, _, _, t)| (d.as_str(), t.msgs_in, t.msgs_out)),
+                );
                 for (device, client, conn, t) in &traffic {
                     let address = live.address_of(*conn);
                     let group = live.group_of(Some(device));
@@ -292,6 +314,18 @@ pub(crate) async fn run(
                     );
                 }
                 engine.tick(now, &mut out);
+            }
+            Ok(()) = config.changed() => {
+                let next = config.borrow_and_update().clone();
+                match engine.reconfigure(next) {
+                    Ok(waiting) if waiting.is_empty() => tracing::info!("detection reconfigured"),
+                    Ok(waiting) => tracing::warn!(?waiting, "detection reconfigured; these wait for a restart"),
+                    Err(errors) => {
+                        for e in errors {
+                            tracing::error!(error = %e, "detection configuration refused; the previous one stays");
+                        }
+                    }
+                }
             }
             _ = stop.wait_for(|s| *s) => return,
         }

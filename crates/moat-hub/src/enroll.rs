@@ -202,7 +202,7 @@ impl Identity {
         let cert = self.ca.load().issue_device_certificate_for_request(
             &id,
             &request,
-            self.device_validity,
+            self.device_validity(),
             OffsetDateTime::now_utc(),
         )?;
         if !self
@@ -245,7 +245,7 @@ impl Identity {
             let cert = self.ca.load().issue_device_certificate_for_request(
                 device,
                 &request,
-                self.device_validity,
+                self.device_validity(),
                 OffsetDateTime::now_utc(),
             )?;
             register_issued(&self.registry, device, &cert, "reenroll", None)?;

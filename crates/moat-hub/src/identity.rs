@@ -1088,7 +1088,8 @@ pub struct Identity {
     crl: Mutex<[Option<CachedCrl>; 2]>,
     /// Serialises changes: registry write, snapshot rebuild, re-authorization.
     pub(crate) changes: tokio::sync::Mutex<()>,
-    pub(crate) device_validity: Duration,
+    /// Validity of device certificates issued from now on, in seconds (reloadable).
+    device_validity_secs: std::sync::atomic::AtomicU64,
     /// Automatic responses in force (quarantine, read-only, throttle), per device.
     pub(crate) mitigations: Arc<ArcSwap<Mitigations>>,
     /// Where policy denials go for detection, once the defence runs.
@@ -1115,10 +1116,24 @@ impl Identity {
             audit,
             crl: Mutex::new([None, None]),
             changes: tokio::sync::Mutex::new(()),
-            device_validity,
+            device_validity_secs: std::sync::atomic::AtomicU64::new(device_validity.as_secs()),
             mitigations: Arc::default(),
             defence: Arc::default(),
         })
+    }
+
+    /// Validity of the device certificates the hub issues from now on.
+    pub(crate) fn device_validity(&self) -> Duration {
+        Duration::from_secs(
+            self.device_validity_secs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Sets the validity of device certificates issued from now on (configuration reload).
+    pub(crate) fn set_device_validity(&self, validity: Duration) {
+        self.device_validity_secs
+            .store(validity.as_secs(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The group of `device` in the directory snapshot, for the detection engine's priors.

@@ -315,7 +315,7 @@ impl Identity {
         let cert = self.ca.load().issue_device_certificate_for_request(
             id,
             &request,
-            self.device_validity,
+            self.device_validity(),
             OffsetDateTime::now_utc(),
         )?;
         register_issued(&self.registry, id, &cert, "jit", manufacturer.group.clone())?;

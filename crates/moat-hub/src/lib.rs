@@ -36,13 +36,16 @@ mod idle;
 mod jit;
 mod metrics;
 mod openapi;
+mod ota;
 mod quota;
+mod rates;
+mod reload;
 mod run;
 mod tls;
 pub mod webhook;
 
 pub use access::{Role, cli_token_path};
-pub use config::{ConfigError, HubConfig, Settings};
+pub use config::{ConfigError, HubConfig, Reloader, Settings};
 pub use identity::{ANONYMOUS_GROUP, DEFAULT_POLICY, IdentityError};
 pub use run::{
     CaSettings, HUB_FILE, HubError, Ready, add_device, add_operator, open_registry, run,

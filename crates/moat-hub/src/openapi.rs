@@ -18,6 +18,11 @@ mod tests {
 
     const API_SOURCE: &str = include_str!("api.rs");
     const EST_SOURCE: &str = include_str!("est.rs");
+    /// Routers merged into `api::router` besides EST: (`.merge(...)` call, its source).
+    const MERGED: [(&str, &str); 2] = [
+        ("crate::ota::router()", include_str!("ota/rest.rs")),
+        ("crate::ota::campaign_router()", include_str!("ota/campaign_api.rs")),
+    ];
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "patch", "head", "options", "trace",
     ];
@@ -199,6 +204,13 @@ mod tests {
             "",
             EST_SOURCE,
         ));
+        for (call, source) in MERGED {
+            assert!(
+                outer.contains(&format!(".merge({call})")),
+                "api::router no longer merges {call}; update this test"
+            );
+            routes.extend(routes_in(function_body(source, "fn router("), "", source));
+        }
         routes
     }
 

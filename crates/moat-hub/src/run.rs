@@ -444,7 +444,17 @@ pub async fn run(
             "detection is off ([detect] mode = \"off\"): no alerts, no automatic responses"
         );
     }
+    let rates = net_events.activity.rates.clone();
+    if !detecting {
+        // The defence task takes the traffic counts when it runs; without it, this does.
+        tasks.push(tokio::spawn(crate::rates::collect(
+            broker.clone(),
+            rates.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let actors = crate::defence::Actors {
+        rates,
         broker: broker.clone(),
         identity: identity.clone(),
         registry: identity.registry.clone(),
@@ -461,16 +471,51 @@ pub async fn run(
             }
         },
     };
+    let (detect_config, detect_config_rx) = watch::channel(config.detect.clone());
     if detecting {
         tasks.push(tokio::spawn(crate::defence::run(
             defence.clone(),
-            config.detect.clone(),
+            detect_config_rx,
             facts,
             actors.clone(),
             stop_rx.clone(),
         )));
     }
+    let ota = crate::ota::OtaService::open(&config.data_dir).map_err(|source| HubError::DataDir {
+        path: config.data_dir.join("ota"),
+        source,
+    })?;
+    tasks.push(tokio::spawn(crate::ota::run_refresh(
+        ota.clone(),
+        identity.clone(),
+        stop_rx.clone(),
+    )));
+    // Update campaigns: the task that advances them, the security signals their gates
+    // compare (fed by the defence task), and device reports from the broker's tap on
+    // `devices/{id}/ota/{status,inventory}`.
+    let campaigns = crate::ota::campaigns::Campaigns::load(
+        identity.registry.clone(),
+        audit.clone(),
+        ota.clone(),
+    )?;
+    defence.set_signal_tracker(campaigns.signals.clone());
+    let (report_tap, reports_rx) =
+        crate::ota::reports::ReportTap::new(campaigns.report_stats.clone());
+    let _ = broker.set_tap(report_tap);
+    tasks.push(tokio::spawn(crate::ota::reports::run(
+        reports_rx,
+        campaigns.report_stats.clone(),
+        identity.registry.clone(),
+        campaigns.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::ota::campaigns::run(
+        campaigns.clone(),
+        stop_rx.clone(),
+    )));
     let app_state = AppState {
+        ota,
+        campaigns,
         identity: identity.clone(),
         access: access.clone(),
         broker: broker.clone(),
@@ -481,8 +526,11 @@ pub async fn run(
         stopping: stop_rx.clone(),
     };
     // The web console shares the API's listener, TLS and state.
-    let app = crate::api::router(app_state.clone())
-        .merge(crate::console::router(app_state, config.console));
+    let console_sessions = Arc::new(crate::console::Sessions::new(config.console));
+    let app = crate::api::router(app_state.clone()).merge(crate::console::router(
+        app_state,
+        console_sessions.clone(),
+    ));
     tasks.push(tokio::spawn(serve_api(
         api,
         tls.api.clone(),
@@ -495,8 +543,18 @@ pub async fn run(
         audit_rx,
         stop_rx.clone(),
     ));
-    // SIGHUP reloads the CA and the listeners' certificates from disk, without dropping a
-    // session (after an offline `moat ca import-issuing`, for example).
+    // SIGHUP reloads the CA and the listeners' certificates from disk (after an offline
+    // `moat ca import-issuing`, for example), then the configuration (`reload.rs`), without
+    // dropping a session.
+    let reloader = config.reload.clone();
+    let hub_file = config.data_dir.join(HUB_FILE);
+    let live = crate::reload::Live {
+        shield: shield.clone(),
+        detect: detect_config,
+        sessions: console_sessions,
+        identity: identity.clone(),
+        current: std::sync::Mutex::new(config),
+    };
     let hup_identity = identity.clone();
     tasks.push(tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -508,6 +566,9 @@ pub async fn run(
             match hup_identity.reload_ca("hub:sighup").await {
                 Ok(_) => tracing::info!("SIGHUP: CA and certificates reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the hub keeps its current CA"),
+            }
+            if let Some(reloader) = &reloader {
+                let _ = live.reload(|| reloader.read());
             }
         }
     }));
@@ -524,7 +585,6 @@ pub async fn run(
     }));
 
     // Lets the CLI on this machine find the API from the data directory alone.
-    let hub_file = config.data_dir.join(HUB_FILE);
     if let Err(e) = std::fs::write(
         &hub_file,
         format!(

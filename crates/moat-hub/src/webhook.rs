@@ -37,7 +37,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 pub const MIN_SECRET_LEN: usize = 16;
 
 /// Where and how to deliver.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// `https://host:port/path` (or `http://` with `danger_plaintext`).
     pub url: String,

@@ -538,7 +538,10 @@ struct Tables {
 /// `.await`; the ban list is an `ArcSwap` and takes no lock.
 #[derive(Debug)]
 pub struct Shield {
-    limits: ShieldLimits,
+    /// Swapped whole by [`Shield::set_limits`] (configuration reload); read once per decision.
+    limits: ArcSwap<ShieldLimits>,
+    /// Capacity of the tables, fixed at construction (`limits.tracked` as it was then).
+    tracked: usize,
     bans: ArcSwap<BanList>,
     tables: Mutex<Tables>,
     offenders: Mutex<Table<Offender, FailureEntry>>,
@@ -567,7 +570,8 @@ impl Shield {
     pub fn new(limits: ShieldLimits) -> Arc<Self> {
         let tracked = limits.tracked;
         Arc::new(Self {
-            limits,
+            limits: ArcSwap::from_pointee(limits),
+            tracked,
             bans: ArcSwap::from_pointee(BanList::default()),
             tables: Mutex::new(Tables {
                 addresses: Table::new(tracked),
@@ -577,9 +581,18 @@ impl Shield {
         })
     }
 
-    /// Its limits.
-    pub fn limits(&self) -> &ShieldLimits {
-        &self.limits
+    /// The limits in force.
+    pub fn limits(&self) -> Arc<ShieldLimits> {
+        self.limits.load_full()
+    }
+
+    /// Replaces the limits (configuration reload); connections from then on are decided by
+    /// `limits`. The tables' capacity (`tracked`) stays what it was at construction: the
+    /// returned `false` says that a different `tracked` waits for a restart.
+    pub fn set_limits(&self, limits: ShieldLimits) -> bool {
+        let same_capacity = limits.tracked == self.tracked;
+        self.limits.store(Arc::new(limits));
+        same_capacity
     }
 
     /// Replaces the ban list; connections from then on are checked against `bans`.
@@ -602,7 +615,7 @@ impl Shield {
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        self.limits.exempt.iter().any(|net| net.contains(ip))
+        self.limits.load().exempt.iter().any(|net| net.contains(ip))
     }
 
     /// Decides on a connection from `ip` accepted at `now` (`now_ms`: wall clock, for ban
@@ -623,7 +636,7 @@ impl Shield {
         if self.exempt(ip) {
             return Ok(ShieldGuard { held: None });
         }
-        let l = &self.limits;
+        let l = self.limits.load();
         let prefix = if ip.is_ipv4() {
             l.ipv4_prefix
         } else {
@@ -670,7 +683,7 @@ impl Shield {
             }
             device => device,
         };
-        let a = self.limits.auto_ban;
+        let a = self.limits.load().auto_ban;
         let ban = {
             let mut offenders = self
                 .offenders
@@ -805,6 +818,36 @@ mod tests {
         );
         assert!(shield.admit(v4(10, 0, 0, 3), now, 0).is_ok());
         assert_eq!(shield.tracked().0, 1, "a banned address costs no entry");
+    }
+
+    #[test]
+    fn new_limits_decide_the_next_connection() {
+        let shield = Shield::new(ShieldLimits {
+            max_concurrent_per_address: 1,
+            ..limits()
+        });
+        let now = Instant::now();
+        let ip = v4(10, 0, 0, 7);
+        let held = shield.admit(ip, now, 0).expect("first");
+        assert_eq!(
+            shield.admit(ip, now, 0).err(),
+            Some(Refusal::Concurrent),
+            "one slot"
+        );
+        assert!(shield.set_limits(ShieldLimits {
+            max_concurrent_per_address: 2,
+            ..limits()
+        }));
+        let second = shield.admit(ip, now, 0).expect("two slots after reload");
+        assert_eq!(shield.limits().max_concurrent_per_address, 2);
+        assert!(
+            !shield.set_limits(ShieldLimits {
+                tracked: 128,
+                ..limits()
+            }),
+            "capacity waits for a restart"
+        );
+        drop((held, second));
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! ([`hub::ReplayHub`]), and the evaluator that turns alerts and ground truth into a report
 //! ([`eval`]).
 //!
+//! The live mode ([`live`]) runs the same device models and attackers against a real hub
+//! on loopback: [`live::hub::LiveHub`] implements [`hub::Hub`] with real MQTT 5 clients
+//! over mutual TLS (attackers on their own `127.0.0.x` source addresses), provisions the
+//! fleet with the `moat` CLI and scores the hub's alerts and the mitigations its clients
+//! felt.
+//!
 //! Does not own: detection (moat-detect decides; this crate only feeds it and scores it),
-//! sockets or TLS (accelerated replay runs in virtual time; the live mode against a real hub
-//! is not written yet and will implement [`hub::Hub`] with real clients), response
-//! execution.
+//! response execution (the hub's, observed live).
 //!
 //! Trust boundary: none; a test tool. It reads its own options and an optional engine
-//! configuration file, and writes three files.
+//! configuration file, and writes its output files; in live mode the hub's answers are
+//! parsed defensively and everything kept is bounded.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +24,7 @@ pub mod attack;
 pub mod eval;
 pub mod fleet;
 pub mod hub;
+pub mod live;
 pub mod replay;
 pub mod rng;
 

@@ -25,6 +25,59 @@ struct Cli {
 enum Command {
     /// Accelerated replay: the engine fed in virtual time.
     Replay(ReplayArgs),
+    /// Live: the fleet and the attacks against a running hub on loopback, over mutual-TLS
+    /// MQTT, in wall-clock time.
+    Live(LiveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LiveArgs {
+    /// The hub's MQTT over mutual TLS listener.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    hub: std::net::SocketAddr,
+    /// The hub's data directory (the `moat` CLI provisions devices and reads alerts there;
+    /// run as the hub's user).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The `moat` executable [default: `moat` next to moat-sim, else on PATH].
+    #[arg(long)]
+    moat: Option<PathBuf>,
+    /// Benign devices.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Attack scenario names (comma-separated), `all`, or `none`.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// `low`, `medium`, `high` or `all`.
+    #[arg(long, default_value = "medium")]
+    intensity: String,
+    /// Seconds of benign traffic before the first attack.
+    #[arg(long, default_value_t = 60)]
+    warmup_secs: u64,
+    /// Devices join over this many seconds (at most 60; the rest at once).
+    #[arg(long, default_value_t = 20)]
+    ramp_secs: u64,
+    /// Seconds each attack lasts.
+    #[arg(long, default_value_t = 20)]
+    attack_secs: u64,
+    /// Seconds of calm between attacks (with --concurrent: between their starts).
+    #[arg(long, default_value_t = 10)]
+    gap_secs: u64,
+    /// Attacks overlap: each starts --gap-secs after the previous one started.
+    #[arg(long)]
+    concurrent: bool,
+    /// Seconds of benign traffic after the last attack (late alerts arrive meanwhile).
+    #[arg(long, default_value_t = 20)]
+    tail_secs: u64,
+    /// Seconds after an attack's end during which an alert still counts for it.
+    #[arg(long, default_value_t = 30)]
+    grace_secs: u64,
+    /// Output directory.
+    #[arg(long, default_value = "moat-sim-live-out")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,8 +114,11 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Replay(args) = cli.command;
-    match run(&args) {
+    let result = match cli.command {
+        Command::Replay(args) => run(&args),
+        Command::Live(args) => run_live(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moat-sim: {e}");
@@ -156,6 +212,86 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     );
     println!(
         "  wrote {}/{{ground_truth.jsonl,alerts.jsonl,report.md}}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_live(args: &LiveArgs) -> Result<(), String> {
+    let scenarios = match args.scenario.as_str() {
+        "all" => Scenario::ALL.to_vec(),
+        "none" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|s| {
+                Scenario::parse(s.trim()).ok_or_else(|| {
+                    format!(
+                        "unknown scenario {s:?}; one of: all, none, {}",
+                        Scenario::ALL.map(Scenario::as_str).join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let intensities = match args.intensity.as_str() {
+        "all" => Intensity::ALL.to_vec(),
+        s => vec![
+            Intensity::parse(s)
+                .ok_or_else(|| format!("unknown intensity {s:?}; low, medium, high or all"))?,
+        ],
+    };
+    let moat = args.moat.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("moat")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("moat"))
+    });
+    let secs = std::time::Duration::from_secs;
+    let opts = moat_sim::live::LiveOptions {
+        hub: args.hub,
+        data_dir: args.data_dir.clone(),
+        moat,
+        devices: args.devices,
+        seed: args.seed,
+        scenarios,
+        intensities,
+        warmup: secs(args.warmup_secs),
+        ramp: secs(args.ramp_secs),
+        attack: secs(args.attack_secs),
+        gap: secs(args.gap_secs),
+        concurrent: args.concurrent,
+        tail: secs(args.tail_secs),
+        grace: secs(args.grace_secs),
+        out: args.out.clone(),
+    };
+    let run = moat_sim::live::live(&opts)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let summary = moat_sim::live::score_and_write(&run, &args.out, command, args.seed)?;
+    println!(
+        "moat-sim live: {} devices, {:.3} device-days, {} incidents, {} alerts, {} messages in {:.1} s",
+        run.devices,
+        run.device_days,
+        run.incidents.len(),
+        summary.alerts,
+        run.published,
+        run.wall_secs
+    );
+    let detected = summary.incidents.iter().filter(|i| i.detected).count();
+    println!(
+        "  incidents detected: {detected}/{}",
+        summary.incidents.len()
+    );
+    println!(
+        "  false alerts: {} ({:.2} per device-day), mitigating: {}, benign devices affected: {}, collateral: {}",
+        summary.false_alerts,
+        summary.fp_per_device_day,
+        summary.benign_mitigations,
+        summary.benign_devices_affected,
+        summary.collateral_devices
+    );
+    println!(
+        "  wrote {}/{{ground_truth.jsonl,alerts.jsonl,effects.jsonl,report.md,summary.json}}",
         args.out.display()
     );
     Ok(())

@@ -22,8 +22,10 @@ use crate::StoreError;
 
 mod alerts;
 mod bans;
+mod campaigns;
 pub use alerts::{AlertRecord, AlertState, NewAlert};
 pub use bans::{BanKind, BanRecord, BanUpdate};
+pub use campaigns::{CampaignDeviceRow, CampaignRow, DeviceDocument};
 
 /// Most rows one list call returns.
 pub const MAX_PAGE: usize = 1000;
@@ -341,6 +343,7 @@ impl Registry {
         tx.execute_batch(REGISTRY_SCHEMA).map_err(e)?;
         tx.execute_batch(bans::SCHEMA).map_err(e)?;
         tx.execute_batch(alerts::SCHEMA).map_err(e)?;
+        tx.execute_batch(campaigns::SCHEMA).map_err(e)?;
         let version: Option<i64> = tx
             .query_row(
                 "SELECT version FROM registry_version WHERE id = 1",

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod ops;
+mod progress;
 
 use clap::{Args, Parser, Subcommand};
 use moat_hub::{ConfigError, Settings};
@@ -113,6 +114,14 @@ enum Command {
         #[command(flatten)]
         target: ops::Target,
     },
+    /// Signed updates: update campaigns (waves, maintenance windows, gates) and each
+    /// device's update state.
+    Ota {
+        #[command(subcommand)]
+        command: OtaCommand,
+        #[command(flatten)]
+        target: ops::Target,
+    },
     /// Operators who log in to the web console and the API (on the hub's machine: writes the
     /// registry in --data-dir directly).
     Operator {
@@ -121,6 +130,72 @@ enum Command {
         #[command(flatten)]
         target: ops::Target,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum OtaCommand {
+    /// Update campaigns: create, start, pause, resume, abort, roll back, show (--watch), list.
+    Campaign {
+        #[command(subcommand)]
+        command: ops::CampaignCommand,
+    },
+    /// A device's update state: its campaigns, last report, inventory and director target.
+    Device {
+        /// The device id.
+        id: String,
+    },
+    /// The hub's online public keys (image snapshot and timestamp; director targets,
+    /// snapshot and timestamp), for the ceremony.
+    OnlineKeys,
+    /// The signing ceremony: create offline keys, sign version 1 of both roots and the first
+    /// targets, install them (or write them with --out for `root install`).
+    Init {
+        /// Key directory to create (keep it offline).
+        #[arg(long, default_value = ops::DEFAULT_KEYS_DIR)]
+        keys: PathBuf,
+        /// Root keys per repository.
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// Root signatures a new root needs.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u64,
+        /// Online public keys from a file (`moat ota online-keys --json`), for a machine that
+        /// cannot reach the hub.
+        #[arg(long)]
+        online_keys: Option<PathBuf>,
+        /// Write `ota-root.json` into this directory instead of installing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Install or rotate the roots.
+    Root {
+        #[command(subcommand)]
+        command: ops::OtaRootCommand,
+    },
+    /// Sign an image offline (targets or hw-CLASS role) and publish it: the image is uploaded
+    /// with a progress bar, then the signed metadata; the hub checks both.
+    Publish {
+        /// The image file.
+        file: PathBuf,
+        /// Image name: letters, digits, '.', '_', '-'.
+        #[arg(long)]
+        name: String,
+        /// Hardware class (delegated role hw-CLASS, its own key); any hardware without it.
+        #[arg(long)]
+        hardware: Option<String>,
+        /// Version (dotted numbers, optional -suffix); read from FILE's name NAME-VERSION... if
+        /// omitted.
+        #[arg(long)]
+        version: Option<String>,
+        /// Key directory.
+        #[arg(long, default_value = ops::DEFAULT_KEYS_DIR)]
+        keys: PathBuf,
+        /// Let devices install it over a higher version (a rollback target).
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// List the repository's targets.
+    Targets,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,7 +211,7 @@ enum OperatorCommand {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// Data directory [default: ./moat-data].
     #[arg(long)]
@@ -352,6 +427,43 @@ fn main() -> ExitCode {
         }
         Command::Alerts { command, target } => ops::alerts(&target, command),
         Command::Ban { command, target } => ops::ban(&target, command),
+        Command::Ota { command, target } => match command {
+            OtaCommand::Campaign { command } => ops::campaign(&target, command),
+            OtaCommand::Device { id } => ops::ota_device(&target, &id),
+            OtaCommand::OnlineKeys => ops::ota_online_keys(&target),
+            OtaCommand::Init {
+                keys,
+                root_keys,
+                root_threshold,
+                online_keys,
+                out,
+            } => ops::ota_init(
+                &target,
+                &keys,
+                root_keys,
+                root_threshold,
+                online_keys.as_deref(),
+                out.as_deref(),
+            ),
+            OtaCommand::Root { command } => ops::ota_root(&target, command),
+            OtaCommand::Publish {
+                file,
+                name,
+                hardware,
+                version,
+                keys,
+                allow_downgrade,
+            } => ops::ota_publish(
+                &target,
+                &file,
+                &name,
+                hardware.as_deref(),
+                version.as_deref(),
+                &keys,
+                allow_downgrade,
+            ),
+            OtaCommand::Targets => ops::ota_targets(&target),
+        },
         Command::Manufacturer { command, target } => ops::manufacturer(&target, command),
         Command::Ca { command, target } => ca(command, &target),
         Command::Operator {
@@ -597,8 +709,15 @@ fn config_check(args: ServeArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    let again = args.clone();
     let config = match settings(args).and_then(Settings::resolve) {
-        Ok(c) => c,
+        // SIGHUP reads the same file with the same flags again.
+        Ok(c) => moat_hub::HubConfig {
+            reload: Some(moat_hub::Reloader::new(move || {
+                settings(again.clone()).and_then(Settings::resolve)
+            })),
+            ..c
+        },
         Err(e) => {
             eprintln!("error: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);

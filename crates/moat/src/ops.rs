@@ -15,6 +15,12 @@ use crate::{EXIT_CONFIG, EXIT_FAILURE};
 
 mod alerts;
 pub use alerts::{AlertCommand, alerts};
+mod campaigns;
+pub use campaigns::{CampaignCommand, campaign, ota_device};
+mod ota;
+pub use ota::{
+    DEFAULT_KEYS_DIR, OtaRootCommand, ota_init, ota_online_keys, ota_publish, ota_root, ota_targets,
+};
 
 /// Where the hub is.
 #[derive(Args, Debug, Clone)]

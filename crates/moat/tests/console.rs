@@ -772,3 +772,208 @@ fn console_in_headless_chromium_revokes_a_live_device() {
         );
     }
 }
+
+#[test]
+fn device_page_charts_the_devices_message_rate() {
+    let hub = Hub::start(HubOptions::new());
+    let device = hub.add_device("rate-1");
+    let password = admin_password(&hub);
+    let cli_token =
+        std::fs::read_to_string(hub.data_dir().join("secrets/cli.token")).expect("cli token");
+    let bearer = format!("Authorization: Bearer {}", cli_token.trim());
+    let quiet = get(
+        &hub,
+        "/console/devices/rate-1",
+        Some(&login(&hub, "admin", &password)),
+    );
+    assert!(
+        quiet.body.contains("No message counted for this device"),
+        "{}",
+        quiet.body
+    );
+
+    mosquitto_pub(
+        &hub,
+        &Via::Device(device),
+        Mqtt::V5,
+        Some("rate-1"),
+        &[
+            "-t",
+            "devices/rate-1/t",
+            "-m",
+            "x",
+            "-q",
+            "1",
+            "--repeat",
+            "7",
+        ],
+    )
+    .assert_ok();
+    // The hub collects traffic counts about once a second.
+    let minutes = eventually(EVENT_DEADLINE, "7 messages counted", || {
+        let r = http(
+            &hub,
+            "GET",
+            "/api/v1/devices/rate-1/rates",
+            &[],
+            &[&bearer],
+            None,
+            None,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+        let minutes = v["minutes"].as_array().cloned().unwrap_or_default();
+        let total: u64 = minutes.iter().filter_map(|m| m["received"].as_u64()).sum();
+        (total == 7).then_some(minutes)
+    });
+    assert_eq!(minutes.len(), 60, "an hour of minutes");
+
+    let page = get(
+        &hub,
+        "/console/devices/rate-1",
+        Some(&login(&hub, "admin", &password)),
+    );
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("id=\"device-rates-t\""), "{}", page.body);
+    assert!(
+        page.body.contains("7 published in the last hour"),
+        "{}",
+        page.body
+    );
+    assert_no_inline_code("/console/devices/rate-1", &page.body);
+    let unknown = http(
+        &hub,
+        "GET",
+        "/api/v1/devices/nobody/rates",
+        &[],
+        &[&bearer],
+        None,
+        None,
+    );
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+}
+
+#[test]
+fn updates_page_shows_campaign_waves_and_operators_pause_and_resume_them() {
+    let hub = Hub::start(HubOptions::new());
+    let password = admin_password(&hub);
+    let auditor_password = add_operator(&hub, "watcher", "auditor");
+    // An update repository with one image, and a group of two devices.
+    let keys = hub.scratch("ota-keys");
+    let image = hub.scratch("images").join("fw.bin");
+    std::fs::write(&image, b"firmware 2\n").expect("image");
+    cli_ok(
+        &hub,
+        &["ota", "init", "--keys", keys.to_str().expect("utf-8")],
+    );
+    cli_ok(
+        &hub,
+        &[
+            "ota",
+            "publish",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "fw",
+            "--version",
+            "2.0.0",
+            "--keys",
+            keys.to_str().expect("utf-8"),
+        ],
+    );
+    cli_ok(&hub, &["group", "put", "fleet"]);
+    for id in ["u1", "u2"] {
+        hub.add_device(id);
+        cli_ok(&hub, &["device", "set", id, "--group", "fleet"]);
+    }
+    let created = cli_ok(
+        &hub,
+        &[
+            "ota", "campaign", "create", "--name", "spring", "--group", "fleet", "--target",
+            "fw-2.0.0", "--waves", "50,100", "--start", "--json",
+        ],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&created).expect("json")["id"]
+        .as_u64()
+        .expect("id");
+
+    let admin = login(&hub, "admin", &password);
+    let page = get(&hub, "/console/updates", Some(&admin));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_security_headers("/console/updates", &page);
+    assert_no_inline_code("/console/updates", &page.body);
+    for needle in [
+        "spring",
+        "fw-2.0.0",
+        "running",
+        "<progress",
+        "up to 50%",
+        &format!("action=\"/console/updates/{id}/pause\""),
+        &format!("action=\"/console/updates/{id}/abort\""),
+    ] {
+        assert!(page.body.contains(needle), "{needle} not in\n{}", page.body);
+    }
+
+    // An auditor sees the campaign but no buttons, and cannot act.
+    let auditor = login(&hub, "watcher", &auditor_password);
+    let seen = get(&hub, "/console/updates", Some(&auditor));
+    assert!(seen.body.contains("spring") && !seen.body.contains("/pause\""));
+    let refused = post(
+        &hub,
+        &format!("/console/updates/{id}/pause"),
+        &auditor,
+        &format!("csrf={}", auditor.csrf),
+        &[],
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    // Without the form token, even an operator is refused.
+    let forged = post(
+        &hub,
+        &format!("/console/updates/{id}/pause"),
+        &admin,
+        "",
+        &[],
+    );
+    assert_eq!(forged.status, 403, "{forged:?}");
+
+    let paused = post(
+        &hub,
+        &format!("/console/updates/{id}/pause"),
+        &admin,
+        &format!("csrf={}&reason=checking", admin.csrf),
+        &[],
+    );
+    assert_eq!(
+        (paused.status, paused.header("location")),
+        (303, "/console/updates"),
+        "{paused:?}"
+    );
+    let page = get(&hub, "/console/updates", Some(&admin));
+    assert!(
+        page.body.contains("paused by operator:admin: checking"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(&format!("action=\"/console/updates/{id}/resume\""))
+    );
+    let resumed = post(
+        &hub,
+        &format!("/console/updates/{id}/resume"),
+        &admin,
+        &format!("csrf={}", admin.csrf),
+        &[],
+    );
+    assert_eq!(resumed.status, 303, "{resumed:?}");
+    let shown = cli_ok(
+        &hub,
+        &["ota", "campaign", "show", &id.to_string(), "--json"],
+    );
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["status"], "running", "{shown:#}");
+    let audit = cli_ok(&hub, &["audit", "export"]);
+    assert!(
+        audit.contains("ota.campaign.pause") && audit.contains("operator:admin"),
+        "{audit}"
+    );
+}

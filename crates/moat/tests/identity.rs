@@ -52,23 +52,6 @@ fn assert_refused(hub: &Hub, via: &Via, client_id: Option<&str>, topic: &str, wh
     assert!(!out.status.success(), "{what}\n{}", out.show());
 }
 
-/// Audit entries (JSON lines) with `action`, waiting (bounded) for the ones the hub writes
-/// asynchronously.
-fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
-    let end = std::time::Instant::now() + EVENT_DEADLINE;
-    loop {
-        let found: Vec<String> = cli_ok(hub, &["audit", "export"])
-            .lines()
-            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
-            .map(str::to_owned)
-            .collect();
-        if !found.is_empty() || std::time::Instant::now() > end {
-            return found;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// Makes an EC P-256 private key (PEM) in `dir`/`file`.
 fn ec_key(dir: &Path, file: &str) {
     tool_ok(

@@ -430,3 +430,86 @@ fn shell_completions_cover_every_command() {
     );
     assert!(check.status.success(), "{}", show_output(&check));
 }
+
+#[test]
+fn sighup_reloads_configuration_keeps_sessions_and_names_what_needs_a_restart() {
+    let hub = Hub::start(
+        HubOptions::new()
+            .plaintext_anonymous()
+            .config("[detect]\nmode = \"dry_run\"\n"),
+    );
+    let dev = hub.add_device("hup2");
+    let via = Via::Device(dev);
+    let mut sub = Sub::start(
+        &hub,
+        &via,
+        Mqtt::V5,
+        Some("hup2"),
+        &["-t", "devices/hup2/#", "-q", "1"],
+    );
+
+    // Two connections per address from now on, and a keep-alive change that needs a restart.
+    fs::write(
+        hub.config_path(),
+        "max-keepalive = 30\n[shield]\nmax-concurrent-per-address = 2\n[detect]\nmode = \"dry_run\"\n",
+    )
+    .expect("rewrite config");
+    hub.send_signal("HUP");
+    let reloads = audit_lines(&hub, "config.reload");
+    let reload: serde_json::Value = serde_json::from_str(&reloads[0]).expect("audit JSON");
+    assert_eq!(reload["outcome"], "success", "{reload}");
+    let details = reload.to_string();
+    assert!(details.contains("[shield]"), "{details}");
+    assert!(details.contains("max-keepalive"), "{details}");
+
+    // The subscriber's session survived and holds one slot; a publisher takes the second.
+    mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some("hup2-pub"),
+        &["-t", "devices/hup2/after", "-m", "kept", "-q", "1"],
+    )
+    .assert_ok();
+    sub.expect("devices/hup2/after", "kept");
+    // With a second subscriber holding the other slot, a third connection is refused.
+    let mut second = Sub::start(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some("hup2-second"),
+        &["-t", "devices/hup2/second", "-q", "1"],
+    );
+    let refused = mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some("hup2-third"),
+        &["-t", "devices/hup2/x", "-m", "no", "-q", "1"],
+    );
+    assert!(!refused.status.success(), "{}", refused.show());
+
+    // A file with an error changes nothing and says where the error is.
+    fs::write(hub.config_path(), "max-keepalive = 0\n").expect("rewrite config");
+    hub.send_signal("HUP");
+    let failed = eventually(EVENT_DEADLINE, "config.reload error", || {
+        audit_lines(&hub, "config.reload")
+            .into_iter()
+            .find(|l| l.contains("\"outcome\":\"error\""))
+    });
+    assert!(failed.contains("moat.toml:1"), "{failed}");
+    let still = mosquitto_pub(
+        &hub,
+        &Via::Anonymous,
+        Mqtt::V5,
+        Some("hup2-fourth"),
+        &["-t", "devices/hup2/x", "-m", "no", "-q", "1"],
+    );
+    assert!(
+        !still.status.success(),
+        "the shield kept its reloaded limits: {}",
+        still.show()
+    );
+    second.kill();
+    sub.kill();
+}

@@ -240,34 +240,10 @@ fn bans(hub: &Hub) -> Vec<Value> {
         .collect()
 }
 
-/// Polls `check` until it returns Some, or fails after `deadline` with `what`.
-fn eventually<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn metric_at_least(hub: &Hub, sample: &str, min: f64) {
     eventually(EVENT_DEADLINE, &format!("{sample} >= {min}"), || {
         hub.metric(sample).filter(|v| *v >= min)
     });
-}
-
-/// Audit entries (JSON lines) with `action`, waiting (bounded) for the asynchronous writer.
-fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
-    eventually(EVENT_DEADLINE, &format!("audit {action}"), || {
-        let found: Vec<String> = cli_ok(hub, &["audit", "export"])
-            .lines()
-            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
-            .map(str::to_owned)
-            .collect();
-        (!found.is_empty()).then_some(found)
-    })
 }
 
 fn ban_id(hub: &Hub, kind: &str, value: &str) -> Option<(String, Value)> {

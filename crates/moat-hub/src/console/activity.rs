@@ -55,6 +55,8 @@ struct State {
 pub(crate) struct Activity {
     state: Mutex<State>,
     feed: broadcast::Sender<DeviceChange>,
+    /// Per-device message rates (the device page's chart).
+    pub rates: std::sync::Arc<crate::rates::DeviceRates>,
 }
 
 impl Default for Activity {
@@ -62,6 +64,7 @@ impl Default for Activity {
         Self {
             state: Mutex::default(),
             feed: broadcast::channel(FEED_CAPACITY).0,
+            rates: std::sync::Arc::default(),
         }
     }
 }

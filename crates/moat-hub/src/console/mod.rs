@@ -11,6 +11,7 @@
 //! | `GET /console/` (fleet), `/console/devices`, `/console/devices/{id}` | auditor |
 //! | `POST /console/devices/{id}/{revoke,quarantine,release,approve}` | operator |
 //! | `GET /console/alerts`, `/console/policies` (view, test a decision), `/console/updates` | auditor |
+//! | `POST /console/updates/{id}/{start,pause,resume,abort}` (campaigns) | operator |
 //! | `GET /console/tokens`; `POST /console/tokens`, `/console/tokens/{id}/revoke` | auditor; operator |
 //! | `GET /console/audit` (search, verify) | auditor |
 //! | `GET /console/events` (Server-Sent Events: devices online, audit entries) | auditor |
@@ -24,6 +25,7 @@ mod chart;
 mod html;
 mod pages;
 mod session;
+mod updates;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,14 +43,14 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, broadcast};
 
 pub(crate) use activity::Activity;
+pub(crate) use session::Sessions;
 use activity::{RECENT_CONNECTION_EVENTS, SAMPLE_INTERVAL};
 
 use crate::access::Role;
 use crate::api::{AppState, Peer};
-use crate::config::ConsoleSettings;
 use crate::identity::{AuditKey, MAX_UNAUTHENTICATED_AUDIT_PER_MINUTE, now_ms};
 use html::{Esc, Section, error_page, page, respond, see_other};
-use session::{Current, Sessions, same_origin, tokens_match};
+use session::{Current, same_origin, tokens_match};
 
 /// The stylesheet.
 pub(crate) const CSS: &str = include_str!("assets/console.css");
@@ -75,7 +77,7 @@ pub(crate) struct Console {
 
 /// The console's routes, to be merged with the API's router. Starts the sampler of fleet
 /// rates, which stops with the hub.
-pub(crate) fn router(app: AppState, settings: ConsoleSettings) -> Router {
+pub(crate) fn router(app: AppState, sessions: Arc<Sessions>) -> Router {
     let activity = app.events.activity.clone();
     tokio::spawn(activity::sample(
         activity.clone(),
@@ -84,7 +86,7 @@ pub(crate) fn router(app: AppState, settings: ConsoleSettings) -> Router {
     ));
     let state = Console {
         app,
-        sessions: Arc::new(Sessions::new(settings)),
+        sessions,
         activity,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
     };
@@ -105,7 +107,8 @@ pub(crate) fn router(app: AppState, settings: ConsoleSettings) -> Router {
             get(pages::tokens).post(pages::create_token),
         )
         .route("/console/tokens/{id}/revoke", post(pages::revoke_token))
-        .route("/console/updates", get(pages::updates))
+        .route("/console/updates", get(updates::updates))
+        .route("/console/updates/{id}/{action}", post(updates::update_action))
         .route("/console/audit", get(pages::audit))
         .route("/console/events", get(events))
         .route("/console/assets/{name}", get(asset))

@@ -411,6 +411,46 @@ fn traffic_charts(samples: &[super::activity::Sample], now: u64) -> String {
     out
 }
 
+/// The device's messages per minute over the last hour, or why there is no chart.
+fn device_rates(m: &mut String, series: &[crate::rates::MinuteRate], now: u64) {
+    m.push_str("<section><h2>Messages, last hour</h2>");
+    let Some(first) = series.first() else {
+        m.push_str("<p class=\"muted\">No message counted for this device since the hub started (or in the last hour).</p></section>");
+        return;
+    };
+    let points = |pick: fn(&crate::rates::MinuteRate) -> u32| -> Vec<(u64, f64)> {
+        series
+            .iter()
+            .map(|r| (r.minute_start_ms, f64::from(pick(r))))
+            .collect()
+    };
+    m.push_str("<figure>");
+    m.push_str(&chart::lines(
+        "device-rates",
+        "Messages per minute",
+        "Messages this device published and messages delivered to it, per minute, over the last hour.",
+        &[
+            Series {
+                label: "published",
+                class: "s1",
+                points: points(|r| r.received),
+            },
+            Series {
+                label: "delivered to it",
+                class: "s2",
+                points: points(|r| r.delivered),
+            },
+        ],
+        first.minute_start_ms,
+        now,
+    ));
+    let total: u64 = series.iter().map(|r| u64::from(r.received)).sum();
+    let _ = write!(
+        m,
+        "<figcaption>Messages per minute: {total} published in the last hour.</figcaption></figure></section>"
+    );
+}
+
 fn audit_rows(out: &mut String, records: &[moat_audit::Record]) {
     for r in records {
         let e = &r.entry;
@@ -895,10 +935,10 @@ pub(crate) async fn device(
     ));
     let _ = write!(
         m,
-        "<figcaption>From the hub's memory of its last {} connection events since it started. \
-         Per-device message counts are not recorded yet; the fleet page charts message rates.</figcaption></figure></section>",
+        "<figcaption>From the hub's memory of its last {} connection events since it started.</figcaption></figure></section>",
         super::RECENT_CONNECTION_EVENTS
     );
+    device_rates(&mut m, &c.activity.rates.series(&d.id, now), now);
 
     m.push_str("<section><h2>Certificates</h2>");
     if certs.is_empty() {
@@ -1239,17 +1279,6 @@ pub(crate) async fn alert_action(
         Ok(None) => error_page(StatusCode::NOT_FOUND, Some(&who), "There is no such alert."),
         Err(e) => failed(&who, &e),
     }
-}
-
-/// `GET /console/updates`: no update service exists yet.
-pub(crate) async fn updates(State(c): State<Console>, headers: HeaderMap) -> Response {
-    let who = or_return!(signed_in(&c, &headers));
-    let m = "<p class=\"notice info\">No update campaigns: the update service is not part of this hub yet. \
-             When it is, each campaign shows its progress wave by wave here.</p>";
-    respond(
-        StatusCode::OK,
-        page("Updates", Section::Updates, Some(&who), m),
-    )
 }
 
 // ---- policies -----------------------------------------------------------------------------

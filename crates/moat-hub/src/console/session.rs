@@ -56,7 +56,8 @@ pub(crate) struct Current {
 #[derive(Debug)]
 pub(crate) struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
-    settings: ConsoleSettings,
+    /// Replaced by a configuration reload; sessions open then are judged by the new ones.
+    settings: Mutex<ConsoleSettings>,
 }
 
 fn digest(id: &str) -> [u8; 32] {
@@ -76,13 +77,23 @@ impl Sessions {
     pub(crate) fn new(settings: ConsoleSettings) -> Self {
         Self {
             by_hash: Mutex::new(HashMap::new()),
-            settings,
+            settings: Mutex::new(settings),
         }
     }
 
+    /// Puts new session lifetimes in force (configuration reload).
+    pub(crate) fn set_settings(&self, settings: ConsoleSettings) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = settings;
+    }
+
+    fn settings(&self) -> ConsoleSettings {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn live(&self, s: &Session, now: Instant) -> bool {
-        now.duration_since(s.last_used) < self.settings.session_idle
-            && now.duration_since(s.created) < self.settings.session_max
+        let settings = self.settings();
+        now.duration_since(s.last_used) < settings.session_idle
+            && now.duration_since(s.created) < settings.session_max
     }
 
     /// Opens a session for `caller`: the cookie value to send (never stored) and the session.
@@ -147,7 +158,7 @@ impl Sessions {
     pub(crate) fn cookie_for(&self, id: &str) -> String {
         format!(
             "{SESSION_COOKIE}={id}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-            self.settings.session_max.as_secs()
+            self.settings().session_max.as_secs()
         )
     }
 }

@@ -346,6 +346,12 @@ impl Hub {
     }
 
     /// The serve arguments for this hub.
+    /// The configuration file `moat serve --config` reads (written by `prepare` when the
+    /// options have one; a test may rewrite it before a SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("moat.toml")
+    }
+
     pub fn serve_args(&self) -> Vec<String> {
         if self.options.config_only {
             return vec![
@@ -353,7 +359,7 @@ impl Hub {
                 "--data-dir".into(),
                 self.data_dir().display().to_string(),
                 "--config".into(),
-                self.dir.path().join("moat.toml").display().to_string(),
+                self.config_path().display().to_string(),
             ];
         }
         let mut args: Vec<String> = vec![
@@ -379,10 +385,7 @@ impl Hub {
             args.extend(["--max-keepalive".into(), k.to_string()]);
         }
         if self.options.config.is_some() {
-            args.extend([
-                "--config".into(),
-                self.dir.path().join("moat.toml").display().to_string(),
-            ]);
+            args.extend(["--config".into(), self.config_path().display().to_string()]);
         }
         args.extend(self.options.extra_args.iter().cloned());
         args
@@ -1511,4 +1514,29 @@ pub fn tool_ok(program: &str, args: &[&str], dir: &Path) -> String {
         show_output(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` until it returns Some, or fails after `deadline` with `what`.
+pub fn eventually<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Audit entries (JSON lines) with `action`, waiting (bounded) for the hub's asynchronous
+/// audit writer; fails the test when none appears.
+pub fn audit_lines(hub: &Hub, action: &str) -> Vec<String> {
+    eventually(EVENT_DEADLINE, &format!("audit {action}"), || {
+        let found: Vec<String> = cli_ok(hub, &["audit", "export"])
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+            .map(str::to_owned)
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
 }
