@@ -81,6 +81,7 @@ def main():
     print(f"trusted root version {trusted_root}")
     check(trusted_root >= 2, f"root rotation not followed (root version {trusted_root})")
 
+
     step(f"target {args.target} through its delegation")
     info = updater.get_targetinfo(args.target)
     check(info is not None, f"{args.target} not found")
@@ -123,6 +124,7 @@ def main():
         bootstrap=droot,
     )
     director.refresh()
+    print(f"director root version {director._trusted_set.root.version}")
     dtargets = director._trusted_set.targets.targets
     print(f"director targets for this device: {sorted(dtargets)}")
     check(len(dtargets) <= 1, "more than one director target")

@@ -212,9 +212,9 @@ impl HubClient {
     }
 }
 
-/// The tough `Transport` over [`HubClient`]: fetches `https://` URLs on the configured hub
-/// only, maps 404 to `FileNotFound` (TUF 5.3.2: the next root does not exist) and bounds
-/// every body by [`MAX_METADATA_RESPONSE_SIZE`].
+/// The tough `Transport` over the agent's mutual-TLS HTTPS client: fetches `https://` URLs on
+/// the configured hub only, maps 404 to `FileNotFound` (TUF 5.3.2: the next root does not
+/// exist) and bounds every body by [`MAX_METADATA_RESPONSE_SIZE`].
 #[derive(Clone, Debug)]
 pub struct HubTransport {
     client: HubClient,

@@ -4,7 +4,7 @@
 //! exchange ([`MQTT_TIMEOUT`]) and a bound on what the broker can make it buffer
 //! ([`MAX_INBOUND_PACKET_SIZE`]).
 //!
-//! [`Reporter`] runs the publisher in a background task fed by a bounded queue, so that a
+//! The reporter runs the publisher in a background task fed by a bounded queue, so that a
 //! slow or unreachable broker never blocks or fails an update: reports that cannot be
 //! delivered are logged and dropped.
 
@@ -36,6 +36,9 @@ pub const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_INBOUND_PACKET_SIZE: u32 = 64 * 1024;
 /// Reports queued for the background publisher before new ones are dropped: 64.
 pub const MAX_QUEUED_REPORTS: usize = 64;
+/// Consecutive failed reports after which the rest of a cycle's reports are dropped without
+/// trying (a broker that is down does not cost every report its timeout): 2.
+pub const MAX_REPORT_FAILURES: u32 = 2;
 /// Keep alive announced in CONNECT: 60 s (a report connection lives for seconds).
 const KEEP_ALIVE_SECS: u16 = 60;
 
@@ -386,6 +389,7 @@ async fn publish_all(
 ) -> u32 {
     let mut session: Option<Session> = None;
     let mut delivered = 0u32;
+    let mut failures = 0u32;
     while let Some(job) = rx.recv().await {
         let report = match job {
             Job::Publish(r) => r,
@@ -395,6 +399,10 @@ async fn publish_all(
             }
         };
         let topic = report.topic.to_string();
+        if failures >= MAX_REPORT_FAILURES {
+            tracing::debug!(topic, "update report dropped: the broker is not reachable");
+            continue;
+        }
         let result = tokio::time::timeout(MQTT_TIMEOUT.saturating_mul(2), async {
             let s = match session.take() {
                 Some(s) => s,
@@ -411,10 +419,12 @@ async fn publish_all(
         match result {
             Ok(()) => {
                 delivered = delivered.saturating_add(1);
+                failures = 0;
                 tracing::debug!(topic, "update report published");
             }
             Err(e) => {
                 session = None;
+                failures += 1;
                 tracing::warn!(topic, broker = %url, error = %e, "update report not delivered");
             }
         }

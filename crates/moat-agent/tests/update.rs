@@ -513,7 +513,10 @@ fn every_step_is_reported_over_mqtt_with_mutual_tls() {
     let inventory = d.tmp.0.join("inventory.json");
     std::fs::write(
         &inventory,
-        r#"{"packages":[{"name":"busybox","version":"1.36.1","purl":"pkg:generic/busybox@1.36.1"}]}"#,
+        concat!(
+            r#"{"packages":[{"name":"busybox","version":"1.36.1","#,
+            r#""purl":"pkg:generic/busybox@1.36.1"}]}"#
+        ),
     )
     .unwrap();
     flags.extend(["--inventory".to_owned(), inventory.display().to_string()]);

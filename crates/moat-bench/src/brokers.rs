@@ -61,6 +61,8 @@ pub struct RunningBroker {
     pub plaintext: SocketAddr,
     /// Mutual-TLS MQTT listener with the per-device namespace rule.
     pub tls: SocketAddr,
+    /// Moat only: the HTTPS API listener (the update repository for the `ota` scenario).
+    pub api: Option<SocketAddr>,
     child: Child,
 }
 
@@ -200,7 +202,8 @@ acl_file {acl}
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The data directory (Moat: `moat serve --data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -246,6 +249,7 @@ acl_file {acl}
             pid: child.id(),
             plaintext: SocketAddr::from(([127, 0, 0, 1], plaintext)),
             tls: SocketAddr::from(([127, 0, 0, 1], tls)),
+            api: None,
             child,
         };
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -337,12 +341,14 @@ acl_file {acl}
         };
         let plaintext = ready_address(&json, "mqtt_plaintext")?;
         let tls = ready_address(&json, "mqtt_tls")?;
+        let api = ready_address(&json, "api").ok();
         let child = guard.0.take().ok_or_else(|| "child vanished".to_owned())?;
         Ok(RunningBroker {
             kind: self.kind,
             pid,
             plaintext,
             tls,
+            api,
             child,
         })
     }

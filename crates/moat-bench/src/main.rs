@@ -14,6 +14,7 @@
 mod brokers;
 mod client;
 mod detect;
+mod ota;
 mod pki;
 mod procfs;
 mod report;
@@ -144,6 +145,18 @@ struct Cli {
     #[arg(long, default_value_t = 300)]
     detect_seconds: u64,
 
+    /// Devices verified in process in the `ota` scenario.
+    #[arg(long, default_value_t = 1_000)]
+    ota_devices: usize,
+
+    /// Devices fetching from the hub at once in the `ota` scenario.
+    #[arg(long, default_value_t = 200)]
+    ota_fetchers: usize,
+
+    /// Image size of the `ota` scenario, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    ota_image_kib: usize,
+
     /// Print a Markdown block for BENCHMARKS.md instead of the text tables.
     #[arg(long)]
     markdown: bool,
@@ -211,6 +224,22 @@ fn run(cli: &Cli) -> Result<(), String> {
             seconds: cli.detect_seconds,
         })?;
         scenarios.retain(|s| *s != Scenario::Detect);
+        if scenarios.is_empty() {
+            return Ok(());
+        }
+    }
+    // Signed updates: in process, then against a Moat hub of its own.
+    if scenarios.contains(&Scenario::Ota) {
+        ota::run(
+            &ota::OtaSettings {
+                devices: cli.ota_devices,
+                fetchers: cli.ota_fetchers,
+                image_bytes: cli.ota_image_kib * 1024,
+            },
+            &cli.moat_binary(),
+            cli.keep_scratch,
+        )?;
+        scenarios.retain(|s| *s != Scenario::Ota);
         if scenarios.is_empty() {
             return Ok(());
         }

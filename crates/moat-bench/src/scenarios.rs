@@ -45,6 +45,10 @@ pub enum Scenario {
     /// The detection engine alone (no broker): a synthetic fleet's events through
     /// moat-detect on one thread. Not part of `all`.
     Detect,
+    /// Signed updates: metadata verification per device (in process) and the update
+    /// repository's serving throughput with many devices at once (Moat only). Not part of
+    /// `all`.
+    Ota,
 }
 
 impl Scenario {
@@ -91,6 +95,7 @@ impl Scenario {
                 settings.handshakes, settings.handshake_concurrency
             ),
             Self::Detect => "detection engine (no broker)".to_owned(),
+            Self::Ota => "signed updates (verification, serving)".to_owned(),
         }
     }
 }
@@ -208,6 +213,7 @@ pub async fn run(
     match scenario {
         Scenario::All => Err("`all` is not a single scenario".to_owned()),
         Scenario::Detect => Err("`detect` runs without a broker".to_owned()),
+        Scenario::Ota => Err("`ota` runs on its own".to_owned()),
         Scenario::FanInQos0 => fan_in(broker, settings, QoS::AtMostOnce)
             .await
             .map(Into::into),

@@ -241,18 +241,14 @@ pub(crate) fn on_disconnect(
                 displaced = Some(*x);
                 *l = None;
             }
-            Some(x) => {
-                if taker.is_none_or(|t| x.since_ms >= t.since_ms) {
-                    taker = Some(*x);
-                }
-            }
-            None => {}
+            Some(x) if taker.is_none_or(|t| x.since_ms >= t.since_ms) => taker = Some(*x),
+            _ => {}
         }
     }
     d.last_disconnect_ms = cx.now;
-    let Some(taker) = taker.filter(|x| {
-        cause == DisconnectCause::TakenOver && x.address != cx.src.address
-    }) else {
+    let Some(taker) =
+        taker.filter(|x| cause == DisconnectCause::TakenOver && x.address != cx.src.address)
+    else {
         return;
     };
     d.counters.takeovers += 1.0;
@@ -824,7 +820,11 @@ fn rate_threshold(
     }
     let drift = f64::from(g.drift[f as usize].0.max(0.0)).exp();
     let upper = e.upper(l.upper_z);
-    let k = if f == Feature::PeakMsgsPublished { 0 } else { 1 };
+    let k = if f == Feature::PeakMsgsPublished {
+        0
+    } else {
+        1
+    };
     let envelope = f64::from(ratio * d.envelope(g, k, &cfg.thresholds));
     let thr = (f64::from(ratio) * upper * drift)
         .max(f64::from(floor))

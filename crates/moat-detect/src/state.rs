@@ -96,14 +96,21 @@ pub(crate) const NEW_ADDRESS_CLONE_MS: u64 = 600_000;
 /// Least fleet-wide connects per minute that can count as a surge.
 pub(crate) const SURGE_MIN_CONNECTS: f32 = 20.0;
 /// A session taken back by the address it was taken from within this period is a
-/// take-over ping-pong: two endpoints hold one identity.
-pub const TAKEOVER_PING_PONG_MS: u64 = 600_000;
+/// take-over ping-pong: two endpoints hold one identity (a displaced client library
+/// reconnects within seconds; a phone moving back and forth between two networks rarely
+/// does so within a minute with its old sessions still open).
+pub const TAKEOVER_PING_PONG_MS: u64 = 60_000;
 /// Longest rhythm (usual gap between busy seconds) a taken-over session is judged by.
 pub(crate) const MAX_RHYTHM_MS: u64 = 600_000;
 /// Envelope features: peak messages/s, peak bytes/s, bytes of the last hour.
 pub(crate) const ENV_FEATURES: usize = 3;
+/// A window in a device's known burst mode may raise its rate envelopes towards what it
+/// shows, by at most this factor per day (and once per day at most ×this), so that the
+/// envelope follows a bursty device's variability while an attacker staying within it
+/// cannot ratchet it up faster.
+pub(crate) const ENVELOPE_GROWTH_PER_DAY: f32 = 2.0;
 /// Decay of a learned envelope over one window: `exp(-10 s / 30 days)`.
-pub(crate) const ENVELOPE_DECAY: f32 = 0.999_996_14;
+pub(crate) const ENVELOPE_DECAY: f32 = 0.999_996_1;
 /// Devices whose envelopes a group remembers, per feature (its prior is the
 /// `consensus_min_devices`-th largest of them, once enough members have one).
 pub const GROUP_ENVELOPES: usize = 4;
@@ -233,6 +240,8 @@ pub(crate) struct DeviceState {
     pub(crate) last_takeover_ms: u64,
     pub(crate) takeover_from: u32,
     pub(crate) takeover_to: u32,
+    /// When a burst-mode window last raised the rate envelopes.
+    pub(crate) env_grown_ms: u64,
     /// Usual gap between two busy seconds of one session (exponentially weighted, ms;
     /// 0 until known): the device's rhythm.
     pub(crate) usual_gap_ms: u32,
@@ -278,6 +287,7 @@ impl DeviceState {
             takeover_from: 0,
             takeover_to: 0,
             usual_gap_ms: 0,
+            env_grown_ms: 0,
         }
     }
 }
@@ -317,7 +327,8 @@ impl GroupState {
     /// whose episodes nobody confirmed) cannot make bursts the group's normal. 0 otherwise.
     pub(crate) fn env_prior(&self, k: usize, t: &Thresholds) -> f32 {
         let need = t.consensus_min_devices.max(1);
-        if (self.env_members as f32) < (t.consensus_fraction * self.members as f32).max(need as f32) {
+        if (self.env_members as f32) < (t.consensus_fraction * self.members as f32).max(need as f32)
+        {
             return 0.0;
         }
         let need = (need as usize).min(GROUP_ENVELOPES);

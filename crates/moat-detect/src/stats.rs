@@ -224,6 +224,10 @@ mod tests {
         assert!((MINUTE_DECAY - (-10.0f32 / 60.0).exp()).abs() < 1e-6);
         assert!((HOUR_DECAY - (-10.0f32 / 3600.0).exp()).abs() < 1e-6);
         assert!((HOUR_WINDOWS - 1.0 / (1.0 - HOUR_DECAY)).abs() < 0.5);
+        use crate::state::{ENVELOPE_DECAY, TEN_MINUTE_DECAY, TEN_MINUTE_WINDOWS};
+        assert!((TEN_MINUTE_WINDOWS - 1.0 / (1.0 - TEN_MINUTE_DECAY)).abs() < 0.5);
+        let month = (-10.0f64 / (30.0 * 86_400.0)).exp();
+        assert!((f64::from(ENVELOPE_DECAY) - month).abs() < 1e-7);
     }
 
     #[test]

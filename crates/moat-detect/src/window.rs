@@ -10,7 +10,7 @@ use crate::engine::EngineStats;
 use crate::event::SIZE_BUCKETS;
 use crate::hst::{self, Forest};
 use crate::state::*;
-use crate::stats::{Effective, HOUR_DECAY, HOUR_WINDOWS, MINUTE_DECAY, decay, log1p};
+use crate::stats::{Effective, HOUR_DECAY, HOUR_WINDOWS, MINUTE_DECAY, decay, fingerprint, log1p};
 
 /// Closes a device's window: scores it (low-and-slow, behaviour anomaly), learns it unless
 /// it alerted, and decays the per-minute counters over the elapsed windows.
@@ -169,12 +169,16 @@ pub(crate) fn close_window(
             let env = d.envelope(g, k, t);
             env > 0.0
                 && v <= ratio * env
-                && eff[f as usize].is_some_and(|e: Effective| {
-                    e.known && f64::from(v) > e.upper(l.upper_z)
-                })
+                && eff[f as usize]
+                    .is_some_and(|e: Effective| e.known && f64::from(v) > e.upper(l.upper_z))
         };
         let burst_mode = in_envelope(0, Feature::PeakMsgsPublished, acc.peak_msgs, t.flood_ratio)
-            || in_envelope(1, Feature::PeakBytesPublished, acc.peak_bytes, t.burst_ratio);
+            || in_envelope(
+                1,
+                Feature::PeakBytesPublished,
+                acc.peak_bytes,
+                t.burst_ratio,
+            );
         let recent_new_address = d.last_new_address_ms > 0
             && now.saturating_sub(d.last_new_address_ms) <= NEW_ADDRESS_CLONE_MS;
         // A new address corroborates a deviation: fewer windows in a row are needed.
@@ -271,11 +275,31 @@ pub(crate) fn close_window(
         // values wait in `pending` until the episode is released (see `Engine::tick`).
         if acc.alerted || found.len() > found_before {
             stats.windows_skipped += 1;
-            for (p, v) in d.pending.iter_mut().zip([acc.peak_msgs, acc.peak_bytes, d.hour_bytes]) {
+            for (p, v) in d
+                .pending
+                .iter_mut()
+                .zip([acc.peak_msgs, acc.peak_bytes, d.hour_bytes])
+            {
                 *p = p.max(v);
             }
         } else if burst_mode {
             stats.windows_skipped += 1;
+            // The burst mode's envelope follows what the device shows within it, at most
+            // ×ENVELOPE_GROWTH_PER_DAY per day.
+            let days = now.saturating_sub(d.env_grown_ms) as f32 / 86_400_000.0;
+            let growth = ENVELOPE_GROWTH_PER_DAY.powf(days.min(1.0));
+            let mut grown = false;
+            for (k, v) in [(0, acc.peak_msgs), (1, acc.peak_bytes)] {
+                let env = d.envelope(g, k, t);
+                if v > env && env > 0.0 {
+                    d.env[k] = d.env[k].max(v.min(env * growth));
+                    g.note_env(k, fingerprint(id.as_str()), d.env[k]);
+                    grown = true;
+                }
+            }
+            if grown {
+                d.env_grown_ms = now;
+            }
         } else {
             stats.windows_learned += 1;
             let established = d.base[0].n >= ESTABLISHED_WINDOWS;

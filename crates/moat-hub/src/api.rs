@@ -570,9 +570,11 @@ async fn issue_certificate(
     Json(body): Json<IssueBody>,
 ) -> ApiResult<axum::Json<Value>> {
     let id = device_id(&id)?;
-    let validity = body.validity_days.map_or(s.identity.device_validity(), |d| {
-        Duration::from_secs(u64::from(d) * 86_400)
-    });
+    let validity = body
+        .validity_days
+        .map_or(s.identity.device_validity(), |d| {
+            Duration::from_secs(u64::from(d) * 86_400)
+        });
     let issued = s
         .identity
         .issue_device(&caller.actor, &id, validity)

@@ -278,7 +278,10 @@ impl HubClient {
                         (f, 0),
                     )),
                     Ok(Err(e)) => Some((Err(e), (f, 0))),
-                    Err(_) => Some((Err(std::io::Error::other("reading the file timed out")), (f, 0))),
+                    Err(_) => Some((
+                        Err(std::io::Error::other("reading the file timed out")),
+                        (f, 0),
+                    )),
                 }
             }
         });

@@ -76,6 +76,9 @@ pub(crate) enum FactKind {
     },
     FirstTopic(TopicName),
     Subscribed(TopicFilter),
+    /// An operator confirmed the engine's alert with this id (`Engine::confirm`: its episode
+    /// is not learned as the device's normal).
+    Confirmed(u64),
 }
 
 /// A device-scoped response in force, as the policy authorizer applies it.
@@ -282,6 +285,10 @@ pub(crate) async fn run(
                     return;
                 }
                 for mut fact in batch.drain(..) {
+                    if let FactKind::Confirmed(alert_id) = fact.kind {
+                        engine.confirm(alert_id);
+                        continue;
+                    }
                     live.complete(&mut fact, &actors.identity);
                     if let Some(t) = defence.shared.signals.get() {
                         t.observe(&fact);
@@ -447,6 +454,8 @@ fn observe_fact(
             side: Side::Publish,
         },
         FactKind::Subscribed(filter) => EventKind::Subscribed { filter },
+        // Handled by `run` before it gets here.
+        FactKind::Confirmed(_) => return,
     };
     engine.observe(
         &Event {
@@ -913,18 +922,30 @@ impl Defence {
         let Some(before) = before else {
             return Ok(None);
         };
+        let engine_id = self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(_, a)| a.registry_id == id)
+            .map(|(k, _)| *k);
         if verdict != Verdict::Confirm && before.state.is_active() {
-            let engine_id = self
-                .shared
-                .active
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .find(|(_, a)| a.registry_id == id)
-                .map(|(k, _)| *k);
             if let Some(engine_id) = engine_id {
                 undo(actors, self, engine_id).await;
             }
+        } else if verdict == Verdict::Confirm
+            && let Some(engine_id) = engine_id
+        {
+            // The engine must not learn a confirmed episode as the device's normal.
+            self.report(Fact {
+                at_ms: now_ms(),
+                peer: UNKNOWN_PEER,
+                connection: 0,
+                device: None,
+                client: None,
+                kind: FactKind::Confirmed(engine_id),
+            });
         }
         actors.audit.record(
             Entry::new(

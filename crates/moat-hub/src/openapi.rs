@@ -21,7 +21,10 @@ mod tests {
     /// Routers merged into `api::router` besides EST: (`.merge(...)` call, its source).
     const MERGED: [(&str, &str); 2] = [
         ("crate::ota::router()", include_str!("ota/rest.rs")),
-        ("crate::ota::campaign_router()", include_str!("ota/campaign_api.rs")),
+        (
+            "crate::ota::campaign_router()",
+            include_str!("ota/campaign_api.rs"),
+        ),
     ];
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "patch", "head", "options", "trace",

@@ -481,10 +481,11 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
-    let ota = crate::ota::OtaService::open(&config.data_dir).map_err(|source| HubError::DataDir {
-        path: config.data_dir.join("ota"),
-        source,
-    })?;
+    let ota =
+        crate::ota::OtaService::open(&config.data_dir).map_err(|source| HubError::DataDir {
+            path: config.data_dir.join("ota"),
+            source,
+        })?;
     tasks.push(tokio::spawn(crate::ota::run_refresh(
         ota.clone(),
         identity.clone(),
@@ -527,10 +528,8 @@ pub async fn run(
     };
     // The web console shares the API's listener, TLS and state.
     let console_sessions = Arc::new(crate::console::Sessions::new(config.console));
-    let app = crate::api::router(app_state.clone()).merge(crate::console::router(
-        app_state,
-        console_sessions.clone(),
-    ));
+    let app = crate::api::router(app_state.clone())
+        .merge(crate::console::router(app_state, console_sessions.clone()));
     tasks.push(tokio::spawn(serve_api(
         api,
         tls.api.clone(),

@@ -681,6 +681,10 @@ pub struct CampaignMeta {
     /// What resuming acknowledged.
     #[serde(default)]
     pub acknowledged: Acknowledged,
+    /// Whether the current pause is a gate's (resuming then acknowledges `last_trip`; an
+    /// operator's pause acknowledges nothing).
+    #[serde(default)]
+    pub paused_by_gate: bool,
 }
 
 /// A campaign: its meta row and its devices, in wave order.
@@ -1002,6 +1006,7 @@ impl Campaign {
             reason: None,
             last_trip: None,
             acknowledged: Acknowledged::default(),
+            paused_by_gate: false,
         };
         Self::from_parts(meta, entries)
     }
@@ -1190,7 +1195,7 @@ impl Campaign {
             return Err(self.not_allowed("resume"));
         }
         if let Some(trip) = &self.meta.last_trip
-            && trip.action == GateAction::Pause
+            && self.meta.paused_by_gate
         {
             match trip.gate {
                 GateKind::InstallFailures => {
@@ -1209,6 +1214,7 @@ impl Campaign {
                 }
             }
         }
+        self.meta.paused_by_gate = false;
         let mut out = Vec::new();
         self.set_status(Status::Running, "resumed".into(), now_ms, &mut out);
         out.extend(self.tick(now_ms, signals));
@@ -1326,6 +1332,13 @@ impl Campaign {
                     }
                     _ => return out,
                 }
+            }
+            // Installed, then back on its previous image by itself (its confirmation after
+            // the reboot failed): a failure after all.
+            Stage::Installed
+                if r.target == self.meta.spec.target && r.state == ReportState::RolledBack =>
+            {
+                Stage::Failed
             }
             Stage::RollingBack | Stage::RollbackFailed if Some(r.target.as_str()) == rollback => {
                 match r.state {
@@ -1518,7 +1531,10 @@ impl Campaign {
         self.meta.last_trip = Some(trip.clone());
         out.push(Action::GateTripped(trip.clone()));
         match trip.action {
-            GateAction::Pause => self.set_status(Status::Paused, reason, now_ms, out),
+            GateAction::Pause => {
+                self.meta.paused_by_gate = true;
+                self.set_status(Status::Paused, reason, now_ms, out);
+            }
             GateAction::Abort => self.abort_inner(now_ms, reason, out),
         }
     }

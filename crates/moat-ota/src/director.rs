@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tough::TargetName;
 use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::{Hashes, Metafile, RoleType, Root, Signed, Snapshot, Target, Targets, Timestamp};
+use tough::schema::{
+    Hashes, Metafile, RoleType, Root, Signed, Snapshot, Target, Targets, Timestamp,
+};
 
 use crate::image::{
     MAX_UPLOAD_METADATA_BYTES, MetadataFile, TargetInfo, check_initial_root, check_root_update,
@@ -22,8 +24,7 @@ use crate::image::{
 };
 use crate::keys::{OnlineKeys, hex};
 use crate::meta::{
-    self, DirectorCustom, SNAPSHOT_LIFETIME, SPEC_VERSION, TARGETS_LIFETIME, TIMESTAMP_LIFETIME,
-    nz,
+    self, DirectorCustom, SNAPSHOT_LIFETIME, SPEC_VERSION, TARGETS_LIFETIME, TIMESTAMP_LIFETIME, nz,
 };
 use crate::{Error, meta::unhex};
 
@@ -39,6 +40,47 @@ pub struct Assignment {
     pub campaign: Option<String>,
     /// Hardware class the director vouches for (the device checks it against its own).
     pub hardware: Option<String>,
+    /// Whether the device must ask its owner before installing (absent in records stored
+    /// before the flag existed: `false`).
+    #[serde(default)]
+    pub consent: bool,
+}
+
+/// What [`Director::assign`] tells one device: install `target` (an image target), for
+/// `campaign`, asking its owner first when `consent`.
+#[derive(Debug, Clone, Copy)]
+pub struct Instruction<'a> {
+    /// The image target.
+    pub target: &'a TargetInfo,
+    /// The campaign that assigns it, if any.
+    pub campaign: Option<&'a str>,
+    /// Whether the device must ask for consent before it installs.
+    pub consent: bool,
+}
+
+impl<'a> Instruction<'a> {
+    /// Install `target`, outside any campaign, without asking.
+    pub fn new(target: &'a TargetInfo) -> Self {
+        Instruction {
+            target,
+            campaign: None,
+            consent: false,
+        }
+    }
+
+    /// For `campaign`.
+    #[must_use]
+    pub fn campaign(mut self, campaign: &'a str) -> Self {
+        self.campaign = Some(campaign);
+        self
+    }
+
+    /// Asking for consent first (`true`) or not.
+    #[must_use]
+    pub fn consent(mut self, consent: bool) -> Self {
+        self.consent = consent;
+        self
+    }
 }
 
 /// One device's director metadata, as the hub stores it.
@@ -180,23 +222,27 @@ impl Director {
         Ok(file)
     }
 
-    /// Signs a new instruction for `device`: install `target` (from the image repository) for
-    /// `campaign`, or nothing (`None`). `previous` is the device's current record, whose
-    /// versions the new one exceeds. `hardware` defaults to the target's class.
+    /// Signs a new instruction for `device`: install the [`Instruction`]'s target (from the
+    /// image repository) for its campaign, asking for consent if it says so, or nothing
+    /// (`None`). `previous` is the device's current record, whose versions the new one
+    /// exceeds. `hardware` defaults to the target's class.
     pub fn assign(
         &self,
         previous: Option<&DeviceRecord>,
         device: &str,
-        target: Option<(&TargetInfo, Option<&str>)>,
+        target: Option<Instruction<'_>>,
         hardware: Option<&str>,
         online: &OnlineKeys,
         now: jiff::Timestamp,
     ) -> Result<DeviceRecord, Error> {
         check_device_id(device)?;
-        let assignment = target.map(|(t, campaign)| Assignment {
-            target: t.name.clone(),
-            campaign: campaign.map(str::to_owned),
-            hardware: hardware.map(str::to_owned).or_else(|| t.hardware.clone()),
+        let assignment = target.map(|i| Assignment {
+            target: i.target.name.clone(),
+            campaign: i.campaign.map(str::to_owned),
+            hardware: hardware
+                .map(str::to_owned)
+                .or_else(|| i.target.hardware.clone()),
+            consent: i.consent,
         });
         let targets_version = previous.map_or(1, |p| next_version(&p.targets));
         let mut targets = Targets::new(
@@ -205,7 +251,7 @@ impl Director {
             meta::expires_at(now, TARGETS_LIFETIME)?,
         );
         targets.delegations = None;
-        if let (Some((t, _)), Some(a)) = (target, &assignment) {
+        if let (Some(Instruction { target: t, .. }), Some(a)) = (target, &assignment) {
             let name = TargetName::new(t.name.clone())
                 .map_err(|e| Error::Invalid(format!("target name {}: {e}", t.name)))?;
             let custom = meta::custom_map(&DirectorCustom {
@@ -213,6 +259,7 @@ impl Director {
                 hardware: a.hardware.clone(),
                 version: t.version.clone(),
                 campaign: a.campaign.clone(),
+                consent: a.consent,
             })?;
             targets.targets.insert(
                 name,
@@ -264,8 +311,7 @@ impl Director {
             return Ok(false);
         }
         let targets_due = force
-            || now.as_second()
-                >= record.targets.signed.expires.as_second() - TARGETS_LIFETIME / 2;
+            || now.as_second() >= record.targets.signed.expires.as_second() - TARGETS_LIFETIME / 2;
         if targets_due {
             let mut t = record.targets.signed.clone();
             t.version = nz(next_version(&record.targets));

@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{Hashes, Metafile, Role, RoleType, Root, Signed, Snapshot, Targets, Timestamp};
 
+use crate::Error;
 use crate::keys::{OnlineKeys, hex, key_id};
 use crate::meta::{
     self, ImageCustom, SNAPSHOT_LIFETIME, SPEC_VERSION, TIMESTAMP_LIFETIME, consistent_target_path,
     moat_custom, nz,
 };
-use crate::Error;
 
 /// Largest metadata document accepted from an operator (root, targets or `hw-*`): 4 MiB.
 pub const MAX_UPLOAD_METADATA_BYTES: usize = 4 * 1024 * 1024;
@@ -187,12 +187,12 @@ fn check_targets_entries(role_name: &str, targets: &Targets) -> Result<(), Error
             return Err(Error::Invalid(format!("{}: sha256 missing", name.raw())));
         }
     }
-    if let Some(d) = &targets.delegations {
-        if d.roles.len() > MAX_DELEGATED_ROLES {
-            return Err(Error::Invalid(format!(
-                "more than {MAX_DELEGATED_ROLES} delegated roles"
-            )));
-        }
+    if let Some(d) = &targets.delegations
+        && d.roles.len() > MAX_DELEGATED_ROLES
+    {
+        return Err(Error::Invalid(format!(
+            "more than {MAX_DELEGATED_ROLES} delegated roles"
+        )));
     }
     Ok(())
 }
@@ -429,10 +429,13 @@ impl ImageRepository {
         next.root = root;
         if let Some(t) = new_targets {
             next.targets = t;
-            next.roles
-                .retain(|name, _| next.targets.signed.delegations.as_ref().is_some_and(|d| {
-                    d.roles.iter().any(|r| &r.name == name)
-                }));
+            next.roles.retain(|name, _| {
+                next.targets
+                    .signed
+                    .delegations
+                    .as_ref()
+                    .is_some_and(|d| d.roles.iter().any(|r| &r.name == name))
+            });
         }
         files.extend(next.sign_fresh(online, now, true)?);
         *self = next;
@@ -485,20 +488,25 @@ impl ImageRepository {
                      the delegation is added"
                 )));
             }
-            if let Some(cur) = next.roles.get(&role) {
-                if signed.signed.version <= cur.signed.version {
-                    return Err(Error::Version(format!(
-                        "{role} version {} must be above the current {} (rollback refused)",
-                        signed.signed.version, cur.signed.version
-                    )));
-                }
+            if let Some(cur) = next.roles.get(&role)
+                && signed.signed.version <= cur.signed.version
+            {
+                return Err(Error::Version(format!(
+                    "{role} version {} must be above the current {} (rollback refused)",
+                    signed.signed.version, cur.signed.version
+                )));
             }
             delegations
                 .verify_role(&signed, &role)
                 .map_err(|e| Error::Signature(format!("{role}: {e}")))?;
             check_fresh(&signed.signed, &role, now)?;
             check_targets_entries(&role, &signed.signed)?;
-            if signed.signed.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
+            if signed
+                .signed
+                .delegations
+                .as_ref()
+                .is_some_and(|d| !d.roles.is_empty())
+            {
                 return Err(Error::Invalid(format!("{role} must not delegate further")));
             }
             files.push(MetadataFile {
@@ -508,7 +516,8 @@ impl ImageRepository {
             next.roles.insert(role, signed);
         }
         // Roles no longer delegated drop out of the snapshot.
-        next.roles.retain(|name, _| delegations.roles.iter().any(|r| &r.name == name));
+        next.roles
+            .retain(|name, _| delegations.roles.iter().any(|r| &r.name == name));
         let info = next
             .target(name)
             .ok_or_else(|| Error::Conflict(format!("the signed metadata does not list {name}")))?;
@@ -538,7 +547,10 @@ impl ImageRepository {
         for (role, signed) in &self.roles {
             let mut ts: Vec<_> = signed.signed.targets.iter().collect();
             ts.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
-            out.extend(ts.into_iter().filter_map(|(n, t)| target_info(role, n.raw(), t)));
+            out.extend(
+                ts.into_iter()
+                    .filter_map(|(n, t)| target_info(role, n.raw(), t)),
+            );
         }
         out
     }
@@ -555,7 +567,12 @@ impl ImageRepository {
                 .and_then(|(n, t)| target_info("targets", n.raw(), t)),
             Some((class, _)) => {
                 let role = meta::hw_role(class);
-                self.roles.get(&role)?.signed.targets.iter().find(|(n, _)| n.raw() == name)
+                self.roles
+                    .get(&role)?
+                    .signed
+                    .targets
+                    .iter()
+                    .find(|(n, _)| n.raw() == name)
                     .and_then(|(n, t)| target_info(&role, n.raw(), t))
             }
         }
@@ -600,11 +617,15 @@ impl ImageRepository {
                 nz(next_version(&self.snapshot)),
                 meta::expires_at(now, SNAPSHOT_LIFETIME)?,
             );
-            s.meta
-                .insert("targets.json".into(), metafile(self.targets.signed.version.get(), None));
+            s.meta.insert(
+                "targets.json".into(),
+                metafile(self.targets.signed.version.get(), None),
+            );
             for (role, signed) in &self.roles {
-                s.meta
-                    .insert(format!("{role}.json"), metafile(signed.signed.version.get(), None));
+                s.meta.insert(
+                    format!("{role}.json"),
+                    metafile(signed.signed.version.get(), None),
+                );
             }
             self.snapshot = meta::sign(s, &[&online.image_snapshot])?;
             files.push(MetadataFile {

@@ -2,7 +2,8 @@
 //!
 //! Owns: the image repository's metadata (TUF roles root, targets with delegations per hardware
 //! class, snapshot and timestamp), the director's per-device metadata, online re-signing,
-//! the operator's signing ceremony, campaigns as a pure state machine, and the verifier a device
+//! the operator's signing ceremony, campaigns as a pure state machine (`campaign`), the strict
+//! parser of device update reports (`report`), and the verifier a device
 //! runs before it downloads. The contract with the hub and the agent is `README.md` in this
 //! crate.
 //!
@@ -22,6 +23,7 @@ pub mod director;
 pub mod image;
 pub mod keys;
 pub mod meta;
+pub mod report;
 pub mod verify;
 mod version;
 
@@ -34,6 +36,8 @@ pub use version::{Version, VersionError};
 
 /// Re-exported so callers implement [`tough::Transport`] against the same version.
 pub use tough;
+/// The URL type of [`VerifyConfig`] and [`tough::Transport::fetch`].
+pub use url::Url;
 
 /// Errors of the hub-side and operator-side operations (not the device's: see [`VerifyError`]).
 #[derive(Debug, thiserror::Error)]

@@ -103,7 +103,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<S
 
 /// Hex decoding for key ids.
 pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, Error> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(Error::Key(format!("bad hex {s:?}")));
     }
     (0..s.len())
@@ -146,6 +146,12 @@ pub struct DirectorCustom {
     pub version: String,
     /// Campaign that assigned it, if any.
     pub campaign: Option<String>,
+    /// Whether the device must ask its owner before installing (the campaign was created with
+    /// consent required). Absent in metadata signed before the field existed: `false`. Signed
+    /// by the online director key like the rest of the instruction: it protects the owner's
+    /// schedule, not the image's integrity (the image repository's offline keys do that).
+    #[serde(default)]
+    pub consent: bool,
 }
 
 /// Reads `custom.moat` of a target.
@@ -242,5 +248,35 @@ impl Sha256 {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn director_custom_without_consent_parses_as_not_required() {
+        // Metadata signed before the consent flag existed.
+        let old = serde_json::json!({"moat": {"device": "d", "hardware": null,
+            "version": "1.0.0", "campaign": "7"}});
+        let map: HashMap<String, serde_json::Value> =
+            serde_json::from_value(old).unwrap_or_default();
+        let parsed: Option<DirectorCustom> = moat_custom(&map);
+        assert_eq!(parsed.map(|c| c.consent), Some(false));
+        // The flag round-trips.
+        let custom = DirectorCustom {
+            device: "d".into(),
+            hardware: Some("rpi4".into()),
+            version: "1.0.0".into(),
+            campaign: Some("7".into()),
+            consent: true,
+        };
+        let map = custom_map(&custom).ok();
+        assert_eq!(
+            map.as_ref().and_then(|m| m["moat"].get("consent").cloned()),
+            Some(serde_json::Value::Bool(true))
+        );
+        assert_eq!(map.as_ref().and_then(moat_custom), Some(custom));
     }
 }

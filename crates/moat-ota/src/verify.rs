@@ -243,6 +243,7 @@ pub struct ApprovedUpdate {
     version: String,
     hardware: Option<String>,
     campaign: Option<String>,
+    consent: bool,
 }
 
 impl ApprovedUpdate {
@@ -281,6 +282,12 @@ impl ApprovedUpdate {
     /// Campaign named by the director, if any.
     pub fn campaign(&self) -> Option<&str> {
         self.campaign.as_deref()
+    }
+    /// Whether the director says the device must ask its owner before installing (the
+    /// campaign requires consent). Signed by the online director key: it can withhold an
+    /// update or make the device ask, never make an unsigned image installable.
+    pub fn consent_required(&self) -> bool {
+        self.consent
     }
 }
 
@@ -453,7 +460,11 @@ pub async fn verify<T: Transport + Clone + 'static>(
     )
     .await?;
     let dtargets = &director.targets().signed;
-    if dtargets.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
+    if dtargets
+        .delegations
+        .as_ref()
+        .is_some_and(|d| !d.roles.is_empty())
+    {
         return Err(VerifyError::DirectorInvalid(
             "director metadata must not delegate".into(),
         ));
@@ -528,9 +539,8 @@ pub async fn verify<T: Transport + Clone + 'static>(
     }
 
     // 4. Hardware and version, as signed offline.
-    let icustom: ImageCustom = moat_custom(&itarget.custom).ok_or_else(|| {
-        VerifyError::ImageInvalid(format!("{}: lacks custom.moat", name.raw()))
-    })?;
+    let icustom: ImageCustom = moat_custom(&itarget.custom)
+        .ok_or_else(|| VerifyError::ImageInvalid(format!("{}: lacks custom.moat", name.raw())))?;
     let class_in_name = name.raw().split_once('/').map(|(c, _)| c);
     if icustom.hardware.as_deref() != class_in_name
         || icustom
@@ -574,6 +584,7 @@ pub async fn verify<T: Transport + Clone + 'static>(
         version: icustom.version,
         hardware: icustom.hardware,
         campaign: dcustom.campaign,
+        consent: dcustom.consent,
     }))
 }
 

@@ -19,7 +19,9 @@ pub struct Version {
 
 /// Why a version string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid version {0:?}: use dotted numbers with an optional -suffix, e.g. 1.4.2 or 2.0.0-rc.1")]
+#[error(
+    "invalid version {0:?}: use dotted numbers with an optional -suffix, e.g. 1.4.2 or 2.0.0-rc.1"
+)]
 pub struct VersionError(pub String);
 
 impl Version {
@@ -43,14 +45,13 @@ impl Version {
         if numbers.len() > MAX_VERSION_COMPONENTS {
             return Err(err());
         }
-        if let Some(p) = pre {
-            if p.is_empty()
+        if let Some(p) = pre
+            && (p.is_empty()
                 || !p
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            {
-                return Err(err());
-            }
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            return Err(err());
         }
         Ok(Self {
             text: text.to_owned(),
@@ -125,7 +126,7 @@ mod tests {
     use super::*;
 
     fn v(s: &str) -> Version {
-        Version::parse(s).unwrap()
+        Version::parse(s).expect("a valid version")
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! resumed downloads. Repositories are built with the same code the hub and the CLI use and
 //! served from memory through a `tough::Transport`.
 
+// Fixtures are built from values these tests control; a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
 use moat_ota::ceremony::{self, NewTarget, PublishKeys, RootSpec};
-use moat_ota::director::{DeviceRecord, Director};
+use moat_ota::director::{DeviceRecord, Director, Instruction};
 use moat_ota::image::{ImageRepository, MetadataFile, TargetInfo};
 use moat_ota::meta::{self, DAY, ROOT_LIFETIME, TARGETS_LIFETIME};
 use moat_ota::tough::schema::{Hashes, Metafile, Signed, Snapshot, Targets, Timestamp};
@@ -18,7 +22,6 @@ use moat_ota::{
     ApprovedUpdate, DeviceFacts, OnlineKeys, SigningKey, TargetCheck, TargetError, VerifyConfig,
     VerifyError,
 };
-use futures_util::StreamExt;
 use url::Url;
 
 const BASE: &str = "https://hub.test/tuf/";
@@ -189,13 +192,15 @@ impl World {
             datastore: TempDir::new(),
         };
         w.serve_image(&files);
-        w.mem.put(&format!("director/metadata/{}", dfile.name), dfile.bytes);
+        w.mem
+            .put(&format!("director/metadata/{}", dfile.name), dfile.bytes);
         w
     }
 
     fn serve_image(&self, files: &[MetadataFile]) {
         for f in files {
-            self.mem.put(&format!("metadata/{}", f.name), f.bytes.clone());
+            self.mem
+                .put(&format!("metadata/{}", f.name), f.bytes.clone());
         }
     }
 
@@ -239,10 +244,18 @@ impl World {
         .unwrap();
         let (info, files) = self
             .image
-            .add_target(&tname, target.length, &target.sha256, update, &self.online, now())
+            .add_target(
+                &tname,
+                target.length,
+                &target.sha256,
+                update,
+                &self.online,
+                now(),
+            )
             .unwrap();
         self.serve_image(&files);
-        self.mem.put(&format!("targets/{}", info.path), data.to_vec());
+        self.mem
+            .put(&format!("targets/{}", info.path), data.to_vec());
         info
     }
 
@@ -253,7 +266,7 @@ impl World {
             .assign(
                 self.records.get(device),
                 device,
-                target.map(|t| (t, Some("c1"))),
+                target.map(|t| Instruction::new(t).campaign("c1")),
                 None,
                 &self.online,
                 now(),
@@ -281,7 +294,12 @@ impl World {
         }
     }
 
-    async fn verify(&self, device: &str, hw: &str, installed: &str) -> Result<Option<ApprovedUpdate>, VerifyError> {
+    async fn verify(
+        &self,
+        device: &str,
+        hw: &str,
+        installed: &str,
+    ) -> Result<Option<ApprovedUpdate>, VerifyError> {
         let facts = DeviceFacts {
             device_id: device.into(),
             hardware: hw.into(),
@@ -302,24 +320,38 @@ impl World {
             serde_json::from_slice(&self.mem.get("metadata/timestamp.json")).unwrap();
         let sv = old_ts.signed.meta["snapshot.json"].version.get() + 1;
         let mut s = Snapshot::new(meta::SPEC_VERSION.into(), meta::nz(sv), expires(DAY));
-        s.meta.insert("targets.json".into(), metafile(tv.get(), None));
-        for (name, role) in self.image.targets_role().signed.delegations.iter().flat_map(|d| d.roles.iter().map(|r| (r.name.clone(), r))) {
+        s.meta
+            .insert("targets.json".into(), metafile(tv.get(), None));
+        for (name, role) in self
+            .image
+            .targets_role()
+            .signed
+            .delegations
+            .iter()
+            .flat_map(|d| d.roles.iter().map(|r| (r.name.clone(), r)))
+        {
             let _ = role;
             if let Some(r) = self.image.delegated_role(&name) {
-                s.meta.insert(format!("{name}.json"), metafile(r.signed.version.get(), None));
+                s.meta.insert(
+                    format!("{name}.json"),
+                    metafile(r.signed.version.get(), None),
+                );
             }
         }
         let s = meta::sign(s, &[&self.online.image_snapshot]).unwrap();
         let sb = meta::to_bytes(&s).unwrap();
-        self.mem.put(&format!("metadata/{sv}.snapshot.json"), sb.clone());
+        self.mem
+            .put(&format!("metadata/{sv}.snapshot.json"), sb.clone());
         let mut t = Timestamp::new(
             meta::SPEC_VERSION.into(),
             meta::nz(old_ts.signed.version.get() + 1),
             expires(DAY),
         );
-        t.meta.insert("snapshot.json".into(), metafile(sv, Some(&sb)));
+        t.meta
+            .insert("snapshot.json".into(), metafile(sv, Some(&sb)));
         let t = meta::sign(t, &[&self.online.image_timestamp]).unwrap();
-        self.mem.put("metadata/timestamp.json", meta::to_bytes(&t).unwrap());
+        self.mem
+            .put("metadata/timestamp.json", meta::to_bytes(&t).unwrap());
     }
 }
 
@@ -355,11 +387,16 @@ async fn happy_path_delegated_hardware_target_is_approved_and_resumes() {
     w.assign("dev-1", None);
     assert_eq!(w.verify("dev-1", "rpi4", "1.0.0").await.unwrap(), None);
     w.assign("dev-1", Some(&t));
-    let u = w.verify("dev-1", "rpi4", "1.0.0").await.unwrap().expect("an update");
+    let u = w
+        .verify("dev-1", "rpi4", "1.0.0")
+        .await
+        .unwrap()
+        .expect("an update");
     assert_eq!(u.target(), "rpi4/fw-2.0.0");
     assert_eq!(u.version(), "2.0.0");
     assert_eq!(u.campaign(), Some("c1"));
     assert_eq!(u.hardware(), Some("rpi4"));
+    assert!(!u.consent_required(), "no campaign asked for consent");
     assert_eq!(u.url_path(), t.path);
     assert_eq!(u.url().as_str(), format!("{BASE}targets/{}", t.path));
     // The download, interrupted after 1000 bytes and resumed: feed what is on disk, then the rest.
@@ -368,7 +405,9 @@ async fn happy_path_delegated_hardware_target_is_approved_and_resumes() {
     check.update(&served[..1000]).unwrap();
     assert_eq!(check.received(), 1000);
     let mut resumed = TargetCheck::new(&u);
-    resumed.update(&served[..check.received() as usize]).unwrap();
+    resumed
+        .update(&served[..check.received() as usize])
+        .unwrap();
     resumed.update(&served[1000..]).unwrap();
     let verified = resumed.finish().unwrap();
     assert_eq!(verified.update().target(), "rpi4/fw-2.0.0");
@@ -395,6 +434,33 @@ async fn happy_path_any_hardware_target_and_second_class() {
     w.assign("d", Some(&c));
     let u = w.verify("d", "x86", "3.0.0").await.unwrap().unwrap();
     check_bytes(&u, b"x86 image 2").unwrap();
+}
+
+#[tokio::test]
+async fn happy_path_the_directors_consent_flag_reaches_the_device() {
+    let mut w = World::new();
+    let t = w.publish("fw", "2.0.0", None, b"needs a yes");
+    let record = w
+        .director
+        .assign(
+            w.records.get("d"),
+            "d",
+            Some(Instruction::new(&t).campaign("9").consent(true)),
+            None,
+            &w.online,
+            now(),
+        )
+        .unwrap();
+    assert!(record.assignment.as_ref().unwrap().consent);
+    w.serve_director(&record);
+    w.records.insert("d".into(), record);
+    let u = w.verify("d", "any", "1.0.0").await.unwrap().unwrap();
+    assert!(u.consent_required());
+    assert_eq!(u.campaign(), Some("9"));
+    // The next instruction without consent clears it.
+    w.assign("d", Some(&t));
+    let u = w.verify("d", "any", "1.0.0").await.unwrap().unwrap();
+    assert!(!u.consent_required());
 }
 
 #[tokio::test]
@@ -451,9 +517,21 @@ async fn arbitrary_image_with_bad_signature_is_refused() {
     }
     let forged = meta::sign(forged, &[&attacker]).unwrap();
     let v = forged.signed.version;
-    w.mem.put(&format!("metadata/{v}.targets.json"), meta::to_bytes(&forged).unwrap());
+    w.mem.put(
+        &format!("metadata/{v}.targets.json"),
+        meta::to_bytes(&forged).unwrap(),
+    );
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Signature { repo: Repo::Image, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Signature {
+                repo: Repo::Image,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // And bytes that are not the signed image never pass the download check.
     let mut honest = World::new();
     let t = honest.publish("fw", "2.0.0", None, b"genuine");
@@ -488,10 +566,19 @@ async fn too_few_signatures_on_a_new_root_are_refused() {
             .is_err()
     );
     // ...and a device served it directly refuses it too.
-    w.mem.put("metadata/2.root.json", meta::to_bytes(&root).unwrap());
+    w.mem
+        .put("metadata/2.root.json", meta::to_bytes(&root).unwrap());
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
     assert!(
-        matches!(err, VerifyError::Threshold { repo: Repo::Image, valid: 1, threshold: 2, .. }),
+        matches!(
+            err,
+            VerifyError::Threshold {
+                repo: Repo::Image,
+                valid: 1,
+                threshold: 2,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -508,7 +595,16 @@ async fn rollback_to_older_metadata_is_refused() {
     w.mem.put("metadata/timestamp.json", old_timestamp);
     w.assign("d", Some(&t1));
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::MetadataRollback { repo: Repo::Image, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::MetadataRollback {
+                repo: Repo::Image,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // The director's metadata cannot be rolled back either.
     let mut w = World::new();
     let t = w.publish("fw", "2.0.0", None, b"v2");
@@ -518,7 +614,16 @@ async fn rollback_to_older_metadata_is_refused() {
     w.verify("d", "any", "1.0.0").await.unwrap().unwrap();
     w.serve_director(&old);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::MetadataRollback { repo: Repo::Director, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::MetadataRollback {
+                repo: Repo::Director,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -541,7 +646,10 @@ async fn freeze_attack_with_expired_timestamp_is_refused() {
     let files = w.image.refresh(&w.online, past, true).unwrap();
     w.serve_image(&files);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Expired { repo: Repo::Image, ref role } if role == "timestamp"), "{err}");
+    assert!(
+        matches!(err, VerifyError::Expired { repo: Repo::Image, ref role } if role == "timestamp"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -553,9 +661,19 @@ async fn mix_and_match_snapshot_mismatch_is_refused() {
     // Serve the previous targets (validly signed) where snapshot promises the current version.
     let current = w.image.targets_role().signed.version.get();
     let older = w.mem.get(&format!("metadata/{}.targets.json", current - 1));
-    w.mem.put(&format!("metadata/{current}.targets.json"), older);
+    w.mem
+        .put(&format!("metadata/{current}.targets.json"), older);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::SnapshotMismatch { repo: Repo::Image, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::SnapshotMismatch {
+                repo: Repo::Image,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -566,10 +684,28 @@ async fn endless_data_is_refused() {
     // An endless timestamp stream: the client stops at its limit.
     w.mem.endless("metadata/timestamp.json");
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Oversize { repo: Repo::Image, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Oversize {
+                repo: Repo::Image,
+                ..
+            }
+        ),
+        "{err}"
+    );
     w.mem.endless("director/metadata/timestamp.json");
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Oversize { repo: Repo::Director, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Oversize {
+                repo: Repo::Director,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // An endless image: not one byte past the signed length is accepted.
     let mut w = World::new();
     let t = w.publish("fw", "2.0.0", None, b"v2");
@@ -590,7 +726,14 @@ async fn wrong_image_for_the_hardware_class_is_refused() {
     // A compromised director that vouches for the wrong class is caught by the image custom.
     let record = w
         .director
-        .assign(w.records.get("d"), "d", Some((&t, None)), Some("rpi3"), &w.online, now())
+        .assign(
+            w.records.get("d"),
+            "d",
+            Some(Instruction::new(&t)),
+            Some("rpi3"),
+            &w.online,
+            now(),
+        )
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "rpi3", "1.0.0").await.unwrap_err();
@@ -616,11 +759,14 @@ async fn compromised_director_alone_is_refused() {
     };
     let record = w
         .director
-        .assign(None, "d", Some((&evil, None)), None, &w.online, now())
+        .assign(None, "d", Some(Instruction::new(&evil)), None, &w.online, now())
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::UnknownTarget(ref n) if n == "fw-9.0.0"), "{err}");
+    assert!(
+        matches!(err, VerifyError::UnknownTarget(ref n) if n == "fw-9.0.0"),
+        "{err}"
+    );
     // ...or a signed name with other bytes.
     let swapped = TargetInfo {
         sha256: evil.sha256.clone(),
@@ -629,7 +775,14 @@ async fn compromised_director_alone_is_refused() {
     };
     let record = w
         .director
-        .assign(Some(&record), "d", Some((&swapped, None)), None, &w.online, now())
+        .assign(
+            Some(&record),
+            "d",
+            Some(Instruction::new(&swapped)),
+            None,
+            &w.online,
+            now(),
+        )
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
@@ -639,7 +792,17 @@ async fn compromised_director_alone_is_refused() {
         .director
         .assign(Some(&record), "other", None, None, &w.online, now())
         .unwrap();
-    let mut other = w.director.assign(Some(&record), "other", Some((&evil, None)), None, &w.online, now()).unwrap();
+    let mut other = w
+        .director
+        .assign(
+            Some(&record),
+            "other",
+            Some(Instruction::new(&evil)),
+            None,
+            &w.online,
+            now(),
+        )
+        .unwrap();
     other.device = "d".into();
     w.serve_director(&other);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
@@ -670,11 +833,21 @@ async fn compromised_online_keys_alone_are_refused() {
     };
     let record = w
         .director
-        .assign(w.records.get("d"), "d", Some((&swapped, None)), None, &w.online, now())
+        .assign(
+            w.records.get("d"),
+            "d",
+            Some(Instruction::new(&swapped)),
+            None,
+            &w.online,
+            now(),
+        )
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"), "{err}");
+    assert!(
+        matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -695,9 +868,12 @@ async fn revoked_targets_key_after_rotation_is_refused() {
     let root = ceremony::image_root(&spec, w.targets_key.public(), &w.online.public()).unwrap();
     let signers: Vec<&SigningKey> = w.root_keys.iter().collect();
     let root = ceremony::sign_root(root, &signers).unwrap();
-    let targets =
-        ceremony::resign_targets(w.image.targets_role(), expires(TARGETS_LIFETIME), &w.targets_key)
-            .unwrap();
+    let targets = ceremony::resign_targets(
+        w.image.targets_role(),
+        expires(TARGETS_LIFETIME),
+        &w.targets_key,
+    )
+    .unwrap();
     let files = w
         .image
         .rotate_root(
@@ -729,11 +905,21 @@ async fn revoked_targets_key_after_rotation_is_refused() {
     };
     let record = w
         .director
-        .assign(w.records.get("d"), "d", Some((&swapped, None)), None, &w.online, now())
+        .assign(
+            w.records.get("d"),
+            "d",
+            Some(Instruction::new(&swapped)),
+            None,
+            &w.online,
+            now(),
+        )
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "any", "2.0.0").await.unwrap_err();
-    assert!(matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"), "{err}");
+    assert!(
+        matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -753,7 +939,10 @@ async fn hub_refuses_metadata_the_offline_keys_did_not_sign() {
         w.image.targets_role(),
         None,
         &target,
-        PublishKeys { targets: Some(&attacker), hardware: None },
+        PublishKeys {
+            targets: Some(&attacker),
+            hardware: None,
+        },
         expires(TARGETS_LIFETIME),
     )
     .unwrap();
@@ -767,7 +956,10 @@ async fn hub_refuses_metadata_the_offline_keys_did_not_sign() {
         w.image.targets_role(),
         None,
         &target,
-        PublishKeys { targets: Some(&w.targets_key), hardware: None },
+        PublishKeys {
+            targets: Some(&w.targets_key),
+            hardware: None,
+        },
         expires(TARGETS_LIFETIME),
     )
     .unwrap();
@@ -785,7 +977,10 @@ async fn hub_refuses_metadata_the_offline_keys_did_not_sign() {
         w.image.targets_role(),
         None,
         &target,
-        PublishKeys { targets: Some(&w.targets_key), hardware: None },
+        PublishKeys {
+            targets: Some(&w.targets_key),
+            hardware: None,
+        },
         expires(TARGETS_LIFETIME),
     )
     .unwrap();
@@ -805,7 +1000,10 @@ async fn hub_refuses_metadata_the_offline_keys_did_not_sign() {
         w.image.targets_role(),
         None,
         &again,
-        PublishKeys { targets: Some(&w.targets_key), hardware: None },
+        PublishKeys {
+            targets: Some(&w.targets_key),
+            hardware: None,
+        },
         expires(TARGETS_LIFETIME),
     )
     .unwrap();
@@ -815,4 +1013,39 @@ async fn hub_refuses_metadata_the_offline_keys_did_not_sign() {
         .unwrap_err();
     assert!(matches!(err, moat_ota::Error::Conflict(_)), "{err}");
     let _ = &w.director_root_key;
+}
+
+#[tokio::test]
+async fn happy_path_online_resigning_keeps_devices_fresh() {
+    let mut w = World::new();
+    let t = w.publish("fw", "2.0.0", None, b"v2");
+    w.assign("d", Some(&t));
+    w.verify("d", "any", "1.0.0").await.unwrap().unwrap();
+    // Nothing is due an hour later...
+    let soon = meta::expires_at(now(), 3600).unwrap();
+    assert!(w.image.refresh(&w.online, soon, false).unwrap().is_empty());
+    let mut record = w.records["d"].clone();
+    assert!(
+        !w.director
+            .refresh(&mut record, &w.online, soon, false)
+            .unwrap()
+    );
+    // ...but past half the timestamp's lifetime both are re-signed, versions going up.
+    let later = meta::expires_at(now(), 13 * 3600).unwrap();
+    let before = w.image.timestamp().signed.version;
+    let files = w.image.refresh(&w.online, later, false).unwrap();
+    assert!(files.iter().any(|f| f.name == "timestamp.json"));
+    assert!(w.image.timestamp().signed.version > before);
+    w.serve_image(&files);
+    let old_ts = record.timestamp.signed.version;
+    assert!(
+        w.director
+            .refresh(&mut record, &w.online, later, false)
+            .unwrap()
+    );
+    assert!(record.timestamp.signed.version > old_ts);
+    w.serve_director(&record);
+    w.records.insert("d".into(), record);
+    let u = w.verify("d", "any", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(u.target(), "fw-2.0.0");
 }

@@ -66,11 +66,9 @@ impl Progress {
             out.push_str(&format!("\x1b[{}A", self.drawn));
         }
         for r in rows {
-            let percent = if r.total == 0 {
-                0
-            } else {
-                r.done.min(r.total) * 100 / r.total
-            };
+            let percent = (r.done.min(r.total) * 100)
+                .checked_div(r.total)
+                .unwrap_or(0);
             out.push_str(&format!(
                 "\x1b[2K{:<width$} {} {:>3}% {}\n",
                 r.label,

@@ -67,18 +67,25 @@ fn mqtt(hub: &Hub) -> Reports {
     )
 }
 
-#[test]
-fn a_campaign_reaches_the_agent_which_resumes_verifies_installs_and_reports() {
-    let hub = Hub::start(HubOptions::new());
-    let rt = runtime();
-    let dir = enroll(&hub, &rt, "ota2");
-    cli_ok(&hub, &["group", "put", "fleet"]);
-    cli_ok(&hub, &["device", "set", "ota2", "--group", "fleet"]);
+/// A device `id` enrolled and in group `fleet`, the ceremony done, `fw-2.0.0` published; the
+/// agent configured to install by copying the image to `work/slot`.
+struct Fleet {
+    dir: std::path::PathBuf,
+    image: Vec<u8>,
+    file: std::path::PathBuf,
+    work: std::path::PathBuf,
+    update: UpdateOptions,
+}
+
+fn fleet(hub: &Hub, rt: &tokio::runtime::Runtime, id: &str) -> Fleet {
+    let dir = enroll(hub, rt, id);
+    cli_ok(hub, &["group", "put", "fleet"]);
+    cli_ok(hub, &["device", "set", id, "--group", "fleet"]);
 
     // The ceremony and a signed image; the device is provisioned with the two roots.
     let keys = hub.scratch("ota-keys");
     let keys_arg = keys.to_str().expect("utf-8");
-    cli_ok(&hub, &["ota", "init", "--keys", keys_arg]);
+    cli_ok(hub, &["ota", "init", "--keys", keys_arg]);
     fs::copy(keys.join("image/root.json"), dir.join("image-root.json")).expect("image root");
     fs::copy(
         keys.join("director/root.json"),
@@ -91,7 +98,7 @@ fn a_campaign_reaches_the_agent_which_resumes_verifies_installs_and_reports() {
     let file = hub.scratch("images").join("fw-2.0.0.img");
     fs::write(&file, &image).expect("image");
     cli_ok(
-        &hub,
+        hub,
         &[
             "ota",
             "publish",
@@ -105,7 +112,7 @@ fn a_campaign_reaches_the_agent_which_resumes_verifies_installs_and_reports() {
         ],
     );
 
-    let work = hub.scratch("agent-ota2-slot");
+    let work = hub.scratch(&format!("agent-{id}-slot"));
     let install = work.join("install.sh");
     fs::write(
         &install,
@@ -118,7 +125,27 @@ fn a_campaign_reaches_the_agent_which_resumes_verifies_installs_and_reports() {
         CommandLine::parse(&format!("sh {}", install.display())).expect("cmd"),
     );
     update.installed_version = "1.0.0".into();
-    update.reports = mqtt(&hub);
+    update.reports = mqtt(hub);
+    Fleet {
+        dir,
+        image,
+        file,
+        work,
+        update,
+    }
+}
+
+#[test]
+fn a_campaign_reaches_the_agent_which_resumes_verifies_installs_and_reports() {
+    let hub = Hub::start(HubOptions::new());
+    let rt = runtime();
+    let Fleet {
+        dir,
+        image,
+        file,
+        work,
+        update,
+    } = fleet(&hub, &rt, "ota2");
 
     // Nothing assigned yet.
     let outcome = rt
@@ -313,4 +340,72 @@ fn status_and_inventory_reports_reach_a_subscriber_over_mutual_tls() {
     assert_eq!(topic, "devices/ota1/ota/inventory");
     assert_eq!(json(&payload)["installed"], "2.0.0");
     late.kill();
+}
+
+#[test]
+fn attack_metadata_edited_in_the_hubs_storage_is_refused() {
+    let hub = Hub::start(HubOptions::new());
+    let rt = runtime();
+    let f = fleet(&hub, &rt, "ota3");
+    cli_ok(
+        &hub,
+        &[
+            "ota", "campaign", "create", "--name", "fw2", "--group", "fleet", "--target",
+            "fw-2.0.0", "--waves", "100", "--start",
+        ],
+    );
+    // Someone with the hub's disk (but not the offline targets key) points the published
+    // target at other bytes, in every stored targets metadata file.
+    let evil = vec![0x66u8; f.image.len()];
+    let digest = |path: &std::path::Path| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    let evil_file = hub.scratch("images").join("evil");
+    fs::write(&evil_file, &evil).expect("evil image");
+    let (good, bad) = (digest(&f.file), digest(&evil_file));
+    let metadata = hub.data_dir().join("ota").join("image").join("metadata");
+    let mut edited = 0;
+    for entry in fs::read_dir(&metadata).expect("metadata dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with("targets.json") {
+            let text = fs::read_to_string(entry.path()).expect("targets");
+            if text.contains(&good) {
+                fs::write(entry.path(), text.replace(&good, &bad)).expect("edit");
+                edited += 1;
+            }
+        }
+    }
+    assert!(
+        edited > 0,
+        "no targets metadata under {}",
+        metadata.display()
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let outcome = loop {
+        let o = rt
+            .block_on(moat_agent::update_once(
+                &f.dir,
+                &Overrides::default(),
+                &f.update,
+            ))
+            .unwrap_or_else(|e| panic!("update: {e}\n{}", hub.stderr()));
+        if !matches!(o, UpdateOutcome::UpToDate { .. }) || std::time::Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        matches!(&outcome, UpdateOutcome::Refused { reason, .. } if reason.contains("targets")),
+        "{outcome:?}"
+    );
+    assert!(!f.work.join("slot").exists(), "nothing installed");
 }

@@ -634,7 +634,7 @@ fn console_sessions_expire() {
 }
 
 #[test]
-fn fleet_overview_of_10000_devices_is_light_and_fast() {
+fn fleet_overview_of_10000_devices_is_light() {
     use moat_store::registry::{CertificateRecord, DeviceRecord, DeviceStatus};
     let mut hub = Hub::prepare(HubOptions::new());
     let now = std::time::SystemTime::now()
@@ -703,9 +703,10 @@ fn fleet_overview_of_10000_devices_is_light_and_fast() {
         );
         assert_no_inline_code("/console/", &r.body);
     }
-    // The median of three: one slow sample on a loaded test machine is not the page's cost.
+    // Speed is measured, not asserted (no timing assertions in tests): the median of the
+    // three server times is printed for the record (`-- --nocapture`).
     times.sort_by(f64::total_cmp);
-    assert!(times[1] < 300.0, "server times {times:?} ms");
+    eprintln!("fleet overview, 10,000 devices: median server time {:.1} ms", times[1]);
     let list = get(&hub, "/console/devices?status=active", Some(&admin));
     assert_eq!(list.status, 200);
     assert!(list.body.len() < 100 * 1024, "{} bytes", list.body.len());

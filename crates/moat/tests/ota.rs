@@ -43,7 +43,10 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
 
     // The online keys, then the ceremony: two root keys per repository, threshold two.
     let online = json(&cli_ok(&hub, &["ota", "online-keys", "--json"]));
-    assert_eq!(online["key_ids"]["image_timestamp"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        online["key_ids"]["image_timestamp"].as_str().map(str::len),
+        Some(64)
+    );
     let online_file = work.join("online.json");
     std::fs::write(&online_file, online.to_string()).expect("write");
     let out_dir = hub.scratch("ota-root-out");
@@ -51,8 +54,18 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
     cli_ok(
         &hub,
         &[
-            "ota", "init", "--keys", path_str(&keys), "--root-keys", "2", "--root-threshold", "2",
-            "--online-keys", path_str(&online_file), "--out", path_str(&out_dir),
+            "ota",
+            "init",
+            "--keys",
+            path_str(&keys),
+            "--root-keys",
+            "2",
+            "--root-threshold",
+            "2",
+            "--online-keys",
+            path_str(&online_file),
+            "--out",
+            path_str(&out_dir),
         ],
     );
     let installed = cli_ok(&hub, &["ota", "root", "install", path_str(&out_dir)]);
@@ -60,8 +73,8 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
     // What devices pin: version 1 of both roots.
     let pinned_image = work.join("pinned-image-root.json");
     let pinned_director = work.join("pinned-director-root.json");
-    std::fs::copy(keys.join("image/root.json"), &pinned_image).expect("copy");
-    std::fs::copy(keys.join("director/root.json"), &pinned_director).expect("copy");
+    std::fs::copy(keys.join("image-root.json"), &pinned_image).expect("copy");
+    std::fs::copy(keys.join("director-root.json"), &pinned_director).expect("copy");
     // A second ceremony into the same key directory is refused.
     let again = cli(&hub, &["ota", "init", "--keys", path_str(&keys)]);
     assert!(!again.status.success(), "{}", show_output(&again));
@@ -71,24 +84,51 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
     std::fs::write(&any, image(50_000, 1)).expect("write");
     let out = cli_ok(
         &hub,
-        &["ota", "publish", path_str(&any), "--name", "agent", "--version", "1.0.0",
-          "--keys", path_str(&keys)],
+        &[
+            "ota",
+            "publish",
+            path_str(&any),
+            "--name",
+            "agent",
+            "--version",
+            "1.0.0",
+            "--keys",
+            path_str(&keys),
+        ],
     );
     assert!(out.contains("published agent-1.0.0"), "{out}");
     let fw = work.join("fw-1.2.0.bin");
     std::fs::write(&fw, image(300_000, 2)).expect("write");
     let out = cli_ok(
         &hub,
-        &["ota", "publish", path_str(&fw), "--name", "fw", "--hardware", "rpi4",
-          "--keys", path_str(&keys)],
+        &[
+            "ota",
+            "publish",
+            path_str(&fw),
+            "--name",
+            "fw",
+            "--hardware",
+            "rpi4",
+            "--keys",
+            path_str(&keys),
+        ],
     );
     assert!(out.contains("published rpi4/fw-1.2.0"), "{out}");
     assert!(out.contains("hw-rpi4"), "{out}");
     // Publishing the same version again is refused by the hub (and says why).
     let dup = cli(
         &hub,
-        &["ota", "publish", path_str(&fw), "--name", "fw", "--hardware", "rpi4",
-          "--keys", path_str(&keys)],
+        &[
+            "ota",
+            "publish",
+            path_str(&fw),
+            "--name",
+            "fw",
+            "--hardware",
+            "rpi4",
+            "--keys",
+            path_str(&keys),
+        ],
     );
     assert!(!dup.status.success(), "{}", show_output(&dup));
     assert!(
@@ -101,20 +141,59 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
     // sign the new root), then publish again with the new key.
     let out = cli_ok(
         &hub,
-        &["ota", "root", "rotate", "--keys", path_str(&keys), "--replace-targets-key"],
+        &[
+            "ota",
+            "root",
+            "rotate",
+            "--keys",
+            path_str(&keys),
+            "--replace-targets-key",
+        ],
     );
     assert!(out.contains("image root version 2"), "{out}");
     assert_eq!(
-        std::fs::read_dir(keys.join("retired")).expect("retired keys").count(),
+        std::fs::read_dir(keys.join("retired"))
+            .expect("retired keys")
+            .count(),
         1,
         "the old targets key is kept aside"
+    );
+    // And new root keys (both repositories; the old ones sign this rotation once more).
+    let out = cli_ok(
+        &hub,
+        &[
+            "ota",
+            "root",
+            "rotate",
+            "--keys",
+            path_str(&keys),
+            "--replace-root-key",
+        ],
+    );
+    assert!(out.contains("image root version 3"), "{out}");
+    assert!(out.contains("director root version 3"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(keys.join("retired"))
+            .expect("retired keys")
+            .count(),
+        5,
+        "old targets key and four old root keys kept aside"
     );
     let fw2 = work.join("fw-1.3.0.bin");
     std::fs::write(&fw2, image(400_000, 3)).expect("write");
     cli_ok(
         &hub,
-        &["ota", "publish", path_str(&fw2), "--name", "fw", "--hardware", "rpi4",
-          "--keys", path_str(&keys)],
+        &[
+            "ota",
+            "publish",
+            path_str(&fw2),
+            "--name",
+            "fw",
+            "--hardware",
+            "rpi4",
+            "--keys",
+            path_str(&keys),
+        ],
     );
     let listed = json(&cli_ok(&hub, &["ota", "targets", "--json"]));
     let names: Vec<&str> = listed["targets"]
@@ -125,17 +204,30 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
         .collect();
     assert_eq!(names, ["agent-1.0.0", "rpi4/fw-1.2.0", "rpi4/fw-1.3.0"]);
     let table = cli_ok(&hub, &["ota", "targets"]);
-    assert!(table.contains("rpi4/fw-1.3.0") && table.contains("rpi4"), "{table}");
+    assert!(
+        table.contains("rpi4/fw-1.3.0") && table.contains("rpi4"),
+        "{table}"
+    );
 
     // An independent TUF client verifies it all, as the device.
-    let sha = listed["targets"][2]["sha256"].as_str().expect("sha256").to_owned();
+    let sha = listed["targets"][2]["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_owned();
     let expected = tool_ok(
         "python3",
-        &["-c", "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
-          path_str(&fw2)],
+        &[
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+            path_str(&fw2),
+        ],
         Path::new("."),
     );
-    assert_eq!(sha, expected.trim(), "the hub lists the bytes that were published");
+    assert_eq!(
+        sha,
+        expected.trim(),
+        "the hub lists the bytes that were published"
+    );
     let base = format!("https://localhost:{}", hub.addrs.api.port());
     let script = interop_dir().join("ota_ngclient.py");
     let out = run_with_deadline(
@@ -159,12 +251,48 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
         !text.contains("No module named 'tuf'"),
         "python-tuf is not installed: python3 -m pip install 'tuf>=6,<7' (see .ci/run)"
     );
-    assert!(out.status.success(), "ngclient refused the repository\n{text}");
-    assert!(text.contains("trusted root version 2"), "{text}");
+    assert!(
+        out.status.success(),
+        "ngclient refused the repository\n{text}"
+    );
+    assert!(text.contains("trusted root version 3"), "{text}");
+    assert!(text.contains("director root version 3"), "{text}");
+
+    // An API token reads the repository and the director's roots, not a device's
+    // instructions.
+    let token = std::fs::read_to_string(hub.data_dir().join("secrets").join("cli.token"))
+        .expect("the CLI token");
+    const STATUS: &str = "import ssl, sys, urllib.request, urllib.error\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+        req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[3]})\n\
+        try:\n    print(urllib.request.urlopen(req, context=ctx, timeout=10).status)\n\
+        except urllib.error.HTTPError as e:\n    print(e.code)\n";
+    for (path, expected) in [
+        ("/tuf/metadata/timestamp.json", "200"),
+        ("/tuf/director/metadata/1.root.json", "200"),
+        ("/tuf/director/metadata/timestamp.json", "403"),
+        ("/tuf/metadata/..%2Fsecrets%2Fcli.token", "404"),
+    ] {
+        let url = format!("{base}{path}");
+        let got = tool_ok(
+            "python3",
+            &["-B", "-c", STATUS, &url, path_str(&dev.ca), token.trim()],
+            Path::new("."),
+        );
+        assert_eq!(got.trim(), expected, "GET {path} with an API token");
+    }
 
     // Every step is in the audit trail.
     let trail = cli_ok(&hub, &["audit", "export"]);
-    for action in ["ota.root.install", "ota.root.rotate", "ota.upload", "ota.target.publish"] {
-        assert!(trail.contains(&format!("\"{action}\"")), "no {action} in the audit trail");
+    for action in [
+        "ota.root.install",
+        "ota.root.rotate",
+        "ota.upload",
+        "ota.target.publish",
+    ] {
+        assert!(
+            trail.contains(&format!("\"{action}\"")),
+            "no {action} in the audit trail"
+        );
     }
 }

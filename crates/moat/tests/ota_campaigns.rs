@@ -9,7 +9,10 @@
 //! - failures in the canary trip the failure gate: the campaign stops, later waves are never
 //!   targeted, and a rollback re-targets the updated device to the downgrade image;
 //! - updated devices that start publishing to new topics trip the security gate, with an
-//!   explanation of the numbers compared.
+//!   explanation of the numbers compared;
+//! - reports are taken only from the device named in the topic, and only when well formed;
+//! - real `moat-agent`s (enrolled over EST, verifying the whole TUF and director chain)
+//!   update wave by wave and their reports complete the campaign.
 
 mod support;
 
@@ -318,6 +321,12 @@ fn a_good_campaign_rolls_out_wave_by_wave_pauses_and_completes() {
         table.contains("completed") && table.contains("INSTALLED"),
         "{table}"
     );
+    // Watching a finished campaign prints where it ended (no bars without a terminal).
+    let watched = cli_ok(
+        hub,
+        &["ota", "campaign", "show", &id.to_string(), "--watch"],
+    );
+    assert!(watched.contains("(completed)"), "{watched}");
     let list = cli_ok(hub, &["ota", "campaign", "list"]);
     assert!(list.contains("good") && list.contains("10/10"), "{list}");
     let device = parse(&cli_ok(hub, &["ota", "device", &canary, "--json"]));
@@ -552,4 +561,174 @@ fn reports_are_taken_only_from_the_device_itself_and_only_when_well_formed() {
         hub.metric("moat_ota_reports_total{result=\"accepted\"}"),
         Some(1.0)
     );
+}
+
+/// Enrolls `id` with the real agent (EST with a token) into its own directory, provisioned
+/// with the two roots of the ceremony in `keys`.
+fn agent(hub: &Hub, rt: &tokio::runtime::Runtime, keys: &std::path::Path, id: &str) -> AgentDevice {
+    use moat_agent::update::command::CommandLine;
+    use moat_agent::{EnrollOptions, EnrollmentToken, HubUrl, Reports, UpdateOptions};
+    let dir = hub.scratch(&format!("agent-{id}"));
+    let token = cli_ok(hub, &["token", "create", "--uses", "1", "--ttl", "10m"]);
+    let url = HubUrl::parse(&format!("https://localhost:{}", hub.addrs.api.port())).expect("url");
+    let opts = EnrollOptions::new(
+        url,
+        hub.data_dir().join("pki").join("root-ca.crt"),
+        EnrollmentToken::new(token).expect("token"),
+        moat_types::DeviceId::parse(id).expect("id"),
+        &dir,
+    );
+    rt.block_on(moat_agent::enroll(&opts))
+        .unwrap_or_else(|e| panic!("enroll {id}: {e}"));
+    std::fs::copy(keys.join("image/root.json"), dir.join("image-root.json")).expect("root");
+    std::fs::copy(
+        keys.join("director/root.json"),
+        dir.join("director-root.json"),
+    )
+    .expect("director root");
+    cli_ok(hub, &["device", "set", id, "--group", "fleet"]);
+    let install = dir.join("install.sh");
+    std::fs::write(
+        &install,
+        "#!/bin/sh\ncp \"$1\" \"$(dirname \"$0\")/slot\"\n",
+    )
+    .expect("script");
+    let mut update = UpdateOptions::new(
+        &dir,
+        "sensor",
+        CommandLine::parse(&format!("sh {}", install.display())).expect("command"),
+    );
+    update.installed_version = "1.0.0".into();
+    update.reports = Reports::To(
+        format!("mqtts://localhost:{}", hub.tls_addr().port())
+            .parse()
+            .expect("mqtt url"),
+    );
+    AgentDevice {
+        id: id.to_owned(),
+        dir,
+        update,
+    }
+}
+
+struct AgentDevice {
+    id: String,
+    dir: std::path::PathBuf,
+    update: moat_agent::UpdateOptions,
+}
+
+impl AgentDevice {
+    /// One update cycle; whether it installed something.
+    fn update_once(&self, hub: &Hub, rt: &tokio::runtime::Runtime) -> bool {
+        let outcome = rt
+            .block_on(moat_agent::update_once(
+                &self.dir,
+                &moat_agent::Overrides::default(),
+                &self.update,
+            ))
+            .unwrap_or_else(|e| panic!("{}: update: {e}\n{}", self.id, hub.stderr()));
+        matches!(outcome, moat_agent::UpdateOutcome::Installed { .. })
+    }
+}
+
+#[test]
+fn real_agents_update_wave_by_wave_and_the_campaign_completes() {
+    let hub = Hub::start(HubOptions::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = hub.scratch("ota-keys");
+    let keys_arg = keys.to_str().expect("utf-8");
+    cli_ok(&hub, &["ota", "init", "--keys", keys_arg]);
+    let image = hub.scratch("images").join("fw-2.0.0.bin");
+    std::fs::write(&image, b"firmware 2.0.0\n".repeat(1000)).expect("image");
+    cli_ok(
+        &hub,
+        &[
+            "ota",
+            "publish",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "fw",
+            "--version",
+            "2.0.0",
+            "--keys",
+            keys_arg,
+        ],
+    );
+    cli_ok(&hub, &["group", "put", "fleet"]);
+    let agents: Vec<AgentDevice> = ["a0", "a1", "a2"]
+        .iter()
+        .map(|id| agent(&hub, &rt, &keys, id))
+        .collect();
+    let id = parse(&cli_ok(
+        &hub,
+        &[
+            "ota", "campaign", "create", "--name", "agents", "--group", "fleet", "--target",
+            "fw-2.0.0", "--waves", "33,100", "--start", "--json",
+        ],
+    ))["id"]
+        .as_u64()
+        .expect("id");
+    let c = wait_for(&hub, id, "the canary assigned", |c| {
+        devices_in(c, "assigned").len() == 1
+    });
+    let canary = devices_in(&c, "assigned").remove(0);
+    // Every agent checks: only the canary's director metadata names the image.
+    for a in &agents {
+        assert_eq!(a.update_once(&hub, &rt), a.id == canary, "{}", a.id);
+    }
+    wait_for(&hub, id, "the second wave assigned", |c| {
+        c["current_wave"] == 1 && devices_in(c, "assigned").len() == 2
+    });
+    for a in agents.iter().filter(|a| a.id != canary) {
+        assert!(a.update_once(&hub, &rt), "{} installed nothing", a.id);
+        assert_eq!(
+            std::fs::read(a.dir.join("slot")).expect("installed image"),
+            std::fs::read(&image).expect("image")
+        );
+    }
+    let c = wait_for(&hub, id, "completed", |c| c["status"] == "completed");
+    assert_eq!(c["waves"][1]["installed"], 2, "{c:#}");
+}
+
+#[test]
+fn a_running_campaign_survives_a_hub_restart() {
+    let mut f = fleet(3);
+    let id = create(
+        &f.hub,
+        &["--name", "durable", "--waves", "33,100", "--start"],
+    );
+    let c = wait_for(&f.hub, id, "the canary assigned", |c| {
+        devices_in(c, "assigned").len() == 1
+    });
+    let canary = devices_in(&c, "assigned").remove(0);
+    report(
+        &f.hub,
+        creds(&f, &canary),
+        id,
+        "fw-2.0.0",
+        "installed",
+        None,
+    );
+    let c = wait_for(&f.hub, id, "the last wave assigned", |c| {
+        c["current_wave"] == 1 && devices_in(c, "assigned").len() == 2
+    });
+    let rest = devices_in(&c, "assigned");
+
+    f.hub.restart();
+    let hub = &f.hub;
+    let c = show(hub, id);
+    assert_eq!(c["status"], "running", "{c:#}");
+    assert_eq!(stage(&c, &canary), "installed");
+    for d in &rest {
+        assert_eq!(stage(&c, d), "assigned");
+        assert_eq!(
+            director_lists(hub, creds(&f, d)),
+            vec!["fw-2.0.0".to_owned()]
+        );
+        report(hub, creds(&f, d), id, "fw-2.0.0", "installed", None);
+    }
+    wait_for(hub, id, "completed", |c| c["status"] == "completed");
 }

@@ -42,7 +42,7 @@ pub(crate) enum Failure {
     Retry(AgentError),
 }
 
-/// A verified image on disk.
+/// A verified image on disk: made only from a passed `TargetCheck`.
 #[derive(Debug)]
 pub(crate) struct Downloaded {
     pub(crate) image: VerifiedImage,

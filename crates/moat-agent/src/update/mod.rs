@@ -1,4 +1,4 @@
-//! Updates: verify with [`moat_ota::verify`] against the device's pinned image and director
+//! Updates: verify with [`moat_ota::verify()`] against the device's pinned image and director
 //! roots, download the approved image through its length and hash checks (resuming with
 //! HTTP ranges), ask for consent, install through the configured command, restart, check
 //! health, confirm or roll back by itself, and report every step over MQTT.
@@ -601,7 +601,13 @@ async fn install(
             }
             Err(Failure::Retry(e)) if attempt < download::MAX_DOWNLOAD_ATTEMPTS => {
                 let wait = download::DOWNLOAD_RETRY_DELAY.saturating_mul(1 << (attempt - 1));
-                tracing::warn!(target, attempt, error = %e, retry_in = ?wait, "download interrupted");
+                tracing::warn!(
+                    target,
+                    attempt,
+                    error = %e,
+                    retry_in = ?wait,
+                    "download interrupted"
+                );
                 tokio::time::sleep(wait).await;
             }
             Err(Failure::Retry(e)) => return Err(e),
@@ -624,18 +630,7 @@ async fn install(
     });
     state.save(&opts.state_file())?;
     cycle.status(&about, ReportState::Installing, 100, None);
-    let mut install_env = env.clone();
-    install_env.push(("MOAT_OTA_IMAGE", downloaded.path.display().to_string()));
-    let done = command::run(
-        "install",
-        &opts.commands.install,
-        &[OsString::from(downloaded.path.as_os_str())],
-        &install_env,
-        INSTALL_TIMEOUT,
-        0,
-    )
-    .await;
-    let failure = match done {
+    let failure = match run_install(&opts.commands.install, &downloaded, &env).await {
         Ok(d) if d.success => None,
         Ok(d) => Some(d.failure),
         Err(e) => Some(e.to_string()),
@@ -652,7 +647,6 @@ async fn install(
             reason,
         });
     }
-    drop(downloaded.image);
 
     let Some(pending) = state.pending.as_mut() else {
         return Err(AgentError::Misconfigured(
@@ -676,6 +670,32 @@ async fn install(
             }
         }
     }
+}
+
+/// Runs the install command on a verified image: the image path as the last argument and in
+/// `MOAT_OTA_IMAGE`. Taking [`download::Downloaded`] (which only a passed `TargetCheck` makes)
+/// means no unverified bytes reach the install command.
+async fn run_install(
+    install: &CommandLine,
+    downloaded: &download::Downloaded,
+    env: &[(&'static str, String)],
+) -> Result<command::Finished, AgentError> {
+    tracing::debug!(
+        target = downloaded.image.update().target(),
+        image = %downloaded.path.display(),
+        "installing"
+    );
+    let mut env = env.to_vec();
+    env.push(("MOAT_OTA_IMAGE", downloaded.path.display().to_string()));
+    command::run(
+        "install",
+        install,
+        &[OsString::from(downloaded.path.as_os_str())],
+        &env,
+        INSTALL_TIMEOUT,
+        0,
+    )
+    .await
 }
 
 /// Finishes an install found pending at the start of a cycle (or right after an install

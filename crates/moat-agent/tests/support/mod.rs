@@ -522,14 +522,16 @@ impl Device {
         // name (and fail when a file named after them exists).
         d.script(
             "install",
-            "cp \"$1\" \"$(dirname \"$0\")/slot\"; echo \"install $MOAT_OTA_VERSION\" >> \"$(dirname \"$0\")/log\"",
+            "cp \"$1\" \"$(dirname \"$0\")/slot\"\n\
+             echo \"install $MOAT_OTA_VERSION\" >> \"$(dirname \"$0\")/log\"",
         );
         for name in ["reboot", "health", "confirm", "rollback", "consent"] {
             d.script(
                 name,
                 &format!(
-                    "echo \"{name} $MOAT_OTA_VERSION\" >> \"$(dirname \"$0\")/log\"; \
-                     if [ -e \"$(dirname \"$0\")/{name}.fail\" ]; then echo '{name} says no' >&2; exit 1; fi"
+                    "echo \"{name} $MOAT_OTA_VERSION\" >> \"$(dirname \"$0\")/log\"\n\
+                     if [ -e \"$(dirname \"$0\")/{name}.fail\" ]; then\n\
+                     echo '{name} says no' >&2; exit 1; fi"
                 ),
             );
         }

@@ -43,8 +43,8 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, broadcast};
 
 pub(crate) use activity::Activity;
-pub(crate) use session::Sessions;
 use activity::{RECENT_CONNECTION_EVENTS, SAMPLE_INTERVAL};
+pub(crate) use session::Sessions;
 
 use crate::access::Role;
 use crate::api::{AppState, Peer};
@@ -108,7 +108,10 @@ pub(crate) fn router(app: AppState, sessions: Arc<Sessions>) -> Router {
         )
         .route("/console/tokens/{id}/revoke", post(pages::revoke_token))
         .route("/console/updates", get(updates::updates))
-        .route("/console/updates/{id}/{action}", post(updates::update_action))
+        .route(
+            "/console/updates/{id}/{action}",
+            post(updates::update_action),
+        )
         .route("/console/audit", get(pages::audit))
         .route("/console/events", get(events))
         .route("/console/assets/{name}", get(asset))

@@ -139,6 +139,45 @@ pub(crate) struct Fleet {
     pub open_alerts: usize,
     /// Security events dropped because the audit queue was full.
     pub audit_dropped: u64,
+    /// Devices that reported their software inventory (at most [`INVENTORIES_READ`]).
+    pub reporting_software: usize,
+    /// Of those, the ones whose installed version is below the newest image published for
+    /// their hardware class, the first [`OVERVIEW_ROWS`] named, with (installed, newest).
+    pub outdated: Vec<(String, String, String)>,
+    pub outdated_count: usize,
+}
+
+/// Inventories the overview reads (one query; beyond it the count says "at least").
+pub(crate) const INVENTORIES_READ: usize = 100_000;
+
+/// Which reported inventories run a version below the newest image published for their
+/// hardware class (or for any hardware): `(device, installed, newest)` each.
+fn outdated_software(
+    inventories: &[moat_store::registry::DeviceDocument],
+    targets: &[moat_ota::image::TargetInfo],
+) -> Vec<(String, String, String)> {
+    let newest = |hardware: &str| {
+        targets
+            .iter()
+            .filter(|t| !t.downgrade && t.hardware.as_deref().is_none_or(|h| h == hardware))
+            .filter_map(|t| moat_ota::Version::parse(&t.version).ok().map(|v| (v, t)))
+            .max_by(|a, b| a.0.cmp(&b.0))
+    };
+    inventories
+        .iter()
+        .filter_map(|doc| {
+            let inv: moat_ota::report::Inventory = serde_json::from_str(&doc.body).ok()?;
+            let installed = moat_ota::Version::parse(&inv.installed).ok()?;
+            let (latest, target) = newest(&inv.hardware)?;
+            (installed < latest).then(|| {
+                (
+                    doc.device.clone(),
+                    inv.installed.clone(),
+                    target.version.clone(),
+                )
+            })
+        })
+        .collect()
 }
 
 fn gather(c: &Console, now: u64) -> Result<Fleet, IdentityError> {
@@ -204,6 +243,12 @@ fn gather(c: &Console, now: u64) -> Result<Fleet, IdentityError> {
         .filter(|x| x.suspected_clones > 0)
         .count();
     f.audit_dropped = identity.audit.dropped();
+    let inventories = identity.registry.ota_inventories(INVENTORIES_READ)?;
+    f.reporting_software = inventories.len();
+    let mut outdated = outdated_software(&inventories, &c.app.ota.targets());
+    f.outdated_count = outdated.len();
+    outdated.truncate(OVERVIEW_ROWS);
+    f.outdated = outdated;
     Ok(f)
 }
 
@@ -322,6 +367,14 @@ pub(crate) fn posture(f: &Fleet) -> (u32, Vec<Reason>) {
             f.open_tokens
         ),
         "/console/tokens",
+    );
+    add(
+        capped(5, f.outdated_count, 15),
+        format!(
+            "{} devices run software older than the newest image published for their hardware.",
+            f.outdated_count
+        ),
+        "/console/updates",
     );
     add(
         if f.audit_dropped > 0 { 10 } else { 0 },
@@ -511,7 +564,7 @@ pub(crate) async fn overview(State(c): State<Console>, headers: HeaderMap) -> Re
          <div class=\"card\"><h2>Posture</h2><p class=\"big {band}\">{score}<span class=\"of\">/100</span></p><p><a href=\"#posture\">Why</a></p></div>\
          <div class=\"card\"><h2>Open alerts</h2><p class=\"big\">{}</p><p><a href=\"/console/alerts\">Alerts</a></p></div>\
          <div class=\"card\"><h2>Certificates expiring</h2><p class=\"big\">{}</p><p>within {} days{}</p></div>\
-         <div class=\"card\"><h2>Outdated software</h2><p class=\"muted\">No update source yet</p><p><a href=\"/console/updates\">Updates</a></p></div>\
+         <div class=\"card\"><h2>Outdated software</h2>{}</div>\
          </section>",
         fleet.online,
         fleet.total,
@@ -526,6 +579,35 @@ pub(crate) async fn overview(State(c): State<Console>, headers: HeaderMap) -> Re
             format!(", {} already expired", fleet.expired_count)
         } else {
             String::new()
+        },
+        if fleet.reporting_software == 0 {
+            "<p class=\"muted\">No device has reported its software yet (moat-agent does)</p><p><a href=\"/console/updates\">Updates</a></p>".to_owned()
+        } else {
+            format!(
+                "<p class=\"big\">{}</p><p>of {} reporting devices behind the newest image{}</p><p><a href=\"/console/updates\">Updates</a></p>",
+                fleet.outdated_count,
+                fleet.reporting_software,
+                if fleet.outdated.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        fleet
+                            .outdated
+                            .iter()
+                            .take(5)
+                            .map(|(d, have, newest)| format!(
+                                "<a href=\"/console/devices/{}\">{}</a> {} &lt; {}",
+                                Esc(d),
+                                Esc(d),
+                                Esc(have),
+                                Esc(newest)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )
         }
     );
     let _ = write!(
@@ -1649,5 +1731,65 @@ mod tests {
         let found = broad_statements("p", doc);
         assert_eq!(found.len(), 1);
         assert!(found[0].contains("statement all"), "{found:?}");
+    }
+}
+
+#[cfg(test)]
+mod outdated_tests {
+    use super::*;
+
+    fn target(
+        version: &str,
+        hardware: Option<&str>,
+        downgrade: bool,
+    ) -> moat_ota::image::TargetInfo {
+        moat_ota::image::TargetInfo {
+            name: format!("fw-{version}"),
+            image: "fw".into(),
+            version: version.into(),
+            hardware: hardware.map(str::to_owned),
+            downgrade,
+            length: 1,
+            sha256: String::new(),
+            path: String::new(),
+            role: "targets".into(),
+        }
+    }
+
+    fn inventory(
+        device: &str,
+        hardware: &str,
+        installed: &str,
+    ) -> moat_store::registry::DeviceDocument {
+        moat_store::registry::DeviceDocument {
+            device: device.into(),
+            body: format!(r#"{{"hardware":"{hardware}","installed":"{installed}","packages":[]}}"#),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn outdated_means_below_the_newest_image_for_the_hardware() {
+        let targets = [
+            target("1.2.0", None, false),
+            target("2.0.0", Some("cam"), false),
+            // A rollback image is not "the newest".
+            target("9.0.0", Some("lock"), true),
+        ];
+        let inventories = [
+            inventory("cam-old", "cam", "1.9.9"),
+            inventory("cam-new", "cam", "2.0.0"),
+            inventory("lock-old", "lock", "1.0.0"),
+            inventory("lock-ok", "lock", "1.2.0"),
+            inventory("bad", "lock", "not a version"),
+        ];
+        assert_eq!(
+            outdated_software(&inventories, &targets),
+            vec![
+                ("cam-old".into(), "1.9.9".into(), "2.0.0".into()),
+                ("lock-old".into(), "1.0.0".into(), "1.2.0".into()),
+            ]
+        );
+        assert!(outdated_software(&inventories, &[]).is_empty());
     }
 }

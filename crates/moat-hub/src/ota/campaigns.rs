@@ -31,9 +31,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
 use super::OtaService;
-use super::reports::StatusReport;
 use super::signals::SignalTracker;
 use crate::identity::{AuditSink, IdentityError, now_ms};
+use moat_ota::report::StatusReport;
 
 /// How often campaigns advance: 1 second.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -354,7 +354,7 @@ impl Campaigns {
         reason: Option<&str>,
     ) -> Result<Value, IdentityError> {
         let mut live = self.live.lock().await;
-        if !live.contains_key(&id) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = live.entry(id) {
             let registry = self.registry.clone();
             let c = blocking(move || {
                 let row = registry
@@ -363,7 +363,7 @@ impl Campaigns {
                 load(&registry, &row)
             })
             .await?;
-            live.insert(id, c);
+            slot.insert(c);
         }
         if op == Operation::Start {
             self.check_overlap(&live, id)?;
@@ -451,7 +451,7 @@ impl Campaigns {
         let Some(id) = r.campaign else { return };
         let report = DeviceReport {
             campaign: Some(id),
-            target: r.target.clone(),
+            target: r.target.clone().unwrap_or_default(),
             state: r.state,
             progress: r.progress,
             error: r.error.clone(),
@@ -463,10 +463,27 @@ impl Campaigns {
             None => {
                 // A late report for a finished campaign (a device that was updating when it
                 // was aborted, or had timed out).
+                // Loaded only when the report can change the device's entry, so that a
+                // device repeating a stale report cannot make the hub reload campaigns.
                 let registry = self.registry.clone();
-                let Ok(Some(c)) = blocking(move || match registry.campaign(id)? {
-                    Some(row) => load(&registry, &row).map(Some),
-                    None => Ok(None),
+                let d = device.as_str().to_owned();
+                let Ok(Some(c)) = blocking(move || {
+                    let waiting = registry.campaigns_of_device(&d)?.iter().any(|(c, row)| {
+                        *c == id
+                            && matches!(
+                                row.stage.as_str(),
+                                "assigned"
+                                    | "updating"
+                                    | "timed_out"
+                                    | "cancelled"
+                                    | "rolling_back"
+                                    | "rollback_failed"
+                            )
+                    });
+                    match registry.campaign(id)? {
+                        Some(row) if waiting => load(&registry, &row).map(Some),
+                        _ => Ok(None),
+                    }
                 })
                 .await
                 else {
@@ -679,9 +696,12 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     /// Records director calls; knows `fw-2` (upgrade) and `fw-1` (downgrade).
+    /// (device, (target, campaign)) as the director was asked.
+    type Call = (String, Option<(String, String)>);
+
     #[derive(Debug, Default)]
     struct FakeDirector {
-        calls: StdMutex<Vec<(String, Option<(String, String)>)>>,
+        calls: StdMutex<Vec<Call>>,
     }
 
     impl Director for FakeDirector {
@@ -713,8 +733,8 @@ mod tests {
     fn status(campaign: u64, target: &str, state: ReportState) -> StatusReport {
         StatusReport {
             campaign: Some(campaign),
-            target: target.into(),
-            version: "2".into(),
+            target: Some(target.into()),
+            version: Some("2".into()),
             state,
             progress: 100,
             error: None,

@@ -165,9 +165,9 @@ fn load_keys(dir: &Path) -> std::io::Result<OnlineKeys> {
 pub(crate) fn safe_relative(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= 512
-        && path.split('/').all(|c| {
-            moat_ota::meta::valid_component(c, 255)
-        })
+        && path
+            .split('/')
+            .all(|c| moat_ota::meta::valid_component(c, 255))
 }
 
 impl OtaService {
@@ -186,8 +186,8 @@ impl OtaService {
         }
         let invalid = |e: moat_ota::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         let meta_dir = dir.join("image/metadata");
-        let image = ImageRepository::load(|f| std::fs::read(meta_dir.join(f)).ok())
-            .map_err(invalid)?;
+        let image =
+            ImageRepository::load(|f| std::fs::read(meta_dir.join(f)).ok()).map_err(invalid)?;
         let director = match std::fs::read(dir.join("director/metadata/root.json")) {
             Ok(b) => Some(Director::load(&b).map_err(invalid)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -329,9 +329,25 @@ impl OtaService {
         }
         let versions = (
             image.as_ref().map_or(0, |i| i.root().signed.version.get()),
-            director.as_ref().map_or(0, |d| d.root().signed.version.get()),
+            director
+                .as_ref()
+                .map_or(0, |d| d.root().signed.version.get()),
         );
         s.image = image;
+        // A new director root may name new online keys: every device's metadata is re-signed
+        // (versions go up) so that devices following the rotation trust it.
+        if director_file.is_some()
+            && let Some(d) = &director
+        {
+            let ids: Vec<String> = s.devices.keys().cloned().collect();
+            for id in ids {
+                if let Some(mut record) = s.devices.get(&id).cloned() {
+                    d.refresh(&mut record, &self.keys, now, true)?;
+                    self.store_device(&record)?;
+                    s.devices.insert(id, record);
+                }
+            }
+        }
         s.director = director;
         Ok(versions)
     }
@@ -387,11 +403,10 @@ impl OtaService {
     ) -> Result<TargetInfo, OtaError> {
         let now = moat_ota::meta::now();
         let mut s = self.lock();
-        let staged = s
-            .uploads
-            .get(upload)
-            .cloned()
-            .ok_or_else(|| OtaError::NotFound(format!("upload {upload} not found or expired")))?;
+        let staged =
+            s.uploads.get(upload).cloned().ok_or_else(|| {
+                OtaError::NotFound(format!("upload {upload} not found or expired"))
+            })?;
         let mut image = s.image.clone().ok_or(OtaError::NotInitialised)?;
         let (info, files) =
             image.add_target(name, staged.length, &staged.sha256, update, &self.keys, now)?;

@@ -7,8 +7,8 @@
 //! publisher (the principal must be the device named in the topic: a device cannot report for
 //! another, whatever the policies allow) and the payload size, then queues the report
 //! ([`REPORT_QUEUE`]; when full, reports are dropped and counted, never waited for). A task
-//! parses each queued report strictly (unknown fields, bad states, out-of-range progress and
-//! over-long strings are refused with a logged reason), stores it in the registry
+//! parses each queued report strictly with `moat_ota::report` (unknown fields, bad states,
+//! out-of-range progress and over-long strings are refused with a logged reason), stores it in the registry
 //! (`ota_reports`, `ota_inventory`) and hands status reports to the campaigns.
 //!
 //! Trust boundary: everything in a report is the device's claim. It moves only that device's
@@ -19,10 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use moat_broker::{Principal, PublishTap};
-use moat_ota::campaign::{MAX_ERROR_LEN, MAX_TARGET_NAME_LEN, ReportState};
+use moat_ota::report::{MAX_INVENTORY_BYTES, MAX_STATUS_BYTES, parse_inventory, parse_status};
 use moat_store::registry::{DeviceDocument, Registry};
 use moat_types::{DeviceId, TopicName};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::identity::now_ms;
@@ -30,14 +29,6 @@ use crate::identity::now_ms;
 /// Reports waiting to be parsed: 4,096. When full, new ones are dropped and counted
 /// (`moat_ota_reports_total{result="dropped"}`); devices publish with QoS 1 and report again.
 pub const REPORT_QUEUE: usize = 4096;
-/// Largest status report accepted: 4 KiB.
-pub const MAX_STATUS_BYTES: usize = 4 * 1024;
-/// Largest inventory accepted: 256 KiB.
-pub const MAX_INVENTORY_BYTES: usize = 256 * 1024;
-/// Most packages in one inventory.
-pub const MAX_INVENTORY_PACKAGES: usize = 4096;
-/// Longest version, hardware class, package name, version or purl, in bytes.
-pub const MAX_FIELD_LEN: usize = 256;
 
 /// Which report a topic carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,119 +49,6 @@ pub(crate) fn parse_topic(topic: &str) -> Option<(&str, ReportKind)> {
         _ => return None,
     };
     (!id.is_empty()).then_some((id, kind))
-}
-
-/// A campaign id as devices echo it from their director target (a string), or a number.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-enum CampaignRef {
-    Number(u64),
-    Text(String),
-}
-
-/// A parsed status report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StatusReport {
-    /// The campaign id, if the update came from one.
-    #[serde(deserialize_with = "campaign_id")]
-    pub campaign: Option<u64>,
-    /// The target name.
-    pub target: String,
-    /// The version being installed.
-    pub version: String,
-    /// Where the device stands.
-    pub state: ReportState,
-    /// 0 to 100.
-    pub progress: u8,
-    /// What went wrong.
-    pub error: Option<String>,
-}
-
-fn campaign_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<CampaignRef>::deserialize(d)? {
-        None => Ok(None),
-        Some(CampaignRef::Number(n)) => Ok(Some(n)),
-        Some(CampaignRef::Text(t)) => t
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("campaign {t:?} is not a campaign id"))),
-    }
-}
-
-/// One package of an inventory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Package {
-    pub name: String,
-    pub version: String,
-    pub purl: String,
-}
-
-/// A parsed inventory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Inventory {
-    pub hardware: String,
-    pub installed: String,
-    pub packages: Vec<Package>,
-}
-
-/// Why a report was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum ReportError {
-    #[error("not valid JSON for this report: {0}")]
-    Json(String),
-    #[error("{field} is longer than {max} bytes")]
-    TooLong { field: &'static str, max: usize },
-    #[error("progress {0} is above 100")]
-    Progress(u8),
-    #[error("{0} packages, more than the limit of {MAX_INVENTORY_PACKAGES}")]
-    TooManyPackages(usize),
-    #[error("purl {0:?} does not start with pkg:")]
-    Purl(String),
-}
-
-fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), ReportError> {
-    if s.len() > max || s.is_empty() && field != "error" {
-        return Err(ReportError::TooLong { field, max });
-    }
-    Ok(())
-}
-
-/// Parses and checks a status report.
-pub(crate) fn parse_status(payload: &[u8]) -> Result<StatusReport, ReportError> {
-    let r: StatusReport =
-        serde_json::from_slice(payload).map_err(|e| ReportError::Json(e.to_string()))?;
-    check_len("target", &r.target, MAX_TARGET_NAME_LEN)?;
-    check_len("version", &r.version, MAX_FIELD_LEN)?;
-    if let Some(e) = &r.error {
-        check_len("error", e, MAX_ERROR_LEN)?;
-    }
-    if r.progress > 100 {
-        return Err(ReportError::Progress(r.progress));
-    }
-    Ok(r)
-}
-
-/// Parses and checks an inventory.
-pub(crate) fn parse_inventory(payload: &[u8]) -> Result<Inventory, ReportError> {
-    let i: Inventory =
-        serde_json::from_slice(payload).map_err(|e| ReportError::Json(e.to_string()))?;
-    check_len("hardware", &i.hardware, MAX_FIELD_LEN)?;
-    check_len("installed", &i.installed, MAX_FIELD_LEN)?;
-    if i.packages.len() > MAX_INVENTORY_PACKAGES {
-        return Err(ReportError::TooManyPackages(i.packages.len()));
-    }
-    for p in &i.packages {
-        check_len("package name", &p.name, MAX_FIELD_LEN)?;
-        check_len("package version", &p.version, MAX_FIELD_LEN)?;
-        check_len("package purl", &p.purl, MAX_FIELD_LEN)?;
-        if !p.purl.starts_with("pkg:") {
-            return Err(ReportError::Purl(p.purl.clone()));
-        }
-    }
-    Ok(i)
 }
 
 /// Counters of the report path (rendered in `/metrics`).
@@ -349,57 +227,5 @@ mod tests {
         ] {
             assert_eq!(parse_topic(t), None, "{t}");
         }
-    }
-
-    #[test]
-    fn status_reports_are_parsed_strictly() {
-        let ok = parse_status(
-            br#"{"campaign":"7","target":"fw-2.0.0","version":"2.0.0","state":"downloading","progress":40,"error":null}"#,
-        )
-        .expect("valid");
-        assert_eq!(ok.campaign, Some(7));
-        assert_eq!(ok.state, ReportState::Downloading);
-        let ok = parse_status(
-            br#"{"campaign":null,"target":"t","version":"1","state":"consent_declined","progress":0,"error":null}"#,
-        )
-        .expect("valid");
-        assert_eq!(ok.campaign, None);
-        assert_eq!(
-            parse_status(br#"{"campaign":7,"target":"fw","version":"2","state":"installed","progress":101,"error":null}"#),
-            Err(ReportError::Progress(101))
-        );
-        for bad in [
-            &br#"{"campaign":7,"target":"fw","version":"2","state":"exploded","progress":1,"error":null}"#[..],
-            br#"{"campaign":7,"target":"fw","version":"2","state":"installed","progress":1,"error":null,"extra":1}"#,
-            br#"{"campaign":"x","target":"fw","version":"2","state":"installed","progress":1,"error":null}"#,
-            br#"{"campaign":7,"target":"","version":"2","state":"installed","progress":1,"error":null}"#,
-            b"not json",
-        ] {
-            assert!(parse_status(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn inventories_are_bounded_and_need_package_urls() {
-        let ok = parse_inventory(
-            br#"{"hardware":"rpi4","installed":"2.0.0","packages":[{"name":"openssl","version":"3.0.13","purl":"pkg:deb/debian/openssl@3.0.13"}]}"#,
-        )
-        .expect("valid");
-        assert_eq!(ok.packages.len(), 1);
-        assert!(matches!(
-            parse_inventory(
-                br#"{"hardware":"rpi4","installed":"2","packages":[{"name":"a","version":"1","purl":"http://x"}]}"#
-            ),
-            Err(ReportError::Purl(_))
-        ));
-        let many = format!(
-            r#"{{"hardware":"h","installed":"1","packages":[{}]}}"#,
-            vec![r#"{"name":"a","version":"1","purl":"pkg:a"}"#; MAX_INVENTORY_PACKAGES + 1]
-                .join(",")
-        );
-        assert!(matches!(
-            parse_inventory(many.as_bytes()),
-            Err(ReportError::TooManyPackages(_))
-        ));
     }
 }

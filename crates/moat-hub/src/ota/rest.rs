@@ -43,19 +43,27 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/ota/online-keys", get(online_keys))
         .route("/api/v1/ota/status", get(status))
         .route("/api/v1/ota/root", put(put_root))
-        .route("/api/v1/ota/targets", get(list_targets).post(publish_target))
+        .route(
+            "/api/v1/ota/targets",
+            get(list_targets).post(publish_target),
+        )
         .route("/api/v1/ota/uploads", post(upload))
         .route("/tuf/metadata/{file}", get(serve::image_metadata))
         .route("/tuf/targets/{file}", get(serve::target))
         .route("/tuf/targets/{dir}/{file}", get(serve::target_in_dir))
-        .route("/tuf/director/metadata/{file}", get(serve::director_metadata))
+        .route(
+            "/tuf/director/metadata/{file}",
+            get(serve::director_metadata),
+        )
         .layer(DefaultBodyLimit::max(MAX_OTA_JSON_BODY))
 }
 
 impl From<OtaError> for ApiError {
     fn from(e: OtaError) -> Self {
         match e {
-            OtaError::NotInitialised => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            OtaError::NotInitialised => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             OtaError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             OtaError::Invalid(m) => ApiError::bad_request(m),
             OtaError::Refused(r) => match r {
@@ -155,7 +163,11 @@ async fn put_root(
         ));
     }
     let first = !s.ota.initialised();
-    let action = if first { "ota.root.install" } else { "ota.root.rotate" };
+    let action = if first {
+        "ota.root.install"
+    } else {
+        "ota.root.rotate"
+    };
     let ota = s.ota.clone();
     let result = blocking(move || {
         ota.install_root(image.as_deref(), director.as_deref(), targets.as_deref())
@@ -170,9 +182,15 @@ async fn put_root(
     };
     audit(
         &s,
-        Entry::new(now_ms(), &caller.actor, action, "ota:root", Outcome::Success)
-            .with("image_root_version", iv.to_string())
-            .with("director_root_version", dv.to_string()),
+        Entry::new(
+            now_ms(),
+            &caller.actor,
+            action,
+            "ota:root",
+            Outcome::Success,
+        )
+        .with("image_root_version", iv.to_string())
+        .with("director_root_version", dv.to_string()),
     )
     .await?;
     Ok(axum::Json(json!({
@@ -273,7 +291,9 @@ async fn publish_target(
     Json(body): Json<PublishBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     if body.upload.len() != 32 || !body.upload.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request("upload must be the id POST /api/v1/ota/uploads returned"));
+        return Err(ApiError::bad_request(
+            "upload must be the id POST /api/v1/ota/uploads returned",
+        ));
     }
     let ota = s.ota.clone();
     let name = body.name.clone();
@@ -281,7 +301,14 @@ async fn publish_target(
     let info = match result {
         Ok(i) => i,
         Err(e) => {
-            refused(&s, &caller, "ota.target.publish", &format!("ota-target:{name}"), &e).await;
+            refused(
+                &s,
+                &caller,
+                "ota.target.publish",
+                &format!("ota-target:{name}"),
+                &e,
+            )
+            .await;
             return Err(e.into());
         }
     };

@@ -50,13 +50,20 @@ fn unauthorized() -> Response {
 }
 
 fn not_found(what: &str) -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", &format!("{what} not found"))
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("{what} not found"),
+    )
 }
 
 fn json(bytes: Vec<u8>) -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         bytes,
@@ -110,9 +117,17 @@ pub(super) async fn director_metadata(
         Ok(Err(super::OtaError::NotInitialised)) => not_found("director (not initialised)"),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "director metadata failed");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ),
     }
 }
 
@@ -215,7 +230,10 @@ async fn stream_file(path: PathBuf, headers: &HeaderMap) -> Response {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), (f, left - n as u64)))
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
+                    (f, left - n as u64),
+                ))
             }
             Err(e) => Some((Err(e), (f, 0))),
         }
@@ -223,15 +241,18 @@ async fn stream_file(path: PathBuf, headers: &HeaderMap) -> Response {
     let mut r = Response::new(Body::from_stream(stream));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&remaining.to_string()) {
         h.insert(header::CONTENT_LENGTH, v);
     }
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
     }
     r
 }

@@ -314,6 +314,23 @@ fn silent_devices_time_out_and_count_as_failures() {
         700_000,
     );
     assert_eq!(c.wave_counts()[0].installed, 3);
+    // Installed, then back on the old image by itself: a failure after all; a stale
+    // progress report changes nothing.
+    c.report(
+        &devices[0],
+        &report(&c, "fw-2.0.0", ReportState::Downloading),
+        700_001,
+    );
+    assert_eq!(
+        c.device(&devices[0]).map(|e| e.stage),
+        Some(Stage::Installed)
+    );
+    c.report(
+        &devices[0],
+        &report(&c, "fw-2.0.0", ReportState::RolledBack),
+        700_002,
+    );
+    assert_eq!(c.device(&devices[0]).map(|e| e.stage), Some(Stage::Failed));
 }
 
 #[test]
@@ -369,8 +386,14 @@ fn a_security_regression_trips_with_an_explanation_and_a_minimum_sample() {
         trip.explanation
     );
     assert_eq!(c.status(), Status::Paused);
-    // Acknowledged on resume; trips again only when more updated devices show signals.
+    // An operator's pause and resume in between acknowledges nothing.
+    assert!(c.meta().paused_by_gate);
     c.resume(5, &signals).expect("resume");
+    assert!(!c.meta().paused_by_gate);
+    c.pause(5, "look").expect("pause");
+    c.resume(5, &signals).expect("resume");
+    assert_eq!(c.meta().acknowledged.security_affected, Some(2));
+    // Acknowledged on resume; trips again only when more updated devices show signals.
     c.report(
         &first[3],
         &report(&c, "fw-2.0.0", ReportState::Installed),

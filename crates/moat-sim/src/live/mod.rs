@@ -582,7 +582,7 @@ async fn run(opts: &LiveOptions) -> Result<LiveRun, String> {
             "kind": "run", "mode": "live", "seed": opts.seed, "devices": opts.devices,
             "hub": opts.hub.to_string(), "start_ms": t0, "end_ms": end,
             "warmup_ms": ms(opts.warmup), "attack_ms": attack_ms, "gap_ms": ms(opts.gap),
-            "tail_ms": ms(opts.tail), "grace_ms": ms(opts.grace),
+            "tail_ms": ms(opts.tail), "grace_ms": ms(opts.grace), "concurrent": opts.concurrent,
         })
         .to_string(),
     ];
@@ -751,7 +751,8 @@ pub fn is_mitigation(e: &Effect) -> bool {
 pub struct MitigationEffect {
     /// Incident id.
     pub incident: usize,
-    /// The first alert with a response above `alert` for it: its time.
+    /// The mitigating alert the effect followed (the latest one before it; the first one
+    /// when no effect was seen): its time.
     pub alert_ms: u64,
     /// Its rung.
     pub rung: Rung,
@@ -778,16 +779,18 @@ pub fn mitigation_effects(
 ) -> Vec<MitigationEffect> {
     let mut out = Vec::new();
     for inc in incidents {
-        let first = report
+        let mitigating: Vec<&AlertRecord> = report
             .alerts
             .iter()
             .filter(|a| a.mitigates())
             .filter(|a| crate::eval::match_alert(a, incidents, grace_ms) == Some(inc.id))
-            .min_by_key(|a| a.time_ms);
-        let Some(alert) = first else { continue };
+            .collect();
+        let Some(first) = mitigating.iter().map(|a| a.time_ms).min() else {
+            continue;
+        };
         let effect = effects
             .iter()
-            .filter(|e| e.time_ms >= alert.time_ms && e.time_ms <= inc.end_ms + grace_ms)
+            .filter(|e| e.time_ms >= first && e.time_ms <= inc.end_ms + grace_ms)
             .filter(|e| is_mitigation(e) || matches!(e.kind, EffectKind::AcksStalled { .. }))
             .filter(|e| match &e.identity {
                 Some(id) => inc.devices.contains(id),
@@ -795,10 +798,21 @@ pub fn mitigation_effects(
             })
             .min_by_key(|e| e.time_ms)
             .cloned();
+        // The effect belongs to the latest mitigation decided before it (an escalation
+        // whose rung acts where the first one did not, such as a ban after a throttle).
+        let cause = match &effect {
+            Some(e) => mitigating
+                .iter()
+                .filter(|a| a.time_ms <= e.time_ms)
+                .max_by_key(|a| a.time_ms),
+            None => mitigating.iter().min_by_key(|a| a.time_ms),
+        }
+        .copied();
+        let Some(cause) = cause else { continue };
         out.push(MitigationEffect {
             incident: inc.id,
-            alert_ms: alert.time_ms,
-            rung: alert.rung,
+            alert_ms: cause.time_ms,
+            rung: cause.rung,
             effect,
         });
     }
@@ -1094,4 +1108,136 @@ pub fn score_and_write(
         serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?,
     )?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(t: u64, identity: Option<&str>, client: Option<&str>, kind: EffectKind) -> Effect {
+        Effect {
+            time_ms: t,
+            conn: 1,
+            identity: identity.map(str::to_owned),
+            client: client.map(str::to_owned),
+            address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10)),
+            kind,
+        }
+    }
+
+    #[test]
+    fn loopback_mapping_keeps_attackers_apart_from_sites() {
+        let site = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(loopback(site), IpAddr::V4(Ipv4Addr::new(127, 1, 0, 1)));
+        let cell = IpAddr::V4(Ipv4Addr::new(100, 70, 3, 4));
+        assert_eq!(loopback(cell), IpAddr::V4(Ipv4Addr::new(127, 70, 3, 4)));
+        let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12));
+        assert_eq!(loopback(attacker), attacker);
+    }
+
+    #[test]
+    fn which_effects_are_mitigations() {
+        let d = Some("ps-0001");
+        let refused = |allowed| EffectKind::PublishRefused {
+            code: 0x87,
+            topic: "t".to_owned(),
+            allowed,
+        };
+        assert!(is_mitigation(&effect(0, d, d, refused(true))));
+        assert!(
+            !is_mitigation(&effect(0, d, d, refused(false))),
+            "the policy's own refusal"
+        );
+        assert!(is_mitigation(&effect(
+            0,
+            d,
+            d,
+            EffectKind::ServerDisconnect { code: 0x98 }
+        )));
+        assert!(
+            !is_mitigation(&effect(
+                0,
+                d,
+                d,
+                EffectKind::ServerDisconnect { code: 0x8E }
+            )),
+            "a take-over is not a response"
+        );
+        assert!(is_mitigation(&effect(
+            0,
+            d,
+            d,
+            EffectKind::ConnectRefused { code: 0x8A }
+        )));
+        assert!(
+            !is_mitigation(&effect(
+                0,
+                d,
+                Some("ps-0001-77"),
+                EffectKind::ConnectRefused { code: 0x85 }
+            )),
+            "a rotated client id is refused by the binding, not a response"
+        );
+        assert!(!is_mitigation(&effect(
+            0,
+            d,
+            d,
+            EffectKind::ClosedByServer { provoked: true }
+        )));
+        assert!(is_mitigation(&effect(
+            0,
+            None,
+            None,
+            EffectKind::StallClosed { after_ms: 5 }
+        )));
+        assert!(!is_mitigation(&effect(
+            0,
+            None,
+            None,
+            EffectKind::StallClosed { after_ms: 10_000 }
+        )));
+    }
+
+    #[test]
+    fn sink_and_api_alerts_parse() {
+        let sink = json!({
+            "id": 7, "time": 1_000, "detector": "honey_topic", "severity": "high",
+            "device": "ps-0001", "address": "127.1.0.3",
+            "explanation": {"feature": "honey_topic_touched", "observed": 1.0, "threshold": 1.0},
+            "response": {"action": "quarantine"}, "escalates": null, "source": "mqtt",
+        });
+        let a = record(3, &sink, &[], 3_600_000).expect("parses");
+        assert_eq!(
+            (a.id, a.rung, a.detector),
+            (7, Rung::Quarantine, Detector::HoneyTopic)
+        );
+        assert_eq!(a.device.as_deref(), Some("ps-0001"));
+        let api = json!({
+            "id": 4, "time": 2_000, "detector": "certificate_brute_force", "severity": "high",
+            "device": null, "address": "127.0.0.10", "explanation": {"feature": "f"},
+            "response": "ban_address", "source": "api",
+        });
+        let accepted = Effect {
+            address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10)),
+            ..effect(
+                1_500,
+                Some("es-0002"),
+                Some("es-0002"),
+                EffectKind::Accepted,
+            )
+        };
+        let b = record(4, &api, &[accepted], 3_600_000).expect("parses");
+        assert_eq!(b.rung, Rung::BanAddress);
+        assert_eq!(
+            b.id,
+            (1 << 40) + 4,
+            "API alerts get ids outside the engine's"
+        );
+        assert_eq!(
+            b.ban_hits,
+            vec!["es-0002".to_owned()],
+            "collateral from accepted sessions"
+        );
+        assert!(record(5, &json!({"detector": "nope"}), &[], 0).is_none());
+    }
 }

@@ -240,6 +240,17 @@ impl Registry {
         self.document("ota_inventory", device)
     }
 
+    /// Up to `limit` devices' latest software inventories (the fleet overview's "outdated
+    /// software"), in device order.
+    pub fn ota_inventories(&self, limit: usize) -> Result<Vec<DeviceDocument>> {
+        self.with(|i| {
+            i.conn
+                .prepare("SELECT device, body, at FROM ota_inventory ORDER BY device LIMIT ?1")?
+                .query_map([to_i64(limit as u64)], document_row)?
+                .collect()
+        })
+    }
+
     fn put_document(&self, table: &'static str, d: &DeviceDocument) -> Result<()> {
         self.with(|i| {
             i.conn.execute(
@@ -326,8 +337,18 @@ mod tests {
         registry.put_ota_report(&doc).expect("report");
         registry.put_ota_inventory(&doc).expect("inventory");
         assert_eq!(registry.ota_report("a").expect("get"), Some(doc.clone()));
-        assert_eq!(registry.ota_inventory("a").expect("get"), Some(doc));
+        assert_eq!(registry.ota_inventory("a").expect("get"), Some(doc.clone()));
         assert_eq!(registry.ota_report("b").expect("get"), None);
+        let other = DeviceDocument {
+            device: "0".into(),
+            ..doc.clone()
+        };
+        registry.put_ota_inventory(&other).expect("inventory");
+        assert_eq!(
+            registry.ota_inventories(10).expect("all"),
+            vec![other.clone(), doc]
+        );
+        assert_eq!(registry.ota_inventories(1).expect("one"), vec![other]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

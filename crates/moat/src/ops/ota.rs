@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! image-root-{i}.pk8  director-root-{i}.pk8  targets.pk8  hw-{class}.pk8
-//! image/root.json  image/targets.json  image/hw-{class}.json  director/root.json
+//! image-root.json  director-root.json   version 1 of both roots: what devices pin
+//! image/root.json  image/targets.json  image/hw-{class}.json  director/root.json  (latest)
 //! retired/            keys replaced by `root rotate`
 //! ```
 //!
@@ -140,7 +141,10 @@ impl KeyDir {
     }
 
     fn save_signed<T: serde::Serialize>(&self, rel: &str, s: &Signed<T>) -> Result<(), String> {
-        write_file(&self.0.join(rel), &meta::to_bytes(s).map_err(|e| e.to_string())?)
+        write_file(
+            &self.0.join(rel),
+            &meta::to_bytes(s).map_err(|e| e.to_string())?,
+        )
     }
 }
 
@@ -149,7 +153,11 @@ fn online_keys(t: &Target, file: Option<&Path>) -> Result<OnlinePublicKeys, Stri
         Some(f) => read_json(f)?,
         None => call(t, "GET", "/api/v1/ota/online-keys", None)?,
     };
-    let keys = if v.get("keys").is_some() { v["keys"].clone() } else { v };
+    let keys = if v.get("keys").is_some() {
+        v["keys"].clone()
+    } else {
+        v
+    };
     serde_json::from_value(keys).map_err(|e| format!("online keys: {e}"))
 }
 
@@ -190,14 +198,25 @@ pub fn ota_targets(t: &Target) -> ExitCode {
                             s(&i["hardware"]),
                             s(&i["length"]),
                             sha.get(..16).unwrap_or(&sha).to_owned(),
-                            if i["downgrade"] == true { "yes".into() } else { "-".into() },
+                            if i["downgrade"] == true {
+                                "yes".into()
+                            } else {
+                                "-".into()
+                            },
                         ]
                     })
                     .collect()
             })
             .unwrap_or_default();
         table(
-            &["TARGET", "VERSION", "HARDWARE", "BYTES", "SHA256", "DOWNGRADE"],
+            &[
+                "TARGET",
+                "VERSION",
+                "HARDWARE",
+                "BYTES",
+                "SHA256",
+                "DOWNGRADE",
+            ],
             rows,
         )
     }))
@@ -248,16 +267,22 @@ pub fn ota_init(
             ));
         }
         if root_keys == 0 || root_keys > ceremony::MAX_ROOT_KEYS {
-            return Err(format!("--root-keys must be 1 to {}", ceremony::MAX_ROOT_KEYS));
+            return Err(format!(
+                "--root-keys must be 1 to {}",
+                ceremony::MAX_ROOT_KEYS
+            ));
         }
         if root_threshold == 0 || root_threshold > root_keys as u64 {
             return Err("--root-threshold must be 1 to --root-keys".into());
         }
         let online = online_keys(t, online_file)?;
         let new_key = || SigningKey::generate().map_err(|e| e.to_string());
-        let image_roots: Vec<SigningKey> = (0..root_keys).map(|_| new_key()).collect::<Result<_, _>>()?;
-        let director_roots: Vec<SigningKey> =
-            (0..root_keys).map(|_| new_key()).collect::<Result<_, _>>()?;
+        let image_roots: Vec<SigningKey> = (0..root_keys)
+            .map(|_| new_key())
+            .collect::<Result<_, _>>()?;
+        let director_roots: Vec<SigningKey> = (0..root_keys)
+            .map(|_| new_key())
+            .collect::<Result<_, _>>()?;
         let targets_key = new_key()?;
         let now = meta::now();
         let expires = meta::expires_at(now, ROOT_LIFETIME).map_err(|e| e.to_string())?;
@@ -293,6 +318,9 @@ pub fn ota_init(
         dir.save_signed("image/root.json", &image_root)?;
         dir.save_signed("director/root.json", &director_root)?;
         dir.save_signed("image/targets.json", &targets)?;
+        // What devices pin (moat-agent reads these names): version 1 of both roots.
+        dir.save_signed("image-root.json", &image_root)?;
+        dir.save_signed("director-root.json", &director_root)?;
         let body = json!({
             "image_root": value(&image_root)?,
             "director_root": value(&director_root)?,
@@ -303,8 +331,8 @@ pub fn ota_init(
             "created offline keys in {} ({root_keys} root keys per repository, threshold \
              {root_threshold}); {done}\ndevices pin {} and {} (image and director root)",
             keys.display(),
-            keys.join("image/root.json").display(),
-            keys.join("director/root.json").display()
+            keys.join("image-root.json").display(),
+            keys.join("director-root.json").display()
         ))
     })())
 }
@@ -312,7 +340,11 @@ pub fn ota_init(
 pub fn ota_root(t: &Target, cmd: OtaRootCommand) -> ExitCode {
     match cmd {
         OtaRootCommand::Install { path } => finish((|| {
-            let path = if path.is_dir() { path.join(ROOT_FILE) } else { path };
+            let path = if path.is_dir() {
+                path.join(ROOT_FILE)
+            } else {
+                path
+            };
             let body = read_json(&path)?;
             install_or_write(t, body, None)
         })()),
@@ -365,19 +397,33 @@ fn rotate(
     let new_key = || SigningKey::generate().map_err(|e| e.to_string());
     let (new_image_keys, new_director_keys) = if replace_root_key {
         (
-            (0..old_image_keys.len()).map(|_| new_key()).collect::<Result<Vec<_>, _>>()?,
-            (0..old_director_keys.len()).map(|_| new_key()).collect::<Result<Vec<_>, _>>()?,
+            (0..old_image_keys.len())
+                .map(|_| new_key())
+                .collect::<Result<Vec<_>, _>>()?,
+            (0..old_director_keys.len())
+                .map(|_| new_key())
+                .collect::<Result<Vec<_>, _>>()?,
         )
     } else {
         (Vec::new(), Vec::new())
     };
-    let targets_key = if replace_targets_key { new_key()? } else { dir.key("targets")? };
+    let targets_key = if replace_targets_key {
+        new_key()?
+    } else {
+        dir.key("targets")?
+    };
     let now = meta::now();
     let expires = meta::expires_at(now, ROOT_LIFETIME).map_err(e)?;
-    let current_image: &[SigningKey] =
-        if replace_root_key { &new_image_keys } else { &old_image_keys };
-    let current_director: &[SigningKey] =
-        if replace_root_key { &new_director_keys } else { &old_director_keys };
+    let current_image: &[SigningKey] = if replace_root_key {
+        &new_image_keys
+    } else {
+        &old_image_keys
+    };
+    let current_director: &[SigningKey] = if replace_root_key {
+        &new_director_keys
+    } else {
+        &old_director_keys
+    };
     let spec = |root: &Signed<Root>, keys: &[SigningKey]| RootSpec {
         version: root.signed.version.get() + 1,
         expires,
@@ -385,8 +431,12 @@ fn rotate(
         threshold: threshold(root),
     };
     let new_image_root = ceremony::sign_root(
-        ceremony::image_root(&spec(&image_root, current_image), targets_key.public(), &online)
-            .map_err(e)?,
+        ceremony::image_root(
+            &spec(&image_root, current_image),
+            targets_key.public(),
+            &online,
+        )
+        .map_err(e)?,
         &signers(&old_image_keys, &new_image_keys),
     )
     .map_err(e)?;
@@ -497,8 +547,12 @@ fn current_targets(
     })?;
     let local: Option<Signed<Targets>> = dir.signed("image/targets.json").ok();
     let targets = match local {
-        Some(l) if l.signed.version > hub_targets.signed.version
-            && root.signed.verify_role(&l).is_ok() => l,
+        Some(l)
+            if l.signed.version > hub_targets.signed.version
+                && root.signed.verify_role(&l).is_ok() =>
+        {
+            l
+        }
         _ => hub_targets,
     };
     let role_meta = match role {
@@ -520,7 +574,9 @@ fn current_targets(
                     .is_some_and(|d| d.verify_role(&r, name).is_ok());
                 // A role signed by a key the targets role no longer delegates to (replaced)
                 // starts over from the hub's version number.
-                if delegated { Some(r) } else {
+                if delegated {
+                    Some(r)
+                } else {
                     let mut fresh = r.clone();
                     fresh.signed.targets.clear();
                     Some(fresh)
@@ -537,7 +593,10 @@ fn version_from_file(file: &Path, name: &str) -> Option<String> {
     let rest = stem.strip_prefix(name)?.strip_prefix('-')?;
     // Longest prefix that parses: `1.2.3.bin` → `1.2.3`.
     let mut best = None;
-    for (i, _) in rest.char_indices().chain(std::iter::once((rest.len(), ' '))) {
+    for (i, _) in rest
+        .char_indices()
+        .chain(std::iter::once((rest.len(), ' ')))
+    {
         let cand = &rest[..i];
         if moat_ota::Version::parse(cand).is_ok() {
             best = Some(cand.to_owned());
@@ -588,7 +647,11 @@ pub fn ota_publish(
         }
         let sha256 = hasher.finish();
         let (current, current_role) = current_targets(t, &dir, &root, role.as_deref())?;
-        let targets_key = if dir.has("targets") { Some(dir.key("targets")?) } else { None };
+        let targets_key = if dir.has("targets") {
+            Some(dir.key("targets")?)
+        } else {
+            None
+        };
         let hw_key = match (&role, hardware) {
             (Some(r), Some(_)) => Some(if dir.has(r) {
                 dir.key(r)?
@@ -621,9 +684,11 @@ pub fn ota_publish(
         .map_err(|e| e.to_string())?;
         let upload = upload(t, file, length, &target_name)?;
         if upload["sha256"].as_str() != Some(moat_ota::keys::hex(&sha256).as_str()) {
-            return Err("the hub received other bytes than were signed (the file changed \
+            return Err(
+                "the hub received other bytes than were signed (the file changed \
                         during the upload?); publish again"
-                .into());
+                    .into(),
+            );
         }
         let body = json!({
             "upload": upload["upload"],
@@ -690,7 +755,9 @@ fn upload(t: &Target, file: &Path, length: u64, label: &str) -> Result<Value, St
     } else {
         Err(format!(
             "upload refused: {}",
-            v["error"]["message"].as_str().map_or_else(|| v.to_string(), str::to_owned)
+            v["error"]["message"]
+                .as_str()
+                .map_or_else(|| v.to_string(), str::to_owned)
         ))
     }
 }
