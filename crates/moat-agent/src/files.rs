@@ -174,14 +174,24 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> Result<
 }
 
 /// Holds `DIR/.lock` exclusively while alive, so a `run` loop and a manual `renew` do not
-/// commit at the same time.
+/// commit at the same time (the identity directory), and two update cycles do not run at once
+/// (the update directory).
 #[derive(Debug)]
 pub(crate) struct DirLock {
     _file: File,
 }
 
+/// What a [`DirLock`] protects, for the message another process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockFor {
+    /// Enroll, renew and recovery in the identity directory.
+    Identity,
+    /// An update cycle in the update directory.
+    Update,
+}
+
 impl DirLock {
-    pub(crate) fn acquire(dir: &Path) -> Result<Self, AgentError> {
+    pub(crate) fn acquire(dir: &Path, purpose: LockFor) -> Result<Self, AgentError> {
         let path = dir.join(".lock");
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(false);
@@ -190,11 +200,19 @@ impl DirLock {
         let file = options.open(&path).map_err(AgentError::io(&path))?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(AgentError::Misconfigured(format!(
-                "another moat-agent is changing the identity in {} (it holds {})",
-                dir.display(),
-                path.display()
-            ))),
+            Err(fs::TryLockError::WouldBlock) => Err(AgentError::Misconfigured(match purpose {
+                LockFor::Identity => format!(
+                    "another moat-agent is changing the identity in {} (it holds {})",
+                    dir.display(),
+                    path.display()
+                ),
+                LockFor::Update => format!(
+                    "another moat-agent is running an update cycle in {} (it holds {}); \
+                     this one did nothing: try again when that one has finished",
+                    dir.display(),
+                    path.display()
+                ),
+            })),
             Err(fs::TryLockError::Error(e)) => Err(AgentError::io(&path)(e)),
         }
     }

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::certificate::{CertificateFacts, DeviceKey, VerifiedIdentity, verify_issued};
 use crate::est::{ClientAuth, EstClient};
-use crate::files::{self, DirLock, IdentityFiles, MAX_PEM_FILE_SIZE, State};
+use crate::files::{self, DirLock, IdentityFiles, LockFor, MAX_PEM_FILE_SIZE, State};
 use crate::{AgentError, EnrollmentToken, HubUrl, RenewalSchedule, RenewalThreshold};
 
 /// What to do when the directory already holds an identity.
@@ -170,7 +170,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     let roots = read_ca(&opts.ca_file, &opts.ca_file.display().to_string())?;
     let files = IdentityFiles::in_dir(&opts.dir);
     files::ensure_dir(&opts.dir)?;
-    let _lock = DirLock::acquire(&opts.dir)?;
+    let _lock = DirLock::acquire(&opts.dir, LockFor::Identity)?;
     if let Some(what) = files::recover(&files)? {
         tracing::warn!(dir = %opts.dir.display(), "{what}");
     }
@@ -287,7 +287,7 @@ pub async fn renew_with(
             reason: "the directory does not exist (enroll first)".into(),
         });
     }
-    let _lock = DirLock::acquire(dir)?;
+    let _lock = DirLock::acquire(dir, LockFor::Identity)?;
     if let Some(what) = files::recover(&files)? {
         tracing::warn!(dir = %dir.display(), "{what}");
     }

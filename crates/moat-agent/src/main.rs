@@ -83,7 +83,9 @@ struct UpdateArgs {
     /// Restores the previous version after a failed health check or too many starts.
     #[arg(long, env = "MOAT_AGENT_ROLLBACK_CMD", value_name = "CMD")]
     rollback_cmd: Option<CommandLine>,
-    /// Asks for consent before downloading; exit 0 is yes.
+    /// Asks for consent before downloading an update whose campaign requires it (`moat ota
+    /// campaign create --consent`); exit 0 is yes. Without it such updates are declined;
+    /// other updates never ask.
     #[arg(long, env = "MOAT_AGENT_CONSENT_CMD", value_name = "CMD")]
     consent_cmd: Option<CommandLine>,
     /// Starts a new version gets to pass its health check before the agent rolls back.
@@ -224,12 +226,16 @@ enum Command {
         #[command(flatten)]
         update: UpdateArgs,
     },
-    /// Show the device id, certificate serial, expiry and whether renewal is due.
+    /// Show the device id, certificate serial, expiry and whether renewal is due, and the
+    /// update state (installed version, install in progress, last result).
     Status {
         #[command(flatten)]
         dir: DirArg,
         #[command(flatten)]
         threshold: ThresholdArg,
+        /// The update directory [default: DIR/ota].
+        #[arg(long, env = "MOAT_AGENT_OTA_DIR", value_name = "DIR")]
+        ota_dir: Option<PathBuf>,
     },
 }
 
@@ -416,9 +422,14 @@ async fn execute(command: Command) -> Result<(), Failure> {
                     version,
                     reason,
                 } => println!("failed to install {target} (version {version}): {reason}"),
-                UpdateOutcome::ConsentDeclined { target, version } => {
-                    println!("consent declined for {target} (version {version})")
-                }
+                UpdateOutcome::ConsentDeclined {
+                    target,
+                    version,
+                    reason,
+                } => match reason {
+                    Some(r) => println!("consent declined for {target} (version {version}): {r}"),
+                    None => println!("consent declined for {target} (version {version})"),
+                },
                 UpdateOutcome::Skipped { target, version } => println!(
                     "not retrying {target} (version {version}): it failed or was rolled back \
                      before"
@@ -480,7 +491,11 @@ async fn execute(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Status { dir, threshold } => {
+        Command::Status {
+            dir,
+            threshold,
+            ota_dir,
+        } => {
             let overrides = Overrides {
                 hub: None,
                 renew_when: threshold.renew_when_remaining,
@@ -506,8 +521,91 @@ async fn execute(command: Command) -> Result<(), Failure> {
                     "no"
                 }
             );
+            print_update_state(&ota_dir.unwrap_or_else(|| dir.dir.join("ota")));
             Ok(())
         }
+    }
+}
+
+/// The update lines of `status`, from the agent's state file in `work_dir` (read without the
+/// update lock: the file is replaced atomically).
+fn print_update_state(work_dir: &std::path::Path) {
+    use moat_agent::update::state::UpdateState;
+    let path = work_dir.join("state.json");
+    if !path.exists() {
+        println!("updates     none yet (no {})", path.display());
+        return;
+    }
+    let state = match UpdateState::load(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("updates     unreadable: {e}");
+            return;
+        }
+    };
+    let when = |at: i64| {
+        time::OffsetDateTime::from_unix_timestamp(at)
+            .map(format_utc)
+            .unwrap_or_else(|_| at.to_string())
+    };
+    println!(
+        "installed   {}",
+        state
+            .installed
+            .as_deref()
+            .unwrap_or("not recorded yet (--installed-version applies)")
+    );
+    match &state.pending {
+        Some(p) => println!(
+            "pending     {} (version {}, {}, {} start{} so far{})",
+            p.target,
+            p.version,
+            match p.phase {
+                moat_agent::update::state::Phase::Installing => "installing",
+                moat_agent::update::state::Phase::Rebooting =>
+                    "installed, waiting for the health check",
+            },
+            p.boots,
+            if p.boots == 1 { "" } else { "s" },
+            p.previous
+                .as_deref()
+                .map(|v| format!(", previous {v}"))
+                .unwrap_or_default()
+        ),
+        None => println!("pending     none"),
+    }
+    match &state.last {
+        Some(l) => {
+            let what = match (&l.target, &l.version) {
+                (Some(t), Some(v)) => format!(" {t} (version {v})"),
+                (Some(t), None) => format!(" {t}"),
+                (None, Some(v)) => format!(" {v}"),
+                (None, None) => String::new(),
+            };
+            let since = if l.result == "up_to_date" {
+                "since"
+            } else {
+                "at"
+            };
+            println!(
+                "last        {}{what} {since} {}{}",
+                l.result,
+                when(l.at),
+                l.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => println!("last        none"),
+    }
+    if !state.failed.is_empty() {
+        let list: Vec<String> = state
+            .failed
+            .iter()
+            .map(|f| format!("{} ({})", f.target, f.version))
+            .collect();
+        println!("not retried {}", list.join(", "));
     }
 }
 

@@ -243,6 +243,16 @@ fn install_reboot_then_the_next_start_confirms() {
     assert_eq!(d.log(), vec!["install 2.0.0", "reboot 2.0.0"]);
     let st = d.state();
     assert_eq!(st["pending"]["phase"], "rebooting", "{st}");
+    let status = agent_status(&d);
+    assert!(
+        status.contains("installed   not recorded yet")
+            && status.contains(
+                "pending     fw-2.0.0 (version 2.0.0, installed, waiting for the health check, \
+                 0 starts so far, previous 1.0.0)"
+            )
+            && status.contains("last        rebooting fw-2.0.0 (version 2.0.0) at "),
+        "{status}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -273,12 +283,89 @@ fn install_reboot_then_the_next_start_confirms() {
     let st = d.state();
     assert_eq!(st["installed"], "2.0.0", "{st}");
     assert!(st["pending"].is_null(), "{st}");
+    let status = agent_status(&d);
+    assert!(
+        status.contains("installed   2.0.0")
+            && status.contains("pending     none")
+            && status.contains("last        installed fw-2.0.0 (version 2.0.0) at "),
+        "{status}"
+    );
 
     // Still assigned: nothing more to do.
     let out = update_with(&d, &flags, &[]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(stdout(&out).contains("up to date: 2.0.0"), "{}", show(&out));
     assert_eq!(d.log().len(), 4);
+    let status = agent_status(&d);
+    assert!(
+        status.contains("last        up_to_date 2.0.0 since "),
+        "{status}"
+    );
+}
+
+/// `moat-agent status` for the device; it must succeed.
+fn agent_status(d: &Device) -> String {
+    let out = run_with_deadline(
+        std::process::Command::new(env!("CARGO_BIN_EXE_moat-agent"))
+            .args(["status", "--dir"])
+            .arg(&d.dir),
+        std::time::Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    stdout(&out)
+}
+
+#[test]
+fn status_without_updates_says_so() {
+    let w = world();
+    let d = w.device("status");
+    let status = agent_status(&d);
+    assert!(
+        status.contains(&format!("device      {DEVICE}"))
+            && status.contains("updates     none yet"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_second_update_cycle_while_one_runs_says_what_it_waits_for() {
+    let w = world();
+    let d = w.device("lock");
+    // An install that holds the cycle until the test lets it go (bounded: 60 s).
+    d.script(
+        "install",
+        "dir=\"$(dirname \"$0\")\"\n\
+         touch \"$dir/installing\"\n\
+         i=0; while [ ! -e \"$dir/go\" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+         cp \"$1\" \"$dir/slot\"; echo \"install $MOAT_OTA_VERSION\" >> \"$dir/log\"",
+    );
+    w.offer("2.0.0", &image(10_000, 26), false);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| d.update(&[]));
+        let started = d.tmp.0.join("installing");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !started.exists() && !first.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            started.exists(),
+            "the first cycle never reached the install"
+        );
+        let second = d.update(&[]);
+        std::fs::write(d.tmp.0.join("go"), b"").unwrap();
+        assert_eq!(second.status.code(), Some(2), "{}", show(&second));
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            err.contains("another moat-agent is running an update cycle in")
+                && !err.contains("identity"),
+            "{}",
+            show(&second)
+        );
+        let first = first.join().unwrap();
+        assert!(first.status.success(), "{}", show(&first));
+    });
+    assert_eq!(d.log(), vec!["install 2.0.0"]);
+    assert_eq!(d.state()["installed"], "2.0.0");
 }
 
 #[test]
@@ -382,25 +469,88 @@ fn downgrades_are_refused_unless_signed_offline_as_allowed() {
 }
 
 #[test]
-fn declined_consent_downloads_and_installs_nothing() {
+fn consent_is_asked_only_when_the_campaign_requires_it() {
     let w = world();
     let d = w.device("consent");
+    let consent = d.cmd("consent");
+    // Not required: the consent command is not run, even though it would say no.
     d.fail("consent", true);
     w.offer("2.0.0", &image(10_000, 15), false);
-    let consent = d.cmd("consent");
     let out = d.update(&["--consent-cmd", &consent]);
     assert!(out.status.success(), "{}", show(&out));
-    assert!(stdout(&out).contains("consent declined"), "{}", show(&out));
-    assert!(w.target_gets().is_empty());
-    assert_eq!(d.log(), vec!["consent 2.0.0"]);
+    assert!(
+        stdout(&out).contains("installed fw-2.0.0"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(d.log(), vec!["install 2.0.0"]);
 
+    // Required: the command is asked and says no; nothing is downloaded or installed.
+    let gets = w.target_gets().len();
+    w.server.with(|s| {
+        let info = s.repo.publish("3.0.0", &image(10_000, 16), false);
+        s.repo.assign_asking(DEVICE, Some(&info), true);
+    });
+    let out = d.update(&["--consent-cmd", &consent]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("consent declined for fw-3.0.0"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(w.target_gets().len(), gets, "nothing downloaded");
+    assert_eq!(d.log(), vec!["install 2.0.0", "consent 3.0.0"]);
+    let st = d.state();
+    assert_eq!(st["installed"], "2.0.0", "{st}");
+    assert_eq!(st["last"]["result"], "consent_declined", "{st}");
+
+    // Asked again next cycle; a yes installs.
     d.fail("consent", false);
     let out = d.update(&["--consent-cmd", &consent]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(
         d.log(),
-        vec!["consent 2.0.0", "consent 2.0.0", "install 2.0.0"]
+        vec![
+            "install 2.0.0",
+            "consent 3.0.0",
+            "consent 3.0.0",
+            "install 3.0.0"
+        ]
     );
+    assert_eq!(d.state()["installed"], "3.0.0");
+}
+
+#[test]
+fn required_consent_that_nobody_can_give_is_declined() {
+    let w = world();
+    let d = w.device("noconsent");
+    w.server.with(|s| {
+        let info = s.repo.publish("2.0.0", &image(10_000, 17), false);
+        s.repo.assign_asking(DEVICE, Some(&info), true);
+    });
+    // No consent command configured: declined, and the report says why.
+    let out = d.update(&[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("consent declined for fw-2.0.0")
+            && stdout(&out).contains("no consent command is configured"),
+        "{}",
+        show(&out)
+    );
+    // A consent command that cannot start: declined too, not installed.
+    let missing = d.tmp.0.join("no-such-consent-program");
+    let out = d.update(&["--consent-cmd", missing.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("consent declined") && stdout(&out).contains("cannot start"),
+        "{}",
+        show(&out)
+    );
+    assert!(w.target_gets().is_empty());
+    assert!(d.log().is_empty(), "{:?}", d.log());
+    let st = d.state();
+    assert!(st["installed"].is_null(), "{st}");
+    assert_eq!(st["last"]["result"], "consent_declined", "{st}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moat_ota::ceremony::{self, NewTarget, PublishKeys, RootSpec};
-use moat_ota::director::Director;
+use moat_ota::director::{Director, Instruction};
 use moat_ota::image::ImageRepository;
 use moat_ota::meta::{self, ROOT_LIFETIME, TARGETS_LIFETIME};
 use moat_ota::tough::{Transport, TransportError, TransportErrorKind, TransportStream};
@@ -189,7 +189,14 @@ async fn verification(settings: &OtaSettings) -> Result<String, String> {
     for i in 0..settings.devices {
         let id = format!("bench-{i:06}");
         let record = director
-            .assign(None, &id, Some((&info, Some("1"))), None, &online, now)
+            .assign(
+                None,
+                &id,
+                Some(Instruction::new(&info).campaign("1")),
+                None,
+                &online,
+                now,
+            )
             .map_err(e)?;
         for f in ["timestamp.json", "snapshot.json", "targets.json"] {
             if let Some(b) = record.file(f) {

@@ -44,8 +44,8 @@ pub use message::Message;
 pub use moat_mqtt::ReasonCode;
 pub use stats::Stats;
 pub use traffic::{
-    MAX_DEPARTED_TRAFFIC, NoObserver, Observer, PublishTap, TOPICS_REMEMBERED, TRAFFIC_SIZE_BUCKETS,
-    Traffic,
+    MAX_DEPARTED_TRAFFIC, NoObserver, Observer, PublishTap, TOPICS_REMEMBERED,
+    TRAFFIC_SIZE_BUCKETS, Traffic,
 };
 
 /// Called by the broker when a connection has something to send or must close.

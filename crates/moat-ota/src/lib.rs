@@ -20,6 +20,9 @@
 pub mod campaign;
 pub mod ceremony;
 pub mod director;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod keys;
 pub mod meta;

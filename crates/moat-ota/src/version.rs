@@ -10,7 +10,9 @@ pub const MAX_VERSION_LEN: usize = 64;
 pub const MAX_VERSION_COMPONENTS: usize = 8;
 
 /// A parsed image version. Construct with [`Version::parse`]; `Display` gives back the input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Equality is precedence, like the order: `1.2 == 1.2.0` (a device with `1.2` installed is
+/// offered `1.2.0`: already installed, not an upgrade).
+#[derive(Debug, Clone)]
 pub struct Version {
     text: String,
     numbers: Vec<u64>,
@@ -115,6 +117,17 @@ impl Ord for Version {
     }
 }
 
+// By hand so that `==` agrees with `Ord` (the derived one compared the text: `1.2 != 1.2.0`
+// although neither is less, which broke `Ord`'s contract and the verifier's
+// already-installed check).
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Version {}
+
 impl PartialOrd for Version {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -137,6 +150,23 @@ mod tests {
         assert!(v("1.0.0-rc.2") < v("1.0.0-rc.10"));
         assert!(v("1.0.0-alpha") < v("1.0.0-beta"));
         assert!(v("2") > v("1.99.99"));
+    }
+
+    /// Found by the `ota_version` fuzz target: `==` compared the text while `cmp` compared
+    /// precedence, so `1.2` and `1.2.0` were neither equal nor ordered.
+    #[test]
+    fn equality_is_precedence() {
+        for (a, b) in [
+            ("1.2", "1.2.0"),
+            ("1.0.0-rc.1", "1.0-rc.01"),
+            ("3", "3.0.0.0"),
+        ] {
+            assert_eq!(v(a), v(b), "{a} == {b}");
+            assert_eq!(v(a).cmp(&v(b)), Ordering::Equal);
+            assert_eq!(v(a).to_string(), a, "Display keeps the text");
+        }
+        assert_ne!(v("1.2"), v("1.2.1"));
+        assert_ne!(v("1.2"), v("1.2-rc.1"));
     }
 
     #[test]

@@ -759,7 +759,14 @@ async fn compromised_director_alone_is_refused() {
     };
     let record = w
         .director
-        .assign(None, "d", Some(Instruction::new(&evil)), None, &w.online, now())
+        .assign(
+            None,
+            "d",
+            Some(Instruction::new(&evil)),
+            None,
+            &w.online,
+            now(),
+        )
         .unwrap();
     w.serve_director(&record);
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();

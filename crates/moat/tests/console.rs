@@ -706,7 +706,10 @@ fn fleet_overview_of_10000_devices_is_light() {
     // Speed is measured, not asserted (no timing assertions in tests): the median of the
     // three server times is printed for the record (`-- --nocapture`).
     times.sort_by(f64::total_cmp);
-    eprintln!("fleet overview, 10,000 devices: median server time {:.1} ms", times[1]);
+    eprintln!(
+        "fleet overview, 10,000 devices: median server time {:.1} ms",
+        times[1]
+    );
     let list = get(&hub, "/console/devices?status=active", Some(&admin));
     assert_eq!(list.status, 200);
     assert!(list.body.len() < 100 * 1024, "{} bytes", list.body.len());

@@ -12,7 +12,10 @@
 //!   explanation of the numbers compared;
 //! - reports are taken only from the device named in the topic, and only when well formed;
 //! - real `moat-agent`s (enrolled over EST, verifying the whole TUF and director chain)
-//!   update wave by wave and their reports complete the campaign.
+//!   update wave by wave and their reports complete the campaign;
+//! - a campaign with `--consent` puts the consent flag in each device's signed director
+//!   target; a real agent whose owner says no reports `consent_declined` (declined, not
+//!   failed), one whose owner says yes installs, and the campaign completes.
 
 mod support;
 
@@ -731,4 +734,102 @@ fn a_running_campaign_survives_a_hub_restart() {
         report(hub, creds(&f, d), id, "fw-2.0.0", "installed", None);
     }
     wait_for(hub, id, "completed", |c| c["status"] == "completed");
+}
+
+#[test]
+fn a_consent_campaign_makes_agents_ask_and_a_no_is_declined_not_failed() {
+    let hub = Hub::start(HubOptions::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = hub.scratch("ota-keys");
+    let keys_arg = keys.to_str().expect("utf-8");
+    cli_ok(&hub, &["ota", "init", "--keys", keys_arg]);
+    let image = hub.scratch("images").join("fw-2.0.0.bin");
+    std::fs::write(&image, b"firmware 2.0.0 asks first\n".repeat(500)).expect("image");
+    cli_ok(
+        &hub,
+        &[
+            "ota",
+            "publish",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "fw",
+            "--version",
+            "2.0.0",
+            "--keys",
+            keys_arg,
+        ],
+    );
+    cli_ok(&hub, &["group", "put", "fleet"]);
+    let mut yes = agent(&hub, &rt, &keys, "yes");
+    let mut no = agent(&hub, &rt, &keys, "no");
+    for (a, answer) in [(&mut yes, "true"), (&mut no, "false")] {
+        let script = a.dir.join("consent.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho asked >> \"$(dirname \"$0\")/asked\"\n{answer}\n"),
+        )
+        .expect("script");
+        a.update.commands.consent = Some(
+            moat_agent::update::command::CommandLine::parse(&format!("sh {}", script.display()))
+                .expect("command"),
+        );
+    }
+    let id = parse(&cli_ok(
+        &hub,
+        &[
+            "ota",
+            "campaign",
+            "create",
+            "--name",
+            "ask",
+            "--group",
+            "fleet",
+            "--target",
+            "fw-2.0.0",
+            "--waves",
+            "100",
+            "--consent",
+            "--start",
+            "--json",
+        ],
+    ))["id"]
+        .as_u64()
+        .expect("id");
+    wait_for(&hub, id, "both devices assigned", |c| {
+        devices_in(c, "assigned").len() == 2
+    });
+    // The flag is in the signed director target each device fetches with its certificate.
+    let creds = DeviceCreds {
+        id: "yes".into(),
+        cert: yes.dir.join("device.crt"),
+        key: yes.dir.join("device.key"),
+        ca: yes.dir.join("ca.crt"),
+    };
+    let targets = director_targets(&hub, &creds);
+    assert_eq!(
+        targets["signed"]["targets"]["fw-2.0.0"]["custom"]["moat"]["consent"], true,
+        "{targets:#}"
+    );
+    let device = parse(&cli_ok(&hub, &["ota", "device", "yes", "--json"]));
+    assert_eq!(device["director_target"]["consent"], true, "{device:#}");
+
+    assert!(
+        yes.update_once(&hub, &rt),
+        "the device whose owner said yes installs"
+    );
+    assert!(
+        !no.update_once(&hub, &rt),
+        "the device whose owner said no installs nothing"
+    );
+    for a in [&yes, &no] {
+        assert!(a.dir.join("asked").exists(), "{} was not asked", a.id);
+    }
+    assert!(!no.dir.join("slot").exists());
+    let c = wait_for(&hub, id, "completed", |c| c["status"] == "completed");
+    assert_eq!(stage(&c, "yes"), "installed", "{c:#}");
+    assert_eq!(stage(&c, "no"), "declined", "{c:#}");
+    assert_eq!(c["waves"][0]["installed"], 1, "{c:#}");
 }

@@ -78,6 +78,8 @@ pub(crate) struct Finished {
     pub(crate) stdout: Vec<u8>,
     /// Why it failed, for logs and reports: exit status and the last line of stderr.
     pub(crate) failure: String,
+    /// Killed at its deadline (then `success` is false).
+    pub(crate) timed_out: bool,
 }
 
 /// Reads at most `limit` bytes of `from`, then drains the rest.
@@ -156,6 +158,7 @@ pub(crate) async fn run(
                 success: false,
                 stdout: Vec::new(),
                 failure: format!("the {what} command did not finish within {deadline:?}"),
+                timed_out: true,
             })
         }
         Ok((stdout, stderr, status)) => {
@@ -174,6 +177,7 @@ pub(crate) async fn run(
                 success: status.success(),
                 stdout,
                 failure,
+                timed_out: false,
             })
         }
     }

@@ -12,13 +12,22 @@
 //!  otherwise: verify (director, then image repository)
 //!    nothing assigned / already installed ---------------------> up to date
 //!    refused (signature, expiry, rollback, mix-and-match, ...) -> refused
-//!    approved --consent cmd declines --------------------------> consent_declined
+//!    approved --consent required; consent cmd says no, cannot
+//!               run or none configured -----------------------> consent_declined
 //!             --download (resume, hash, length) refused -------> refused (.part deleted)
 //!             --install cmd fails -----------------------------> failed
 //!             --install ok, reboot cmd ------------------------> rebooting (next start: above)
 //!             --install ok, no reboot cmd ---------------------> health check as above
 //!  rollback: rollback cmd ok -> rolled_back; fails or none configured -> failed
 //! ```
+//!
+//! Consent: the consent command runs only when the director's target says the campaign
+//! requires consent ([`ApprovedUpdate::consent_required`]); other updates install without
+//! asking. When consent is required, anything but an exit status 0 declines: a non-zero exit,
+//! a command that cannot start or does not finish within [`COMMAND_TIMEOUT`], and no consent
+//! command configured at all (nobody can be asked, so nobody said yes). A declined update
+//! downloads and installs nothing, is reported as `consent_declined` (with the reason in
+//! `error` unless the command simply said no) and is asked about again next cycle.
 //!
 //! A target that failed or was rolled back is not installed again ([`state`]); the agent
 //! keeps its own record of the installed version, which is what it tells the verifier (so a
@@ -29,7 +38,8 @@
 //! ```text
 //! DIR/image-root.json      pinned image repository root (provisioned with the device)
 //! DIR/director-root.json   pinned director root (provisioned with the device)
-//! DIR/ota/state.json       installed version, install in progress, failed targets (0600)
+//! DIR/ota/state.json       installed version, install in progress, failed targets, the
+//!                          last cycle's result (0600; shown by `moat-agent status`)
 //! DIR/ota/tuf/             metadata the verifier trusts (rollback protection across runs)
 //! DIR/ota/images/          {sha256}.part while downloading, {sha256}.image once verified (0600)
 //! DIR/ota/.lock            held while an update cycle runs
@@ -48,14 +58,14 @@ use bytes::Bytes;
 use moat_ota::{ApprovedUpdate, DeviceFacts, VerifyConfig, VerifyError};
 use moat_types::{DeviceId, TopicName};
 
-use crate::files::{self, DirLock};
+use crate::files::{self, DirLock, LockFor};
 use crate::https::{HubClient, HubTransport};
 use crate::mqtt::{MqttUrl, Report, Reporter};
 use crate::{AgentError, Overrides};
 use command::CommandLine;
 use download::Failure;
 use inventory::InventorySource;
-use state::{Failed, Pending, Phase, UpdateState};
+use state::{Failed, LastResult, MAX_LAST_REASON_LEN, Pending, Phase, UpdateState};
 
 /// How long the install command may run: 1 h.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -95,7 +105,9 @@ pub struct Commands {
     pub confirm: Option<CommandLine>,
     /// Goes back to the previous version (e.g. switch the slot back and restart).
     pub rollback: Option<CommandLine>,
-    /// Asks whether the update may happen now; exit 0 is consent (none: always).
+    /// Asks whether an update whose campaign requires consent may happen now; exit 0 is
+    /// consent. Not run for other updates; with none configured, updates that require consent
+    /// are declined.
     pub consent: Option<CommandLine>,
 }
 
@@ -220,12 +232,16 @@ pub enum UpdateOutcome {
         /// Why.
         reason: String,
     },
-    /// The consent command said no; asked again next cycle.
+    /// The update requires consent and the consent command said no (or failed, or none is
+    /// configured); asked again next cycle.
     ConsentDeclined {
         /// Target name.
         target: String,
         /// Its version.
         version: String,
+        /// Why, when the command did not simply say no (not configured, cannot start, timed
+        /// out).
+        reason: Option<String>,
     },
     /// The target failed or was rolled back before; not tried again.
     Skipped {
@@ -428,7 +444,7 @@ pub async fn update_once(
     let creds = crate::lifecycle::device_credentials(dir, overrides)?;
     files::ensure_dir(&opts.work_dir)?;
     files::ensure_dir(&opts.images_dir())?;
-    let _lock = DirLock::acquire(&opts.work_dir)?;
+    let _lock = DirLock::acquire(&opts.work_dir, LockFor::Update)?;
 
     let mqtt = match &opts.reports {
         Reports::Off => None,
@@ -510,9 +526,71 @@ pub async fn update_once(
             Ok(Some(update)) => install(&cycle, &client, &mut state, &update, &installed).await,
         }
     };
+    if let Ok(outcome) = &result {
+        record_last(&mut state, outcome, &opts.state_file());
+    }
     let reporter = cycle.reporter;
     reporter.finish(REPORT_FLUSH_TIMEOUT).await;
     result
+}
+
+/// Remembers what the cycle decided in the state file's `last` (for `moat-agent status`); a
+/// device that stays up to date does not write it again. A failure to write is logged: the
+/// outcome stands.
+fn record_last(state: &mut UpdateState, outcome: &UpdateOutcome, path: &Path) {
+    let at = time::OffsetDateTime::now_utc().unix_timestamp();
+    let last =
+        |result: &str, target: Option<&str>, version: &str, reason: Option<&str>| LastResult {
+            result: result.to_owned(),
+            target: target.map(str::to_owned),
+            version: Some(version.to_owned()),
+            reason: reason.map(|r| truncate(r, MAX_LAST_REASON_LEN).to_owned()),
+            at,
+        };
+    let new = match outcome {
+        UpdateOutcome::UpToDate { installed } => {
+            let unchanged = state.last.as_ref().is_some_and(|l| {
+                l.result == "up_to_date" && l.version.as_deref() == Some(installed.as_str())
+            });
+            if unchanged {
+                return;
+            }
+            last("up_to_date", None, installed, None)
+        }
+        UpdateOutcome::Installed { target, version } => {
+            last("installed", Some(target), version, None)
+        }
+        UpdateOutcome::Rebooting { target, version } => {
+            last("rebooting", Some(target), version, None)
+        }
+        UpdateOutcome::RolledBack {
+            target,
+            version,
+            reason,
+        } => last("rolled_back", Some(target), version, Some(reason)),
+        UpdateOutcome::Failed {
+            target,
+            version,
+            reason,
+        } => last("failed", Some(target), version, Some(reason)),
+        UpdateOutcome::ConsentDeclined {
+            target,
+            version,
+            reason,
+        } => last("consent_declined", Some(target), version, reason.as_deref()),
+        UpdateOutcome::Skipped { target, version } => last("skipped", Some(target), version, None),
+        UpdateOutcome::Refused { target, reason } => LastResult {
+            result: "refused".to_owned(),
+            target: target.clone(),
+            version: None,
+            reason: Some(truncate(reason, MAX_LAST_REASON_LEN).to_owned()),
+            at,
+        },
+    };
+    state.last = Some(new);
+    if let Err(e) = state.save(path) {
+        tracing::warn!(error = %e, "cannot record the update result in the state file");
+    }
 }
 
 /// What a refusal names: the target (and version) when the verifier got that far; nothing
@@ -573,12 +651,15 @@ async fn install(
     }
     let env = cycle.env(&about, Some(installed));
 
-    if let Some(consent) = &opts.commands.consent {
-        let answer = command::run("consent", consent, &[], &env, COMMAND_TIMEOUT, 0).await?;
-        if !answer.success {
-            cycle.status(&about, ReportState::ConsentDeclined, 0, None);
-            return Ok(UpdateOutcome::ConsentDeclined { target, version });
-        }
+    if update.consent_required()
+        && let Err(reason) = ask_consent(opts.commands.consent.as_ref(), &env).await
+    {
+        cycle.status(&about, ReportState::ConsentDeclined, 0, reason.as_deref());
+        return Ok(UpdateOutcome::ConsentDeclined {
+            target,
+            version,
+            reason,
+        });
     }
 
     // Download, resuming a partial file; a broken connection is retried a few times.
@@ -668,6 +749,34 @@ async fn install(
                 Ok(d) => rollback(cycle, state, &pending, d.failure).await,
                 Err(e) => rollback(cycle, state, &pending, e.to_string()).await,
             }
+        }
+    }
+}
+
+/// Asks for consent (see the module docs). `Ok`: consent given; `Err(None)`: the command
+/// said no; `Err(Some(reason))`: declined because nobody could answer.
+async fn ask_consent(
+    consent: Option<&CommandLine>,
+    env: &[(&'static str, String)],
+) -> Result<(), Option<String>> {
+    let Some(consent) = consent else {
+        tracing::warn!(
+            "an update requires consent but no consent command is configured \
+             (--consent-cmd); declined"
+        );
+        return Err(Some(
+            "the campaign requires consent and no consent command is configured \
+             (--consent-cmd)"
+                .to_owned(),
+        ));
+    };
+    match command::run("consent", consent, &[], env, COMMAND_TIMEOUT, 0).await {
+        Ok(d) if d.success => Ok(()),
+        Ok(d) if d.timed_out => Err(Some(d.failure)),
+        Ok(_) => Err(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "the consent command cannot run; declined");
+            Err(Some(e.to_string()))
         }
     }
 }

@@ -6,14 +6,18 @@
 //!  "pending": {"target": "...", "version": "1.3.0", "sha256": "...", "length": 1234,
 //!              "campaign": null, "phase": "rebooting", "boots": 1, "previous": "1.2.0",
 //!              "image": "WORK/....image"},
-//!  "failed": [{"target": "...", "version": "1.3.0", "sha256": "..."}]}
+//!  "failed": [{"target": "...", "version": "1.3.0", "sha256": "..."}],
+//!  "last": {"result": "installed", "target": "...", "version": "1.3.0", "reason": null,
+//!           "at": 1790000000}}
 //! ```
 //!
 //! `pending` exists from the moment the install command starts until the new version is
 //! confirmed or rolled back; the next start finds it (see [`crate::update`]). `failed` lists
 //! the last [`MAX_FAILED_TARGETS`] targets that failed to install or were rolled back: the
 //! agent does not install one of them again (a director still listing it would otherwise
-//! make the device install and roll back forever).
+//! make the device install and roll back forever). `last` is what the last update cycle
+//! decided (not written again while a device stays up to date), for `moat-agent status`;
+//! files written before it existed read as `null`.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,9 @@ use crate::files::{Access, read_bounded, write_atomic};
 pub const MAX_UPDATE_STATE_SIZE: u64 = 16 * 1024;
 /// Most failed targets remembered: 8 (the oldest is forgotten first).
 pub const MAX_FAILED_TARGETS: usize = 8;
+/// Longest reason kept in [`LastResult`], in bytes: 512 (longer ones are cut at a character
+/// boundary).
+pub const MAX_LAST_REASON_LEN: usize = 512;
 const STATE_VERSION: u32 = 1;
 
 /// Where an install stands.
@@ -73,6 +80,23 @@ pub struct Failed {
     pub sha256: String,
 }
 
+/// What the last update cycle decided.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastResult {
+    /// `up_to_date`, `installed`, `rebooting`, `rolled_back`, `failed`, `consent_declined`,
+    /// `skipped` or `refused`.
+    pub result: String,
+    /// The target, when there was one.
+    pub target: Option<String>,
+    /// Its version (for `up_to_date`: the installed version).
+    pub version: Option<String>,
+    /// Why it failed, was rolled back, refused or declined, when known.
+    pub reason: Option<String>,
+    /// When, in seconds since the Unix epoch (for `up_to_date`: since when).
+    pub at: i64,
+}
+
 /// The whole state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +110,9 @@ pub struct UpdateState {
     /// Targets not to try again.
     #[serde(default)]
     pub failed: Vec<Failed>,
+    /// What the last update cycle decided.
+    #[serde(default)]
+    pub last: Option<LastResult>,
 }
 
 impl UpdateState {
@@ -191,6 +218,23 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        s.last = Some(LastResult {
+            result: "installed".into(),
+            target: Some("hw/fw-1.1.0".into()),
+            version: Some("1.1.0".into()),
+            reason: None,
+            at: 1_790_000_000,
+        });
+        s.save(&path)?;
+        assert_eq!(UpdateState::load(&path)?, s);
+        // A file written before `last` existed.
+        write_atomic(
+            &path,
+            br#"{"version":1,"installed":"1.0.0","pending":null,"failed":[]}"#,
+            Access::OwnerOnly,
+        )?;
+        let old = UpdateState::load(&path)?;
+        assert_eq!((old.installed.as_deref(), old.last), (Some("1.0.0"), None));
         for bad in [&b"{\"version\":2}"[..], b"{\"version\":1,\"x\":1}", b"[]"] {
             write_atomic(&path, bad, Access::OwnerOnly)?;
             assert!(UpdateState::load(&path).is_err());

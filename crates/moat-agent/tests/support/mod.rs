@@ -19,7 +19,7 @@ use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use moat_ota::ceremony::{self, NewTarget, PublishKeys, RootSpec};
-use moat_ota::director::{DeviceRecord, Director};
+use moat_ota::director::{DeviceRecord, Director, Instruction};
 use moat_ota::image::{ImageRepository, MetadataFile, TargetInfo};
 use moat_ota::{OnlineKeys, SigningKey, meta};
 use rcgen::{
@@ -243,12 +243,17 @@ impl Repo {
 
     /// Tells `device` (through the director) to install `target`.
     pub fn assign(&mut self, device: &str, target: Option<&TargetInfo>) {
+        self.assign_asking(device, target, false);
+    }
+
+    /// Tells `device` to install `target`, asking its owner first if `consent`.
+    pub fn assign_asking(&mut self, device: &str, target: Option<&TargetInfo>, consent: bool) {
         let record = self
             .director
             .assign(
                 self.records.get(device),
                 device,
-                target.map(|t| (t, Some("campaign-1"))),
+                target.map(|t| Instruction::new(t).campaign("campaign-1").consent(consent)),
                 None,
                 &self.online,
                 self.now,

@@ -146,6 +146,7 @@ async fn device_state(
         "device": id,
         "director_target": assignment.map(|a| json!({
             "target": a.target, "campaign": a.campaign, "hardware": a.hardware,
+            "consent": a.consent,
         })),
         "campaigns": campaigns.iter().map(|(cid, row)| {
             let mut e = parse(&row.entry);

@@ -30,8 +30,8 @@ use moat_types::DeviceId;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
-use super::OtaService;
 use super::signals::SignalTracker;
+use super::{DirectorTarget, OtaService};
 use crate::identity::{AuditSink, IdentityError, now_ms};
 use moat_ota::report::StatusReport;
 
@@ -45,15 +45,16 @@ pub const AUDIT_DEVICES_LISTED: usize = 20;
 /// Sets and clears director targets, and looks up image targets: the hub's
 /// [`OtaService`] (a fake in unit tests).
 pub(crate) trait Director: Send + Sync + std::fmt::Debug {
-    /// Sets (`Some((target, campaign id))`) or clears the device's director target.
-    fn assign(&self, device: &DeviceId, target: Option<(&str, &str)>) -> Result<(), String>;
+    /// Sets (`Some`: target, campaign id, consent flag) or clears the device's director
+    /// target.
+    fn assign(&self, device: &DeviceId, target: Option<DirectorTarget<'_>>) -> Result<(), String>;
     /// Whether `name` is an image target, and whether it was published with
     /// `downgrade: true`.
     fn target_downgrade(&self, name: &str) -> Option<bool>;
 }
 
 impl Director for OtaService {
-    fn assign(&self, device: &DeviceId, target: Option<(&str, &str)>) -> Result<(), String> {
+    fn assign(&self, device: &DeviceId, target: Option<DirectorTarget<'_>>) -> Result<(), String> {
         OtaService::assign(self, device, target).map_err(|e| e.to_string())
     }
 
@@ -554,11 +555,16 @@ impl Campaigns {
         let mut unassigned = Vec::new();
         let mut failed = Vec::new();
         let mut timed_out = Vec::new();
-        let mut calls: Vec<(DeviceId, Option<String>)> = Vec::new();
+        // (device, Some((target, consent)) to set, None to clear)
+        let mut calls: Vec<(DeviceId, Option<(String, bool)>)> = Vec::new();
         for a in actions {
             match a {
-                Action::Assign { device, target, .. } => {
-                    calls.push((device.clone(), Some(target.clone())));
+                Action::Assign {
+                    device,
+                    target,
+                    consent,
+                } => {
+                    calls.push((device.clone(), Some((target.clone(), *consent))));
                 }
                 Action::Unassign { device } => calls.push((device.clone(), None)),
                 Action::Transition { from, to, reason } => {
@@ -620,11 +626,18 @@ impl Campaigns {
             let t = target.clone();
             let d = device.clone();
             let result = tokio::task::spawn_blocking(move || {
-                director.assign(&d, t.as_deref().map(|t| (t, campaign.as_str())))
+                director.assign(
+                    &d,
+                    t.as_ref().map(|(target, consent)| DirectorTarget {
+                        target,
+                        campaign: &campaign,
+                        consent: *consent,
+                    }),
+                )
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-            match (result, target) {
+            match (result, target.map(|(t, _)| t)) {
                 (Ok(()), Some(t)) => assigned.entry(t).or_default().push(device.to_string()),
                 (Ok(()), None) => unassigned.push(device.to_string()),
                 (Err(e), _) => {
@@ -696,8 +709,8 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     /// Records director calls; knows `fw-2` (upgrade) and `fw-1` (downgrade).
-    /// (device, (target, campaign)) as the director was asked.
-    type Call = (String, Option<(String, String)>);
+    /// (device, (target, campaign, consent)) as the director was asked.
+    type Call = (String, Option<(String, String, bool)>);
 
     #[derive(Debug, Default)]
     struct FakeDirector {
@@ -705,13 +718,17 @@ mod tests {
     }
 
     impl Director for FakeDirector {
-        fn assign(&self, device: &DeviceId, target: Option<(&str, &str)>) -> Result<(), String> {
+        fn assign(
+            &self,
+            device: &DeviceId,
+            target: Option<DirectorTarget<'_>>,
+        ) -> Result<(), String> {
             self.calls
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push((
                     device.to_string(),
-                    target.map(|(t, c)| (t.to_owned(), c.to_owned())),
+                    target.map(|t| (t.target.to_owned(), t.campaign.to_owned(), t.consent)),
                 ));
             Ok(())
         }
@@ -780,7 +797,7 @@ mod tests {
             rollback_target: rollback.map(str::to_owned),
             waves: vec![50, 100],
             windows: Vec::new(),
-            consent: Default::default(),
+            consent: moat_ota::campaign::Consent::Required,
             device_timeout_secs: 600,
             gates: Default::default(),
         };
@@ -810,9 +827,11 @@ mod tests {
             .expect("calls")
             .iter()
             .map(|(d, t)| {
+                // The campaign requires consent: the director target says so.
                 assert_eq!(
-                    t.as_ref().map(|(t, c)| (t.as_str(), c.clone())),
-                    Some(("fw-2", id.to_string()))
+                    t.as_ref()
+                        .map(|(t, c, consent)| (t.as_str(), c.clone(), *consent)),
+                    Some(("fw-2", id.to_string(), true))
                 );
                 d.clone()
             })
@@ -872,9 +891,20 @@ mod tests {
                 .lock()
                 .expect("calls")
                 .iter()
-                .filter(|(_, t)| t.as_ref().is_some_and(|(t, _)| t == "fw-1"))
+                .filter(|(_, t)| t.as_ref().is_some_and(|(t, _, _)| t == "fw-1"))
                 .count(),
             2
+        );
+        // A rollback does not wait for consent.
+        assert!(
+            director
+                .calls
+                .lock()
+                .expect("calls")
+                .iter()
+                .filter_map(|(_, t)| t.as_ref())
+                .filter(|(t, _, _)| t == "fw-1")
+                .all(|(_, _, consent)| !consent)
         );
         assert_eq!(again.list(10).await.expect("list").len(), 1);
         let mut actions = Vec::new();

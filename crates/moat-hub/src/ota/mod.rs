@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use moat_ota::director::{Assignment, DeviceRecord, Director};
+use moat_ota::director::{Assignment, DeviceRecord, Director, Instruction};
 use moat_ota::image::{ImageRepository, MetadataFile, SignedUpdate, TargetInfo};
 use moat_ota::keys::ONLINE_KEY_FILES;
 use moat_ota::{OnlineKeys, OnlinePublicKeys};
@@ -40,6 +40,17 @@ use moat_types::DeviceId;
 
 pub(crate) use campaign_api::router as campaign_router;
 pub(crate) use rest::router;
+
+/// A director target a campaign sets for one device ([`OtaService::assign`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirectorTarget<'a> {
+    /// The image target's name.
+    pub(crate) target: &'a str,
+    /// The campaign's id.
+    pub(crate) campaign: &'a str,
+    /// Whether the device must ask its owner before installing (`consent: required`).
+    pub(crate) consent: bool,
+}
 
 /// How often the hub checks whether metadata needs re-signing: 10 minutes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
@@ -438,25 +449,26 @@ impl OtaService {
         self.lock().image.as_ref()?.target(name)
     }
 
-    /// Signs the director's instruction for `device`: install `target` for `campaign`, or
-    /// nothing (`None`: e.g. after a campaign was aborted). Versions of the device's
-    /// metadata only increase. The caller audits (campaign actions already are).
+    /// Signs the director's instruction for `device`: install the target for its campaign
+    /// (with the consent flag when the campaign requires consent), or nothing (`None`: e.g.
+    /// after a campaign was aborted). Versions of the device's metadata only increase. The
+    /// caller audits (campaign actions already are).
     pub(crate) fn assign(
         &self,
         device: &DeviceId,
-        target: Option<(&str, &str)>,
+        target: Option<DirectorTarget<'_>>,
     ) -> Result<(), OtaError> {
         let now = moat_ota::meta::now();
         let mut s = self.lock();
         let director = s.director.clone().ok_or(OtaError::NotInitialised)?;
         let info = match target {
-            Some((name, campaign)) => {
+            Some(t) => {
                 let info = s
                     .image
                     .as_ref()
-                    .and_then(|i| i.target(name))
-                    .ok_or_else(|| OtaError::NotFound(format!("target {name} not found")))?;
-                Some((info, campaign.to_owned()))
+                    .and_then(|i| i.target(t.target))
+                    .ok_or_else(|| OtaError::NotFound(format!("target {} not found", t.target)))?;
+                Some((info, t))
             }
             None => None,
         };
@@ -464,7 +476,8 @@ impl OtaService {
         let record = director.assign(
             previous,
             device.as_str(),
-            info.as_ref().map(|(i, c)| (i, Some(c.as_str()))),
+            info.as_ref()
+                .map(|(i, t)| Instruction::new(i).campaign(t.campaign).consent(t.consent)),
             None,
             &self.keys,
             now,

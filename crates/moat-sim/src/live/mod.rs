@@ -50,6 +50,9 @@ pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// A stalled connection the hub closes faster than this was refused at once (a ban), not
 /// cut at its handshake deadline.
 pub const STALL_REFUSED_MS: u64 = 1_000;
+/// An effect counts as a mitigation reaching the session only this soon after the alert
+/// (the probes run for 1.3 s after it arrives).
+pub const EFFECT_WINDOW: Duration = Duration::from_secs(5);
 /// Most devices a live run provisions.
 pub const MAX_LIVE_DEVICES: usize = 5_000;
 /// Alerts read back with `moat alerts list --json` (the API's page limit).
@@ -808,6 +811,12 @@ pub fn mitigation_effects(
             None => mitigating.iter().min_by_key(|a| a.time_ms),
         }
         .copied();
+        // An effect long after its alert is the attacker's (or the victim's) own later
+        // move meeting a response (a throttle shows only above the allowed rate), not the
+        // response reaching the session: not attributed.
+        let effect = effect.filter(|e| {
+            cause.is_some_and(|c| e.time_ms.saturating_sub(c.time_ms) <= ms(EFFECT_WINDOW))
+        });
         let Some(cause) = cause else { continue };
         out.push(MitigationEffect {
             incident: inc.id,
@@ -893,10 +902,7 @@ pub fn render_live(
             inc.scenario.as_str(),
             inc.intensity.as_str(),
             m.rung,
-            m.latency_ms()
-                .map_or("— (no further attempt seen)".to_owned(), |l| format!(
-                    "{l} ms"
-                )),
+            m.latency_ms().map_or("—".to_owned(), |l| format!("{l} ms")),
             m.effect.as_ref().map_or("—".to_owned(), |e| {
                 serde_json::to_value(&e.kind)
                     .map(|v| v.to_string())
@@ -909,8 +915,9 @@ pub fn render_live(
     let p99 = percentile(&mut lat, 99.0);
     let _ = writeln!(
         s,
-        "\n{n} of {} mitigated incidents had an observable effect; alert → effect p50 {}, p99 {}.\n",
+        "\n{n} of {} mitigated incidents had an observable effect within {} s of the alert; alert → effect p50 {}, p99 {}. A throttle shows only when the client exceeds the allowed rate after it; `—` means no effect was seen within that window.\n",
         mitigations.len(),
+        EFFECT_WINDOW.as_secs(),
         p50.map_or("—".to_owned(), |v| format!("{v} ms")),
         p99.map_or("—".to_owned(), |v| format!("{v} ms")),
     );

@@ -483,9 +483,14 @@ pub fn ota_device(t: &Target, id: &str) -> ExitCode {
                 "device {id}\n  director target: {}\n  last report:     {}\n  inventory:       {}\n",
                 match v["director_target"].as_object() {
                     Some(a) => format!(
-                        "{} (campaign {})",
+                        "{} (campaign {}{})",
                         s(&a["target"]),
-                        s(a.get("campaign").unwrap_or(&Value::Null))
+                        s(a.get("campaign").unwrap_or(&Value::Null)),
+                        if a.get("consent") == Some(&Value::Bool(true)) {
+                            ", asks for consent"
+                        } else {
+                            ""
+                        }
                     ),
                     None => "-".into(),
                 },
