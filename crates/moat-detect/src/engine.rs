@@ -1015,10 +1015,14 @@ impl Engine {
                 }
             });
             if benign > 0 {
+                // A device-scoped rung acts on the offender alone. Without an offending
+                // identity, anything aimed at the address (even a throttle) would reach the
+                // benign devices behind it: alert only, and let the shield's per-address
+                // limits hold the attacker back.
                 rung = if f.device.is_some() {
                     self.cfg.responses.collateral_fallback
                 } else {
-                    Rung::Throttle
+                    Rung::Alert
                 };
                 explanation.evidence.push(format!(
                     "collateral guard: {benign}{} other device(s) connected from {addr} within {} s; ban downgraded to {rung:?}",
