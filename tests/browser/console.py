@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The web console in a real browser: headless Chromium driven over WebDriver.
 
-Moat issue 6, point 1: log in, read the fleet view, open a device's page and revoke it. The
-Rust test (crates/moat/tests/console.rs) starts the hub and a live MQTT session for the
-device, runs this script, and then watches that session drop.
+Moat issue 6, point 1: log in, read the fleet view, open a device's page and revoke it,
+release an alert. The Rust test (crates/moat/tests/console.rs) starts the hub, a live MQTT
+session for the device and an alert (a quarantine), runs this script, and then watches that
+session drop and the alert end.
 
 It speaks the W3C WebDriver protocol to Debian's chromedriver with urllib alone, so it needs
 no Python package: `apt-get install chromium chromium-driver` (see .ci/run). Screenshots of
@@ -138,6 +139,7 @@ def main():
     ap.add_argument("--user", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("--device", required=True, help="a device with a live MQTT session")
+    ap.add_argument("--alert", required=True, help="the id of an alert in force, to release")
     ap.add_argument("--out", required=True, help="directory for screenshots")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
@@ -182,10 +184,22 @@ def main():
             raise SystemExit(f"unexpected result: {note!r}")
         b.shot(args.out, "4-revoked")
 
+        step(f"release alert #{args.alert}")
+        b.go(args.url + "/console/alerts")
+        b.wait(lambda: b.find("svg.chart #alert-timeline-t") is not None, "the alert timeline")
+        release = f"/console/alerts/{args.alert}/release"
+        b.click(f"form[action='{release}'] button")
+        # Back on the alerts page, the alert has ended: no release button any more.
+        b.wait(
+            lambda: b.url().endswith("/console/alerts") and release not in b.page(),
+            "the release to finish",
+        )
+        b.shot(args.out, "5-alert-released")
+
         step("narrow screen")
         b.s("POST", "/window/rect", {"width": 390, "height": 900})
         b.go(args.url + "/console/")
-        b.shot(args.out, "5-fleet-narrow")
+        b.shot(args.out, "6-fleet-narrow")
     finally:
         b.close()
     print("ok")

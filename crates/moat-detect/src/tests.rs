@@ -473,7 +473,11 @@ fn brute_force_ban_with_collateral_guard() {
     let a = sim.alerts_of(Detector::CredentialBruteForce);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].intended, Response::BanAddress);
-    assert_eq!(a[0].response, Response::Alert, "nothing aimed at a shared address");
+    assert_eq!(
+        a[0].response,
+        Response::Alert,
+        "nothing aimed at a shared address"
+    );
     assert!(
         a[0].explanation
             .evidence

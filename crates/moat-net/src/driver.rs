@@ -8,6 +8,7 @@ use moat_broker::{
 use moat_mqtt::{ConnAck, ConnAckProperties, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use moat_types::Timestamp;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -303,9 +304,9 @@ async fn session<T: Transport>(
     // new timer registration per loop turn.
     let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
     tokio::pin!(keep_alive_timer);
-    // Armed only while a rate quota throttles the connection.
-    let throttle_timer = tokio::time::sleep_until(last_heard);
-    tokio::pin!(throttle_timer);
+    // Allocated the first time a rate quota throttles the connection (most never are: an
+    // idle connection does not carry a second timer).
+    let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         // Handle what has been read, stopping as soon as a session this client publishes
         // to is backed up: the rest waits in the buffer until it drains.
@@ -386,7 +387,11 @@ async fn session<T: Transport>(
             None
         };
         if let Some(wait) = throttled {
-            throttle_timer.as_mut().reset(Instant::now() + wait);
+            let until = Instant::now() + wait;
+            match &mut throttle_timer {
+                Some(t) => t.as_mut().reset(until),
+                None => throttle_timer = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
             last_heard = Instant::now();
         }
         // Flow control: while sessions this client publishes to are backed up, its socket is
@@ -432,7 +437,12 @@ async fn session<T: Transport>(
                     };
                 }
             }
-            () = &mut throttle_timer, if throttled.is_some() => {}
+            () = async {
+                match throttle_timer.as_mut() {
+                    Some(t) => t.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if throttled.is_some() => {}
             () = &mut keep_alive_timer, if reading => {
                 // Re-armed lazily: reads only record when they happened.
                 let deadline = last_heard + keep_alive;

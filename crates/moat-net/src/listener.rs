@@ -169,7 +169,7 @@ pub async fn serve(
                     Principal::Unauthenticated
                 };
                 spawn_counted(
-                    ctx.clone(),
+                    ctx.stats.clone(),
                     guard,
                     driver::run(Stream(tcp), peer, principal, ctx).instrument(span),
                 );
@@ -177,7 +177,7 @@ pub async fn serve(
             ListenerKind::MqttTls(slot) => {
                 let config = slot.load_full();
                 spawn_counted(
-                    ctx.clone(),
+                    ctx.stats.clone(),
                     guard,
                     mqtt_tls(tcp, peer, config, ctx).instrument(span),
                 );
@@ -185,7 +185,7 @@ pub async fn serve(
             ListenerKind::MqttWss(slot) => {
                 let config = slot.load_full();
                 spawn_counted(
-                    ctx.clone(),
+                    ctx.stats.clone(),
                     guard,
                     mqtt_wss(tcp, peer, config, ctx).instrument(span),
                 );
@@ -194,15 +194,17 @@ pub async fn serve(
     }
 }
 
+/// Spawns one connection's task; it holds the statistics alone (not the whole context: an
+/// idle connection's task is as small as it can be).
 fn spawn_counted(
-    ctx: DriverContext,
+    stats: Arc<NetStats>,
     guard: ShieldGuard,
     connection: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::spawn(async move {
-        ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
         connection.await;
-        ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+        stats.open.fetch_sub(1, Ordering::Relaxed);
         // The address's concurrent slot is freed when the connection is gone.
         drop(guard);
     });

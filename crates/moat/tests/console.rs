@@ -717,10 +717,27 @@ fn fleet_overview_of_10000_devices_is_light() {
 }
 
 #[test]
-fn console_in_headless_chromium_revokes_a_live_device() {
-    let hub = Hub::start(HubOptions::new());
+fn console_in_headless_chromium_revokes_a_live_device_and_releases_an_alert() {
+    // Detection enforces: a honey-topic touch quarantines its device, and the alert is the
+    // one the browser releases.
+    let hub = Hub::start(HubOptions::new().config("[detect]\nmode = \"enforce\"\n"));
     let device = hub.add_device("sensor-b");
+    let nosy = hub.add_device("nosy-c");
     let password = admin_password(&hub);
+    mosquitto_pub(
+        &hub,
+        &Via::Device(nosy),
+        Mqtt::V5,
+        None,
+        &["-t", "_moat/honey/x", "-m", "1", "-q", "1"],
+    );
+    let alert: serde_json::Value = eventually(EVENT_DEADLINE, "a honey_topic alert", || {
+        cli_ok(&hub, &["alerts", "list", "--json"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a["detector"] == "honey_topic" && a["device"] == "nosy-c")
+    });
+    let alert_id = alert["id"].to_string();
     let mut sub = Sub::start(
         &hub,
         &Via::Device(device),
@@ -746,6 +763,8 @@ fn console_in_headless_chromium_revokes_a_live_device() {
                 &password,
                 "--device",
                 "sensor-b",
+                "--alert",
+                &alert_id,
             ])
             .arg("--out")
             .arg(&shots)
@@ -760,12 +779,16 @@ fn console_in_headless_chromium_revokes_a_live_device() {
     println!("{}", String::from_utf8_lossy(&out.stdout));
     // The revocation from the page closed the device's live MQTT session.
     sub.wait_exit();
+    // The release from the alerts page ended the alert and its quarantine.
+    let shown = cli_ok(&hub, &["alerts", "show", &alert_id, "--json"]);
+    assert!(shown.contains("\"released\""), "{shown}");
     for name in [
         "1-login",
         "2-fleet",
         "3-device",
         "4-revoked",
-        "5-fleet-narrow",
+        "5-alert-released",
+        "6-fleet-narrow",
     ] {
         let png = shots.join(format!("{name}.png"));
         let bytes = std::fs::read(&png).unwrap_or_default();

@@ -1208,6 +1208,58 @@ const ALERTS_SHOWN: usize = 100;
 /// `GET /console/alerts`: the detection engine's alerts (those still in force first), each
 /// with its explanation and the operator's actions; then the identity conflicts the hub
 /// counts.
+/// Alerts raised per hour over the last 24 hours, one line per severity (from the newest
+/// [`ALERTS_SHOWN`] alerts).
+fn alert_timeline(m: &mut String, records: &[moat_store::registry::AlertRecord], now: u64) {
+    const HOUR: u64 = 3_600_000;
+    const HOURS: u64 = 24;
+    let from = (now / HOUR).saturating_sub(HOURS - 1) * HOUR;
+    let severities = [
+        ("critical", "s4"),
+        ("high", "s2"),
+        ("medium", "s1"),
+        ("low", "s3"),
+    ];
+    let mut counts = [[0u32; HOURS as usize]; 4];
+    for a in records
+        .iter()
+        .filter(|a| a.time_ms >= from && a.time_ms <= now)
+    {
+        if let Some(s) = severities.iter().position(|(name, _)| *name == a.severity) {
+            let hour = ((a.time_ms - from) / HOUR).min(HOURS - 1) as usize;
+            counts[s][hour] = counts[s][hour].saturating_add(1);
+        }
+    }
+    m.push_str("<section><h2>Alerts, last 24 hours</h2>");
+    if counts.iter().flatten().all(|&n| n == 0) {
+        m.push_str("<p class=\"muted\">No alert in the last 24 hours.</p></section>");
+        return;
+    }
+    let series: Vec<Series<'_>> = severities
+        .iter()
+        .zip(&counts)
+        .map(|((name, class), per_hour)| Series {
+            label: name,
+            class,
+            points: per_hour
+                .iter()
+                .enumerate()
+                .map(|(h, &n)| (from + h as u64 * HOUR, f64::from(n)))
+                .collect(),
+        })
+        .collect();
+    m.push_str("<figure>");
+    m.push_str(&chart::lines(
+        "alert-timeline",
+        "Alerts per hour by severity",
+        "Alerts the detection engine raised per hour over the last 24 hours, one line per severity.",
+        &series,
+        from,
+        now,
+    ));
+    m.push_str("<figcaption>Alerts per hour by severity</figcaption></figure></section>");
+}
+
 pub(crate) async fn alerts(State(c): State<Console>, headers: HeaderMap) -> Response {
     let who = or_return!(signed_in(&c, &headers));
     let registry = c.app.identity.registry.clone();
@@ -1216,6 +1268,7 @@ pub(crate) async fn alerts(State(c): State<Console>, headers: HeaderMap) -> Resp
         Err(e) => return failed(&who, &e),
     };
     let mut m = String::new();
+    alert_timeline(&mut m, &records, now_ms());
     let (active, past): (Vec<_>, Vec<_>) = records.iter().partition(|a| a.state.is_active());
     let may_act = who.caller.role >= Role::Operator;
     let csrf = csrf_field(&who);
