@@ -162,7 +162,9 @@ impl Session {
                 maximum_packet_size: Some(MAX_INBOUND_PACKET_SIZE),
                 ..ConnectProperties::default()
             },
-            client_id: client_id.to_string(),
+            // Its own session beside the device application's (`{id}/agent`, which the hub
+            // accepts for the same certificate): a report never takes over the application.
+            client_id: format!("{client_id}{}", moat_types::AGENT_CLIENT_SUFFIX),
             will: None,
             username: None,
             password: None,

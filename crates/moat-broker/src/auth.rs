@@ -237,7 +237,7 @@ impl Authorizer for NamespaceAuthorizer {
         client_id: &ClientId,
     ) -> Result<Arc<dyn Permissions>, ConnectDenied> {
         match principal {
-            Principal::Device(id) if id.as_str() == client_id.as_str() => {
+            Principal::Device(id) if client_id.belongs_to(id) => {
                 Ok(Arc::new(Namespace(Some(id.clone()))))
             }
             Principal::Device(_) => Err(ConnectDenied::ClientIdMismatch),

@@ -350,8 +350,9 @@ impl Authorizer for PolicyAuthorizer {
         let directory = self.directory.load();
         match principal {
             Principal::Device(id) => {
-                // The client id is bound to the certificate, whatever the policies say.
-                if id.as_str() != client_id.as_str() {
+                // The client id is bound to the certificate, whatever the policies say (the
+                // device id, or its agent's `{id}/agent`).
+                if !client_id.belongs_to(id) {
                     return Err(ConnectDenied::ClientIdMismatch);
                 }
                 let device = find_device(&directory, &self.registry, id.as_str())
@@ -363,12 +364,15 @@ impl Authorizer for PolicyAuthorizer {
                 if mitigation.blocked {
                     return Err(ConnectDenied::NotAuthorized);
                 }
+                // Bound as the device's own client id, so that `${client}` in a policy means
+                // the same for the agent's session.
                 let bound = if mitigation.quarantine {
-                    directory.bind_quarantined(&device, client_id.as_str())
+                    directory.bind_quarantined(&device, id.as_str())
                 } else {
-                    directory.bind_device(&device, client_id.as_str())
+                    directory.bind_device(&device, id.as_str())
                 };
-                if !bound.decide_connect(client_id.as_str()).allowed {
+                // The agent's session is the device's: its policies decide on the device id.
+                if !bound.decide_connect(id.as_str()).allowed {
                     return Err(ConnectDenied::NotAuthorized);
                 }
                 if let Some(per_minute) = bound.quota().connections_per_minute
@@ -399,7 +403,15 @@ impl Authorizer for PolicyAuthorizer {
             // A registered device's client id (and so its session) belongs to the device:
             // an anonymous client may not claim it, whatever the policies say.
             Principal::Anonymous
-                if find_device(&directory, &self.registry, client_id.as_str()).is_some() =>
+                if find_device(
+                    &directory,
+                    &self.registry,
+                    client_id
+                        .as_str()
+                        .strip_suffix(moat_types::AGENT_CLIENT_SUFFIX)
+                        .unwrap_or(client_id.as_str()),
+                )
+                .is_some() =>
             {
                 Err(ConnectDenied::NotAuthorized)
             }
@@ -896,7 +908,9 @@ impl moat_net::SecurityEvents for NetEvents {
             crate::defence::FactKind::Refused(crate::defence::refused_reason(reason)),
         );
         let why = match (principal, reason) {
-            (Principal::Device(id), ReasonCode::NotAuthorized) if id.as_str() != client_id => {
+            (Principal::Device(id), ReasonCode::NotAuthorized)
+                if !ClientId::parse(client_id).is_ok_and(|c| c.belongs_to(id)) =>
+            {
                 self.conflict(id.as_str(), |c| {
                     c.client_id_mismatches += 1;
                     c.note_address(peer.ip());

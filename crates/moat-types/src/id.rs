@@ -110,7 +110,23 @@ impl ClientId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether a connection of `device` may use this client id: the device id itself, or
+    /// the device id followed by [`AGENT_CLIENT_SUFFIX`] (moat-agent's own connection, so
+    /// that its reports never take over the session of the device's application). A device
+    /// id has no `/`, so no other device's id can end up matching.
+    pub fn belongs_to(&self, device: &DeviceId) -> bool {
+        let id = device.as_str();
+        match self.0.strip_prefix(id) {
+            Some("") => true,
+            Some(rest) => rest == AGENT_CLIENT_SUFFIX,
+            None => false,
+        }
+    }
 }
+
+/// The suffix of the second client id a device may use (see [`ClientId::belongs_to`]).
+pub const AGENT_CLIENT_SUFFIX: &str = "/agent";
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,6 +143,24 @@ impl fmt::Debug for ClientId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_owns_its_id_and_its_agents_id_only() {
+        let d = DeviceId::parse("cam-7").expect("id");
+        let c = |s: &str| ClientId::parse(s).expect("client id");
+        assert!(c("cam-7").belongs_to(&d));
+        assert!(c("cam-7/agent").belongs_to(&d));
+        for other in [
+            "cam-70",
+            "cam-7/agent2",
+            "cam-7/",
+            "cam",
+            "x/cam-7",
+            "cam-7/agent/x",
+        ] {
+            assert!(!c(other).belongs_to(&d), "{other}");
+        }
+    }
 
     #[test]
     fn device_ids() {

@@ -16,7 +16,9 @@ mod quota;
 mod time;
 mod topic;
 
-pub use id::{ClientId, DeviceId, IdError, MAX_CLIENT_ID_LEN, MAX_DEVICE_ID_LEN};
+pub use id::{
+    AGENT_CLIENT_SUFFIX, ClientId, DeviceId, IdError, MAX_CLIENT_ID_LEN, MAX_DEVICE_ID_LEN,
+};
 pub use qos::QoS;
 pub use quota::{Quota, QuotaLimit};
 pub use time::Timestamp;

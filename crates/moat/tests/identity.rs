@@ -1420,3 +1420,41 @@ fn one_certificate_revoked_by_serial_while_the_device_keeps_its_other_one() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn the_agents_client_id_has_its_own_session_beside_the_application() {
+    let hub = Hub::start(HubOptions::new());
+    let cam = Via::Device(hub.add_device("cam-9"));
+    hub.add_device("cam-90");
+    // The device's application holds the session of its own client id.
+    let mut app = Sub::start(
+        &hub,
+        &cam,
+        Mqtt::V5,
+        Some("cam-9"),
+        &["-t", "devices/cam-9/#", "-q", "1"],
+    );
+    // moat-agent's client id connects beside it, with the same certificate and policies...
+    mosquitto_pub(
+        &hub,
+        &cam,
+        Mqtt::V5,
+        Some("cam-9/agent"),
+        &["-t", "devices/cam-9/ota/status", "-m", "beside", "-q", "1"],
+    )
+    .assert_ok();
+    // ...and the application's session was not taken over: it receives the report.
+    app.expect("devices/cam-9/ota/status", "beside");
+    // Any other suffix, or another device's agent id, is still a mismatch.
+    for claimed in ["cam-9/agent2", "cam-90/agent", "cam-9/"] {
+        let refused = mosquitto_pub(
+            &hub,
+            &cam,
+            Mqtt::V5,
+            Some(claimed),
+            &["-t", "devices/cam-9/x", "-m", "no", "-q", "1"],
+        );
+        assert!(!refused.status.success(), "{claimed}: {}", refused.show());
+    }
+    app.kill();
+}
