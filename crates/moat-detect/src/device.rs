@@ -718,11 +718,7 @@ pub(crate) fn on_traffic(
     let flood_thr = flood_thr * allowance;
     if rate_over(flood_thr, offered, &mut d.backlog_msgs) {
         d.flood_streak = d.flood_streak.saturating_add(1);
-        let sev = if d.flood_streak >= 3 {
-            Severity::Critical
-        } else {
-            Severity::High
-        };
+        let sev = streak_severity(d.flood_streak);
         let mut f = cx.finding(
             Detector::PublishFlood,
             sev,
@@ -754,11 +750,7 @@ pub(crate) fn on_traffic(
         let burst_thr = burst_thr * allowance;
         if rate_over(burst_thr, brate, &mut d.backlog_bytes) {
             d.burst_streak = d.burst_streak.saturating_add(1);
-            let sev = if d.burst_streak >= 3 {
-                Severity::Critical
-            } else {
-                Severity::High
-            };
+            let sev = streak_severity(d.burst_streak);
             let mut f = cx.finding(
                 Detector::ExfiltrationBurst,
                 sev,
@@ -779,6 +771,15 @@ pub(crate) fn on_traffic(
         } else {
             d.burst_streak = 0;
         }
+    }
+}
+
+/// High, critical once over the limit for 3 summaries in a row.
+fn streak_severity(streak: u8) -> Severity {
+    if streak >= 3 {
+        Severity::Critical
+    } else {
+        Severity::High
     }
 }
 

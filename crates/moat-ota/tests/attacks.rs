@@ -276,6 +276,35 @@ impl World {
         self.records.insert(device.to_owned(), record);
     }
 
+    /// A director (compromised, or with the online keys) names `genuine` for `device` with
+    /// other bytes (`sha256`, 7 bytes long), after `previous`, and serves it.
+    fn serve_swapped(
+        &self,
+        device: &str,
+        previous: Option<&DeviceRecord>,
+        genuine: TargetInfo,
+        sha256: String,
+    ) -> DeviceRecord {
+        let swapped = TargetInfo {
+            sha256,
+            length: 7,
+            ..genuine
+        };
+        let record = self
+            .director
+            .assign(
+                previous,
+                device,
+                Some(Instruction::new(&swapped)),
+                None,
+                &self.online,
+                now(),
+            )
+            .unwrap();
+        self.serve_director(&record);
+        record
+    }
+
     fn serve_director(&self, record: &DeviceRecord) {
         for f in ["timestamp.json", "snapshot.json", "targets.json"] {
             self.mem
@@ -775,23 +804,7 @@ async fn compromised_director_alone_is_refused() {
         "{err}"
     );
     // ...or a signed name with other bytes.
-    let swapped = TargetInfo {
-        sha256: evil.sha256.clone(),
-        length: 7,
-        ..genuine
-    };
-    let record = w
-        .director
-        .assign(
-            Some(&record),
-            "d",
-            Some(Instruction::new(&swapped)),
-            None,
-            &w.online,
-            now(),
-        )
-        .unwrap();
-    w.serve_director(&record);
+    let record = w.serve_swapped("d", Some(&record), genuine, evil.sha256.clone());
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
     assert!(matches!(err, VerifyError::Disagreement { .. }), "{err}");
     // And an instruction signed for another device does not apply here.
@@ -833,23 +846,12 @@ async fn compromised_online_keys_alone_are_refused() {
     }
     let forged = meta::sign(forged, &[&attacker]).unwrap();
     w.forge_with_online_keys(&forged);
-    let swapped = TargetInfo {
-        sha256: moat_ota::keys::hex(&sha256(b"malware")),
-        length: 7,
-        ..genuine
-    };
-    let record = w
-        .director
-        .assign(
-            w.records.get("d"),
-            "d",
-            Some(Instruction::new(&swapped)),
-            None,
-            &w.online,
-            now(),
-        )
-        .unwrap();
-    w.serve_director(&record);
+    w.serve_swapped(
+        "d",
+        w.records.get("d"),
+        genuine,
+        moat_ota::keys::hex(&sha256(b"malware")),
+    );
     let err = w.verify("d", "any", "1.0.0").await.unwrap_err();
     assert!(
         matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"),
@@ -905,23 +907,12 @@ async fn revoked_targets_key_after_rotation_is_refused() {
     let forged = meta::sign(forged, &[&old_targets_key]).unwrap();
     w.forge_with_online_keys(&forged);
     w.mem.remove("metadata/2.root.json");
-    let swapped = TargetInfo {
-        sha256: moat_ota::keys::hex(&sha256(b"malware")),
-        length: 7,
-        ..t3
-    };
-    let record = w
-        .director
-        .assign(
-            w.records.get("d"),
-            "d",
-            Some(Instruction::new(&swapped)),
-            None,
-            &w.online,
-            now(),
-        )
-        .unwrap();
-    w.serve_director(&record);
+    w.serve_swapped(
+        "d",
+        w.records.get("d"),
+        t3,
+        moat_ota::keys::hex(&sha256(b"malware")),
+    );
     let err = w.verify("d", "any", "2.0.0").await.unwrap_err();
     assert!(
         matches!(err, VerifyError::Signature { repo: Repo::Image, ref role } if role == "targets"),
