@@ -235,8 +235,9 @@ pub struct Connection {
     client_receive_maximum: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, TopicName>,
-    outbound_aliases: HashMap<TopicName, u16>,
+    /// Topic aliases in both directions, allocated on the first alias (most connections
+    /// never use one, and an idle connection should not carry two empty maps).
+    aliases: Option<Box<Aliases>>,
     resend: bool,
     waker: Arc<dyn Wake>,
     /// Sessions whose queues this connection's messages filled past the high watermark.
@@ -257,6 +258,14 @@ pub struct Connection {
     traffic_in: Traffic,
     /// Topics published to, for `Observer::first_topic`.
     seen_topics: SeenTopics,
+}
+
+/// A connection's topic aliases (MQTT-3.3.2-7 .. -12): the client's, and those the hub
+/// assigned towards it.
+#[derive(Debug, Default)]
+struct Aliases {
+    inbound: HashMap<u16, TopicName>,
+    outbound: HashMap<TopicName, u16>,
 }
 
 /// The start of the rate buckets' clock: they start full, and refilling from here (any
@@ -311,8 +320,7 @@ impl Connection {
             client_id,
             protocol,
             keep_alive,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             resend: session_present,
             waker,
             congested: Vec::new(),
@@ -540,10 +548,13 @@ impl Connection {
                 }
                 match topic {
                     Some(t) => {
-                        self.inbound_aliases.insert(alias, t.clone());
+                        self.aliases
+                            .get_or_insert_default()
+                            .inbound
+                            .insert(alias, t.clone());
                         t
                     }
-                    None => match self.inbound_aliases.get(&alias) {
+                    None => match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => t.clone(),
                         None => return Err(Close::violation(ReasonCode::ProtocolError)),
                     },
@@ -1109,11 +1120,12 @@ impl Connection {
         let mut topic = Some(m.topic.clone());
         let mut new_alias = None;
         if self.client_topic_alias_maximum > 0 {
-            if let Some(&alias) = self.outbound_aliases.get(&m.topic) {
+            let assigned = self.aliases.as_ref().map_or(0, |a| a.outbound.len());
+            if let Some(&alias) = self.aliases.as_ref().and_then(|a| a.outbound.get(&m.topic)) {
                 properties.topic_alias = Some(alias);
                 topic = None;
-            } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
-                let alias = u16::try_from(self.outbound_aliases.len() + 1).unwrap_or(u16::MAX);
+            } else if assigned < usize::from(self.client_topic_alias_maximum) {
+                let alias = u16::try_from(assigned + 1).unwrap_or(u16::MAX);
                 properties.topic_alias = Some(alias);
                 new_alias = Some(alias);
             }
@@ -1145,7 +1157,10 @@ impl Connection {
             }
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(m.topic.clone(), alias);
+            self.aliases
+                .get_or_insert_default()
+                .outbound
+                .insert(m.topic.clone(), alias);
         }
         match packet {
             Packet::Publish(p) => Some(p),

@@ -56,9 +56,14 @@ impl Bucket {
     }
 }
 
-/// The rate quotas of one connection.
+/// The rate quotas of one connection: nothing at all (one null pointer) when its quota sets
+/// no rate, which is most connections.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Rates {
+pub(crate) struct Rates(Option<Box<Buckets>>);
+
+/// The token buckets of a connection with a rate quota.
+#[derive(Debug, Clone, Default)]
+struct Buckets {
     messages: Option<Bucket>,
     bytes: Option<Bucket>,
     /// While throttled: until when, and which limit caused it.
@@ -68,21 +73,41 @@ pub(crate) struct Rates {
 impl Rates {
     /// Buckets for `quota`'s rates, full.
     pub(crate) fn new(quota: &Quota, now: Timestamp) -> Self {
-        Self {
+        if quota.messages_per_second.is_none() && quota.bytes_per_second.is_none() {
+            return Self(None);
+        }
+        Self(Some(Box::new(Buckets {
             messages: quota.messages_per_second.map(|r| Bucket::new(r, now)),
             bytes: quota.bytes_per_second.map(|r| Bucket::new(r, now)),
             throttled: None,
-        }
+        })))
     }
 
     /// Whether any rate is limited (when not, publishes skip this module).
     pub(crate) fn is_limited(&self) -> bool {
-        self.messages.is_some() || self.bytes.is_some()
+        self.0.is_some()
     }
 
     /// Charges one PUBLISH of `payload` bytes. Returns the limit that newly throttles the
     /// connection, if this publish started a throttling episode.
     pub(crate) fn charge(&mut self, payload: usize, now: Timestamp) -> Option<QuotaLimit> {
+        self.0.as_mut()?.charge(payload, now)
+    }
+
+    /// How long the connection must stay unread, if it is throttled at `now`. Ends the
+    /// episode once it is over.
+    pub(crate) fn throttled_for(&mut self, now: Timestamp) -> Option<Duration> {
+        self.0.as_mut()?.throttled_for(now)
+    }
+
+    /// Whether a throttling episode is under way (cheap; no clock).
+    pub(crate) fn is_throttled(&self) -> bool {
+        self.0.as_ref().is_some_and(|b| b.throttled.is_some())
+    }
+}
+
+impl Buckets {
+    fn charge(&mut self, payload: usize, now: Timestamp) -> Option<QuotaLimit> {
         let mut wait = Duration::ZERO;
         let mut cause = None;
         if let Some(b) = &mut self.messages {
@@ -110,20 +135,13 @@ impl Rates {
         started.then_some(cause)
     }
 
-    /// How long the connection must stay unread, if it is throttled at `now`. Ends the
-    /// episode once it is over.
-    pub(crate) fn throttled_for(&mut self, now: Timestamp) -> Option<Duration> {
+    fn throttled_for(&mut self, now: Timestamp) -> Option<Duration> {
         let (until, _) = self.throttled?;
         if until <= now {
             self.throttled = None;
             return None;
         }
         Some(until.saturating_since(now))
-    }
-
-    /// Whether a throttling episode is under way (cheap; no clock).
-    pub(crate) fn is_throttled(&self) -> bool {
-        self.throttled.is_some()
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::NetStats;
 use crate::events::SecurityEvents;
-use crate::listener::NetLimits;
+use crate::listener::{Admission, NetLimits};
 use crate::stats::HandshakeFailure;
 use crate::transport::Transport;
 
@@ -69,60 +69,70 @@ pub(crate) struct DriverContext {
     pub shield: Arc<crate::shield::Shield>,
 }
 
-/// Runs one MQTT connection to its end.
+/// Runs one MQTT connection to its end; `admission` (the connection's place in the shield
+/// and the open count) is released when it does.
 ///
 /// The task's own state is the transport, two buffers and a few pointers: each phase is a
-/// boxed future borrowing them, so an idle connection holds only the phase it is in.
-pub(crate) async fn run<T: Transport>(
+/// boxed future borrowing them, so an idle connection holds only the phase it is in. This is
+/// a function returning an `async move` block rather than an `async fn`: an `async fn` keeps
+/// each argument twice in its state (the argument and the local it is moved to), a block
+/// uses what it captured in place.
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+pub(crate) fn run<T: Transport>(
     mut io: T,
     peer: SocketAddr,
     principal: Principal,
-    ctx: DriverContext,
-) {
-    let mut rbuf = BytesMut::new();
-    let mut wbuf = BytesMut::new();
-    let notify = Arc::new(NotifyWaker(Notify::new()));
-    let mut outbox = Outbox::new();
-    let accepted = Box::pin(accept_connect(
-        &mut io,
-        &mut rbuf,
-        &mut wbuf,
-        (peer, principal),
-        &notify,
-        &mut outbox,
-        &ctx,
-    ))
-    .await;
-    let Some(mut conn) = accepted else {
-        io.close().await;
-        return;
-    };
-    let connected_at = Instant::now();
-    let span =
-        tracing::info_span!("mqtt", client = %conn.client_id(), principal = %conn.principal());
-    let close = Box::pin(session(
-        &mut io,
-        &mut conn,
-        &mut outbox,
-        &mut rbuf,
-        &mut wbuf,
-        &notify,
-        &ctx,
-    ))
-    .instrument(span.clone())
-    .await;
-    let principal_of_closed = conn.principal().clone();
-    let connection = conn.id();
-    Box::pin(finish(&mut io, conn, close, &mut wbuf, &ctx))
-        .instrument(span)
+    ctx: Arc<DriverContext>,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut rbuf = BytesMut::new();
+        let mut wbuf = BytesMut::new();
+        let notify = Arc::new(NotifyWaker(Notify::new()));
+        let mut outbox = Outbox::new();
+        let accepted = Box::pin(accept_connect(
+            &mut io,
+            &mut rbuf,
+            &mut wbuf,
+            (peer, principal),
+            &notify,
+            &mut outbox,
+            &ctx,
+        ))
         .await;
-    ctx.events.disconnected(
-        peer,
-        &principal_of_closed,
-        connection,
-        &close,
-        connected_at.elapsed(),
-    );
+        let Some(mut conn) = accepted else {
+            io.close().await;
+            drop(admission);
+            return;
+        };
+        let connected_at = Instant::now();
+        let span =
+            tracing::info_span!("mqtt", client = %conn.client_id(), principal = %conn.principal());
+        let close = Box::pin(session(
+            &mut io,
+            &mut conn,
+            &mut outbox,
+            &mut rbuf,
+            &mut wbuf,
+            &notify,
+            &ctx,
+        ))
+        .instrument(span.clone())
+        .await;
+        let principal_of_closed = conn.principal().clone();
+        let connection = conn.id();
+        Box::pin(finish(&mut io, conn, close, &mut wbuf, &ctx))
+            .instrument(span)
+            .await;
+        ctx.events.disconnected(
+            peer,
+            &principal_of_closed,
+            connection,
+            &close,
+            connected_at.elapsed(),
+        );
+        drop(admission);
+    }
 }
 
 /// Reads CONNECT within the deadline and asks the broker. On success the CONNACK is in
@@ -284,7 +294,8 @@ async fn finish<T: Transport>(
 }
 
 /// The connected phase. Returns why it ended.
-async fn session<T: Transport>(
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+fn session<T: Transport>(
     io: &mut T,
     conn: &mut Connection,
     outbox: &mut Outbox,
@@ -292,164 +303,167 @@ async fn session<T: Transport>(
     wbuf: &mut BytesMut,
     notify: &NotifyWaker,
     ctx: &DriverContext,
-) -> Close {
-    let limits = conn.decode_limits();
-    let protocol = conn.protocol();
-    let keep_alive = conn.keep_alive_timeout();
-    let mut committed = ctx.committed.clone();
-    let mut last_heard = Instant::now();
-    let mut read_hint = MIN_READ_HINT;
-    let mut paused_since: Option<Instant> = None;
-    // One timer for the connection's life, re-armed only when it fires early, rather than a
-    // new timer registration per loop turn.
-    let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
-    tokio::pin!(keep_alive_timer);
-    // Allocated the first time a rate quota throttles the connection (most never are: an
-    // idle connection does not carry a second timer).
-    let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    loop {
-        // Handle what has been read, stopping as soon as a session this client publishes
-        // to is backed up: the rest waits in the buffer until it drains.
-        let mut stopped_early = false;
-        if !conn.is_paused() {
-            let now = Timestamp::now();
-            loop {
-                if conn.has_congestion() || conn.is_throttled() {
-                    stopped_early = true;
-                    break;
-                }
-                match moat_mqtt::decode(rbuf, protocol, &limits) {
-                    Ok(Some(packet)) => {
-                        if let Err(close) = conn.handle(packet, now, outbox) {
-                            return close;
+) -> impl Future<Output = Close> {
+    async move {
+        let limits = conn.decode_limits();
+        let protocol = conn.protocol();
+        let keep_alive = conn.keep_alive_timeout();
+        let mut committed = ctx.committed.clone();
+        let mut last_heard = Instant::now();
+        let mut read_hint = MIN_READ_HINT;
+        let mut paused_since: Option<Instant> = None;
+        // One timer for the connection's life, re-armed only when it fires early, rather than a
+        // new timer registration per loop turn.
+        let keep_alive_timer = tokio::time::sleep_until(last_heard + keep_alive);
+        tokio::pin!(keep_alive_timer);
+        // Allocated the first time a rate quota throttles the connection (most never are: an
+        // idle connection does not carry a second timer).
+        let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            // Handle what has been read, stopping as soon as a session this client publishes
+            // to is backed up: the rest waits in the buffer until it drains.
+            let mut stopped_early = false;
+            if !conn.is_paused() {
+                let now = Timestamp::now();
+                loop {
+                    if conn.has_congestion() || conn.is_throttled() {
+                        stopped_early = true;
+                        break;
+                    }
+                    match moat_mqtt::decode(rbuf, protocol, &limits) {
+                        Ok(Some(packet)) => {
+                            if let Err(close) = conn.handle(packet, now, outbox) {
+                                return close;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "decode error");
+                            return Close::violation(e.reason_code());
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "decode error");
-                        return Close::violation(e.reason_code());
+                }
+                conn.flush_wakes();
+                // An idle connection keeps no read buffer: the next read allocates one.
+                // (Decoded payloads still share the old allocation until delivered.)
+                if rbuf.is_empty() {
+                    *rbuf = BytesMut::new();
+                }
+            }
+            // Move what is ready into the write buffer and write it.
+            loop {
+                let more = match conn.poll_outbound(Timestamp::now(), outbox) {
+                    Ok(more) => more,
+                    Err(close) => return close,
+                };
+                let done = *committed.borrow();
+                outbox.take_direct(wbuf);
+                while let Some(out) = outbox.pop_ready(done) {
+                    match out {
+                        Outgoing::Packet(packet) => moat_mqtt::encode(&packet, protocol, wbuf),
+                        Outgoing::Encoded(bytes) => wbuf.extend_from_slice(&bytes),
                     }
                 }
-            }
-            conn.flush_wakes();
-            // An idle connection keeps no read buffer: the next read allocates one.
-            // (Decoded payloads still share the old allocation until delivered.)
-            if rbuf.is_empty() {
-                *rbuf = BytesMut::new();
-            }
-        }
-        // Move what is ready into the write buffer and write it.
-        loop {
-            let more = match conn.poll_outbound(Timestamp::now(), outbox) {
-                Ok(more) => more,
-                Err(close) => return close,
-            };
-            let done = *committed.borrow();
-            outbox.take_direct(wbuf);
-            while let Some(out) = outbox.pop_ready(done) {
-                match out {
-                    Outgoing::Packet(packet) => moat_mqtt::encode(&packet, protocol, wbuf),
-                    Outgoing::Encoded(bytes) => wbuf.extend_from_slice(&bytes),
+                if !wbuf.is_empty() {
+                    let n = wbuf.len();
+                    match tokio::time::timeout(ctx.limits.write_timeout, io.write_all_from(wbuf))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
+                    }
+                    ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    if wbuf.capacity() > MAX_IDLE_WRITE_BUFFER {
+                        *wbuf = BytesMut::new();
+                    }
+                }
+                if !more {
+                    break;
                 }
             }
-            if !wbuf.is_empty() {
-                let n = wbuf.len();
-                match tokio::time::timeout(ctx.limits.write_timeout, io.write_all_from(wbuf)).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
-                }
-                ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                if wbuf.capacity() > MAX_IDLE_WRITE_BUFFER {
-                    *wbuf = BytesMut::new();
-                }
-            }
-            if !more {
-                break;
-            }
-        }
-        outbox.release_if_empty();
-        // One reading of the commit watermark for both questions: a commit that lands after
-        // the packets above were popped makes the head ready now, and it must be written
-        // now, not after the next read (waiting on the socket would leave a CONNACK or
-        // PUBACK unsent until the client gives up).
-        let now_committed = *committed.borrow();
-        let waiting_commit = outbox.blocked_on(now_committed).is_some();
-        if !waiting_commit && !outbox.is_empty() {
-            continue;
-        }
-        // Rate quotas: while the client is over its messages or bytes per second, its
-        // socket is not read either (nothing is lost; TCP slows the client down), and its
-        // keep alive is not held against it.
-        let throttled = if conn.is_throttled() {
-            conn.throttled_for(Timestamp::now())
-        } else {
-            None
-        };
-        if let Some(wait) = throttled {
-            let until = Instant::now() + wait;
-            match &mut throttle_timer {
-                Some(t) => t.as_mut().reset(until),
-                None => throttle_timer = Some(Box::pin(tokio::time::sleep_until(until))),
-            }
-            last_heard = Instant::now();
-        }
-        // Flow control: while sessions this client publishes to are backed up, its socket is
-        // not read (TCP pushes back on it) and its keep alive is not held against it.
-        let mut paused = conn.is_paused();
-        if !paused {
-            paused_since = None;
-        }
-        if paused {
-            let since = *paused_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= MAX_PAUSE {
-                // Backstop: a cycle of clients publishing to each other can hold each
-                // other paused; read again and let the queue limit decide.
-                conn.clear_congestion();
-                paused = false;
-                paused_since = None;
+            outbox.release_if_empty();
+            // One reading of the commit watermark for both questions: a commit that lands after
+            // the packets above were popped makes the head ready now, and it must be written
+            // now, not after the next read (waiting on the socket would leave a CONNACK or
+            // PUBACK unsent until the client gives up).
+            let now_committed = *committed.borrow();
+            let waiting_commit = outbox.blocked_on(now_committed).is_some();
+            if !waiting_commit && !outbox.is_empty() {
                 continue;
             }
-            last_heard = Instant::now();
-        } else if stopped_early && throttled.is_none() {
-            // The congestion cleared already: handle the rest of the buffer before reading.
-            continue;
-        }
-        let reading = !paused && throttled.is_none();
+            // Rate quotas: while the client is over its messages or bytes per second, its
+            // socket is not read either (nothing is lost; TCP slows the client down), and its
+            // keep alive is not held against it.
+            let throttled = if conn.is_throttled() {
+                conn.throttled_for(Timestamp::now())
+            } else {
+                None
+            };
+            if let Some(wait) = throttled {
+                let until = Instant::now() + wait;
+                match &mut throttle_timer {
+                    Some(t) => t.as_mut().reset(until),
+                    None => throttle_timer = Some(Box::pin(tokio::time::sleep_until(until))),
+                }
+                last_heard = Instant::now();
+            }
+            // Flow control: while sessions this client publishes to are backed up, its socket is
+            // not read (TCP pushes back on it) and its keep alive is not held against it.
+            let mut paused = conn.is_paused();
+            if !paused {
+                paused_since = None;
+            }
+            if paused {
+                let since = *paused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= MAX_PAUSE {
+                    // Backstop: a cycle of clients publishing to each other can hold each
+                    // other paused; read again and let the queue limit decide.
+                    conn.clear_congestion();
+                    paused = false;
+                    paused_since = None;
+                    continue;
+                }
+                last_heard = Instant::now();
+            } else if stopped_early && throttled.is_none() {
+                // The congestion cleared already: handle the rest of the buffer before reading.
+                continue;
+            }
+            let reading = !paused && throttled.is_none();
 
-        tokio::select! {
-            read = io.read_into(rbuf, read_hint), if reading => {
-                match read {
-                    Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
-                    Ok(n) => {
-                        read_hint = next_read_hint(read_hint, n);
-                        ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                        last_heard = Instant::now();
+            tokio::select! {
+                read = io.read_into(rbuf, read_hint), if reading => {
+                    match read {
+                        Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
+                        Ok(n) => {
+                            read_hint = next_read_hint(read_hint, n);
+                            ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            last_heard = Instant::now();
+                        }
                     }
                 }
-            }
-            () = notify.0.notified() => {}
-            changed = committed.changed(), if waiting_commit => {
-                if changed.is_err() {
-                    return Close {
-                        reason: ReasonCode::ServerUnavailable,
-                        kind: CloseKind::Kicked,
-                    };
+                () = notify.0.notified() => {}
+                changed = committed.changed(), if waiting_commit => {
+                    if changed.is_err() {
+                        return Close {
+                            reason: ReasonCode::ServerUnavailable,
+                            kind: CloseKind::Kicked,
+                        };
+                    }
                 }
-            }
-            () = async {
-                match throttle_timer.as_mut() {
-                    Some(t) => t.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            }, if throttled.is_some() => {}
-            () = &mut keep_alive_timer, if reading => {
-                // Re-armed lazily: reads only record when they happened.
-                let deadline = last_heard + keep_alive;
-                if deadline > Instant::now() {
-                    keep_alive_timer.as_mut().reset(deadline);
-                } else {
-                    return Close::lost(ReasonCode::KeepAliveTimeout);
+                () = async {
+                    match throttle_timer.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if throttled.is_some() => {}
+                () = &mut keep_alive_timer, if reading => {
+                    // Re-armed lazily: reads only record when they happened.
+                    let deadline = last_heard + keep_alive;
+                    if deadline > Instant::now() {
+                        keep_alive_timer.as_mut().reset(deadline);
+                    } else {
+                        return Close::lost(ReasonCode::KeepAliveTimeout);
+                    }
                 }
             }
         }

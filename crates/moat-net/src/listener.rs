@@ -120,14 +120,14 @@ pub async fn serve(
     shield: Arc<Shield>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = DriverContext {
+    let ctx = Arc::new(DriverContext {
         broker,
         limits,
         stats,
         committed,
         events,
         shield,
-    };
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.tcp.accept() => accepted,
@@ -157,7 +157,8 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
+        let ctx = Arc::clone(&ctx);
+        let admission = Admission::new(Arc::clone(&ctx.stats), guard);
         let span = tracing::debug_span!("conn", %peer);
         // Each kind spawns its own future type, so a task is exactly as large as its
         // transport needs (a plaintext connection does not carry TLS or WebSocket state).
@@ -168,72 +169,90 @@ pub async fn serve(
                 } else {
                     Principal::Unauthenticated
                 };
-                spawn_counted(
-                    ctx.stats.clone(),
-                    guard,
-                    driver::run(Stream(tcp), peer, principal, ctx).instrument(span),
+                tokio::spawn(
+                    driver::run(Stream(tcp), peer, principal, ctx, admission).instrument(span),
                 );
             }
             ListenerKind::MqttTls(slot) => {
                 let config = slot.load_full();
-                spawn_counted(
-                    ctx.stats.clone(),
-                    guard,
-                    mqtt_tls(tcp, peer, config, ctx).instrument(span),
-                );
+                tokio::spawn(mqtt_tls(tcp, peer, config, ctx, admission).instrument(span));
             }
             ListenerKind::MqttWss(slot) => {
                 let config = slot.load_full();
-                spawn_counted(
-                    ctx.stats.clone(),
-                    guard,
-                    mqtt_wss(tcp, peer, config, ctx).instrument(span),
-                );
+                tokio::spawn(mqtt_wss(tcp, peer, config, ctx, admission).instrument(span));
             }
         }
     }
 }
 
-/// Spawns one connection's task; it holds the statistics alone (not the whole context: an
-/// idle connection's task is as small as it can be).
-fn spawn_counted(
+/// A connection's admission: counted in `open` while it lives, and holding its address's
+/// concurrent slot in the shield. It travels inside the connection's own future and is
+/// released when that ends: wrapping the future in another one to do the counting would
+/// store the connection's future twice in its task.
+pub(crate) struct Admission {
     stats: Arc<NetStats>,
-    guard: ShieldGuard,
-    connection: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    tokio::spawn(async move {
+    _slot: ShieldGuard,
+}
+
+impl Admission {
+    fn new(stats: Arc<NetStats>, slot: ShieldGuard) -> Self {
         stats.open.fetch_add(1, Ordering::Relaxed);
-        connection.await;
-        stats.open.fetch_sub(1, Ordering::Relaxed);
-        // The address's concurrent slot is freed when the connection is gone.
-        drop(guard);
-    });
+        Self { stats, _slot: slot }
+    }
 }
 
-async fn mqtt_tls(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, ctx: DriverContext) {
-    let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
-        return;
-    };
-    driver::run(Stream(tls), peer, principal, ctx).await;
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // The slot (a field) is freed right after this.
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
-async fn mqtt_wss(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, ctx: DriverContext) {
-    let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
-    let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
-        return;
-    };
-    let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
-    match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
-        Ok(Ok(ws)) => driver::run(ws, peer, principal, ctx).await,
-        Ok(Err(e)) => {
-            ctx.stats.fail(HandshakeFailure::WebSocket);
-            ctx.events
-                .handshake_failed(peer, &format!("websocket upgrade refused: {e}"));
-            tracing::debug!(%peer, error = %e, "websocket upgrade refused");
-        }
-        Err(_) => {
-            ctx.stats.fail(HandshakeFailure::Timeout);
-            ctx.events.deadline_missed(peer, "WebSocket upgrade");
+// `mqtt_tls` and `mqtt_wss` return `async move` blocks rather than being `async fn`s, which
+// would keep each argument twice in the connection's task (see `driver::run`).
+
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+fn mqtt_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    ctx: Arc<DriverContext>,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    async move {
+        let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
+            return;
+        };
+        driver::run(Stream(tls), peer, principal, ctx, admission).await;
+    }
+}
+
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+fn mqtt_wss(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    ctx: Arc<DriverContext>,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    async move {
+        let deadline = tokio::time::Instant::now() + ctx.limits.tls_handshake_timeout;
+        let Some((tls, principal)) = Box::pin(handshake(tcp, peer, config, &ctx)).await else {
+            return;
+        };
+        let max = usize::try_from(ctx.broker.config().max_packet_size).unwrap_or(usize::MAX);
+        match tokio::time::timeout_at(deadline, Box::pin(ws::accept(tls, max))).await {
+            Ok(Ok(ws)) => driver::run(ws, peer, principal, ctx, admission).await,
+            Ok(Err(e)) => {
+                ctx.stats.fail(HandshakeFailure::WebSocket);
+                ctx.events
+                    .handshake_failed(peer, &format!("websocket upgrade refused: {e}"));
+                tracing::debug!(%peer, error = %e, "websocket upgrade refused");
+            }
+            Err(_) => {
+                ctx.stats.fail(HandshakeFailure::Timeout);
+                ctx.events.deadline_missed(peer, "WebSocket upgrade");
+            }
         }
     }
 }
