@@ -56,6 +56,9 @@ pub struct Thresholds {
     pub certificate_failures_per_min: f32,
     /// Handshake and CONNECT timeouts per minute from one address.
     pub timeouts_per_min: f32,
+    /// Connections from one address open at the same time that have neither finished
+    /// their TLS handshake and CONNECT nor failed (slow-loris, seen before any deadline).
+    pub pending_connections_per_address: f32,
     /// Protocol errors per minute of one device.
     pub protocol_errors_per_min: f32,
     /// Protocol errors per minute from one address without an identity.
@@ -119,6 +122,7 @@ impl Default for Thresholds {
             credential_failures_per_min: 10.0,
             certificate_failures_per_min: 10.0,
             timeouts_per_min: 5.0,
+            pending_connections_per_address: 8.0,
             protocol_errors_per_min: 3.0,
             address_protocol_errors_per_min: 10.0,
             denied_topics_per_min: 5.0,
@@ -166,6 +170,8 @@ pub struct Learning {
     /// automatically on a *learned* threshold (rate, volume, behaviour): such alerts carry
     /// `Response::Alert` until the device's history covers a daily cycle. Absolute rules
     /// (the cold-start rates, brute force, deception, clones by take-over…) are not affected.
+    /// It is also how long a device must have used a single address before a take-over or
+    /// a new topic from an address it never used suggests a clone.
     pub mature_secs: u64,
     /// Robust z of the upper bound of a learned peak.
     pub upper_z: f32,
@@ -457,6 +463,10 @@ impl DetectConfig {
                 t.certificate_failures_per_min,
             ),
             ("thresholds.timeouts_per_min", t.timeouts_per_min),
+            (
+                "thresholds.pending_connections_per_address",
+                t.pending_connections_per_address,
+            ),
             (
                 "thresholds.protocol_errors_per_min",
                 t.protocol_errors_per_min,

@@ -87,6 +87,21 @@ impl Ctx<'_> {
     }
 }
 
+/// Notes a CONNECT attempt of the identity (`rotated`: refused for a client id it never
+/// used). Returns the gap to the previous attempt when the two are within
+/// [`ROTATION_BURST_MS`] and one of them was rotated: a reconnect storm rotating client ids,
+/// seen at its second CONNECT.
+pub(crate) fn rotation_burst(d: &mut DeviceState, now: u64, rotated: bool) -> Option<u64> {
+    let recent = |t: u64| t > 0 && now.saturating_sub(t) <= ROTATION_BURST_MS;
+    let gap = now.saturating_sub(d.last_attempt_ms);
+    let burst = recent(d.last_attempt_ms) && (rotated || recent(d.last_rotated_ms));
+    d.last_attempt_ms = now;
+    if rotated {
+        d.last_rotated_ms = now;
+    }
+    burst.then_some(gap)
+}
+
 /// Accepted CONNECT: reconnects, client-id rotation, address set, concurrent sessions.
 pub(crate) fn on_connect(
     cx: &Ctx<'_>,
@@ -95,6 +110,18 @@ pub(crate) fn on_connect(
     found: &mut Vec<Finding>,
 ) {
     let t = &cx.cfg.thresholds;
+    if let Some(gap) = rotation_burst(d, cx.now, false) {
+        found.push(cx.finding(
+            Detector::ReconnectStorm,
+            Severity::Medium,
+            "client_id_rotation_burst",
+            2.0,
+            2.0,
+            vec![format!(
+                "accepted CONNECT {gap} ms after a CONNECT of this identity refused for a client id it never used"
+            )],
+        ));
+    }
     d.acc.connects += 1;
     d.counters.connects += 1.0;
     if let Some(c) = cx.src.client
@@ -322,7 +349,36 @@ pub(crate) fn on_disconnect(
                 ),
             ],
         ));
+    } else if fixed_until(d, taker.since_ms, cx.cfg.learning.mature_secs) {
+        // A device that has used one address for a day (a sensor at its site; a phone shows
+        // its home and cellular networks within a day), whose open session is taken over
+        // from an address it never used: a second endpoint of its identity, whatever the
+        // displaced session's rhythm (a sparse device's silence says nothing). Alert
+        // (medium); taken back, it is high.
+        found.push(cx.finding(
+            Detector::ClonedIdentity,
+            Severity::Medium,
+            "session_taken_over_from_a_new_address",
+            1.0,
+            1.0,
+            vec![
+                format!(
+                    "open session {} from {} taken over by connection {} from {}, an address this identity never used before ({} ms after it connected)",
+                    cx.src.connection, cx.src.address, taker.connection, taker.address, lasted
+                ),
+                "until then the identity had used a single address".to_owned(),
+            ],
+        ));
     }
+}
+
+/// Whether the device had used a single address, over at least `secs` since it was first
+/// seen, until the connection that started at `since_ms` brought a new one: that connect is
+/// the latest to add an address, and the device knows two.
+fn fixed_until(d: &DeviceState, since_ms: u64, secs: u64) -> bool {
+    d.last_new_address_ms == since_ms
+        && d.addresses.len() == 2
+        && since_ms.saturating_sub(d.first_seen_ms) >= 1000 * secs
 }
 
 /// Protocol error of an authenticated device (held for group consensus).
@@ -440,12 +496,14 @@ pub(crate) fn on_subscribed(
     note_edge(d, g, fingerprint(filter.as_str()), cx.onboarded);
 }
 
-/// First publish to a topic on this connection: novel topics and actuator edges (held).
+/// First publish to a topic on this connection: a novel topic from a new address (a
+/// diverging clone), novel topics and actuator edges (held).
 pub(crate) fn on_first_publish(
     cx: &Ctx<'_>,
     d: &mut DeviceState,
     g: &mut GroupState,
     topic: &TopicName,
+    found: &mut Vec<Finding>,
     held: &mut Vec<(Consensus, Finding)>,
 ) {
     let t = &cx.cfg.thresholds;
@@ -455,6 +513,45 @@ pub(crate) fn on_first_publish(
         fingerprint(topic.as_str()) ^ Side::Publish as u32,
         cx.onboarded,
     );
+    let actuator = || {
+        cx.cfg
+            .topics
+            .actuator_topics
+            .iter()
+            .any(|f| f.matches(topic))
+    };
+    if novel
+        && cx.now.saturating_sub(d.last_new_address_ms) <= NEW_ADDRESS_CLONE_MS
+        && d.live.iter().flatten().any(|l| {
+            l.connection == cx.src.connection
+                && l.address == cx.src.address
+                && fixed_until(d, l.since_ms, cx.cfg.learning.onboarding_secs)
+        })
+        && !actuator()
+    {
+        // Diverging clone: a device that had used one address since its onboarding publishes
+        // to a topic it never used, on a session from an address it never used. Either alone
+        // is benign (a site's new address, a firmware update's new topic); both at once are
+        // a second endpoint behaving differently. Alert (medium). Actuator commands are
+        // left to `command_injection` (its group prior knows apps that command actuators,
+        // and an app on a phone meets both a new network and a new actuator).
+        found.push(cx.finding(
+            Detector::ClonedIdentity,
+            Severity::Medium,
+            "novel_topic_from_a_new_address",
+            1.0,
+            1.0,
+            vec![
+                format!(
+                    "first publish to {topic} on connection {} from {}, an address this identity never used before ({} ms after it connected)",
+                    cx.src.connection,
+                    cx.src.address,
+                    cx.now.saturating_sub(d.last_new_address_ms)
+                ),
+                "until then the identity had used a single address".to_owned(),
+            ],
+        ));
+    }
     if novel && cx.onboarded && d.counters.novel_topics >= t.novel_topics_per_min {
         held.push((
             Consensus::Novel,
@@ -471,13 +568,7 @@ pub(crate) fn on_first_publish(
             ),
         ));
     }
-    if cx
-        .cfg
-        .topics
-        .actuator_topics
-        .iter()
-        .any(|f| f.matches(topic))
-    {
+    if actuator() {
         let fp = fingerprint(topic.as_str());
         if !d.actuator_edges.contains(fp) {
             // Other members command actuators: a group prior of the actuator edge (apps

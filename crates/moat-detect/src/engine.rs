@@ -376,7 +376,7 @@ impl Engine {
             if device_event {
                 self.observe_device(ev, device, now, &mut found, &mut held);
             } else if let EventKind::ConnectRefused { reason } = ev.kind {
-                self.observe_refused_identity(src, device, reason, &mut found);
+                self.observe_refused_identity(src, device, reason, now, &mut found);
             }
         }
 
@@ -425,7 +425,8 @@ impl Engine {
                 | EventKind::ConnectTimeout
                 | EventKind::ConnectRefused { .. }
                 | EventKind::ConnectAccepted
-        ) || (matches!(ev.kind, EventKind::ProtocolError) && src.device.is_none());
+        ) || (matches!(ev.kind, EventKind::ProtocolError)
+            && (src.device.is_none() || src.connection == 0));
         if !relevant {
             return;
         }
@@ -455,8 +456,38 @@ impl Engine {
                     extend_only: false,
                 }
             };
+        if !matches!(ev.kind, EventKind::ConnectAttempt) {
+            // Every other relevant event ends a connection's pre-MQTT phase.
+            a.pending = (a.pending - 1.0).max(0.0);
+        }
         match ev.kind {
-            EventKind::ConnectAttempt => a.attempts += 1.0,
+            EventKind::ConnectAttempt => {
+                a.attempts += 1.0;
+                a.pending += 1.0;
+                // Slow-loris seen at once: many connections from one address opened and
+                // none of them finished (a benign handshake takes milliseconds), instead of
+                // at their deadlines ten seconds later. Low (alert only): a reverse proxy or
+                // a large NAT reconnecting its devices at once after a restart looks the
+                // same for a moment, before the engine knows the devices behind it; the
+                // timeouts confirm a slow-loris and escalate to a mitigation.
+                let thr = t.pending_connections_per_address * mult;
+                if a.pending >= thr {
+                    found.push(address_finding(
+                        Detector::SlowLoris,
+                        Severity::Low,
+                        "pending_connections",
+                        a.pending,
+                        thr,
+                        format!(
+                            "{:.1} connections from {} opened and not past their TLS handshake and CONNECT ({:.1} connection attempts in the last minute){}",
+                            a.pending,
+                            src.address,
+                            a.attempts,
+                            if surge { "; fleet surge: threshold raised" } else { "" }
+                        ),
+                    ));
+                }
+            }
             EventKind::TlsHandshakeFailed { reason } => {
                 a.tls_failures += reason.weight();
                 let thr = t.certificate_failures_per_min * mult;
@@ -536,7 +567,9 @@ impl Engine {
                 }
                 a.last_accept_ms = now;
             }
-            EventKind::ProtocolError => {
+            // Before CONNECT (connection 0) it also ends a pending connection (above); an
+            // identity proven by TLS is judged as the device (`on_protocol_error`).
+            EventKind::ProtocolError if src.device.is_none() => {
                 a.protocol_errors += 1.0;
                 let thr = t.address_protocol_errors_per_min;
                 if a.protocol_errors >= thr {
@@ -562,6 +595,7 @@ impl Engine {
         src: &Source<'_>,
         device: &DeviceId,
         reason: RefusedReason,
+        now: u64,
         found: &mut Vec<Finding>,
     ) {
         // Only identities already known: refused random names must not churn the table.
@@ -574,6 +608,39 @@ impl Engine {
         let thr = self.cfg.thresholds.credential_failures_per_min;
         let d = &mut self.devices.slot_mut(i).value;
         d.counters.refused += 1.0;
+        // Client-id rotation: refused for a client id this identity never used.
+        let rotated = matches!(
+            reason,
+            RefusedReason::NotAuthorized | RefusedReason::ClientIdRejected
+        ) && src.client.is_some_and(|c| {
+            c.as_str() != device.as_str() && !d.clients.contains(fingerprint(c.as_str()))
+        });
+        if let Some(gap) = device::rotation_burst(d, now, rotated) {
+            found.push(Finding {
+                detector: Detector::ReconnectStorm,
+                severity: Severity::Medium,
+                device: Some(device.clone()),
+                address: Some(src.address),
+                group: group_name(&self.groups, d.group),
+                explanation: Explanation {
+                    feature: "client_id_rotation_burst",
+                    observed: 2.0,
+                    threshold: 2.0,
+                    baseline: None,
+                    evidence: vec![format!(
+                        "CONNECT as {device} from {} refused ({reason:?}) {gap} ms after another CONNECT of this identity; {}",
+                        src.address,
+                        match src.client {
+                            Some(c) if rotated => format!("client id {c:?} never used by it"),
+                            _ => "the other was refused for a client id it never used".to_owned(),
+                        }
+                    )],
+                },
+                by_address: false,
+                learned: false,
+                extend_only: false,
+            });
+        }
         if d.counters.refused >= thr {
             found.push(Finding {
                 detector: Detector::CredentialBruteForce,
@@ -705,7 +772,7 @@ impl Engine {
                 side: Side::Publish,
             } => {
                 touched = Some((topic.as_str(), true, false));
-                device::on_first_publish(&cx, d, g, topic, held);
+                device::on_first_publish(&cx, d, g, topic, found, held);
             }
             EventKind::HoneyTouch { topic } if !cx.exempt_honey => {
                 found.push(cx.finding(

@@ -100,6 +100,12 @@ pub(crate) const SURGE_MIN_CONNECTS: f32 = 20.0;
 /// reconnects within seconds; a phone moving back and forth between two networks rarely
 /// does so within a minute with its old sessions still open).
 pub const TAKEOVER_PING_PONG_MS: u64 = 60_000;
+/// A CONNECT of an identity refused for a client id the identity never used, within this
+/// long of another CONNECT of that identity (accepted or refused), is a reconnect storm
+/// rotating client ids: a device's client id is bound to its certificate, and a client
+/// library that lost its session retries with its own id after a backoff of a second or
+/// more.
+pub const ROTATION_BURST_MS: u64 = 2_000;
 /// Longest rhythm (usual gap between busy seconds) a taken-over session is judged by.
 pub(crate) const MAX_RHYTHM_MS: u64 = 600_000;
 /// Envelope features: peak messages/s, peak bytes/s, bytes of the last hour.
@@ -192,6 +198,10 @@ pub(crate) struct DeviceState {
     pub(crate) last_connect_ms: u64,
     pub(crate) last_disconnect_ms: u64,
     pub(crate) last_new_address_ms: u64,
+    /// Last CONNECT of this identity, accepted or refused.
+    pub(crate) last_attempt_ms: u64,
+    /// Last CONNECT of this identity refused for a client id it never used.
+    pub(crate) last_rotated_ms: u64,
     pub(crate) window: u64,
     pub(crate) acc: WindowAcc,
     pub(crate) base: [Baseline; NF],
@@ -255,6 +265,8 @@ impl DeviceState {
             last_connect_ms: 0,
             last_disconnect_ms: 0,
             last_new_address_ms: 0,
+            last_attempt_ms: 0,
+            last_rotated_ms: 0,
             window: now / WINDOW_MS,
             acc: WindowAcc::default(),
             base: [Baseline::default(); NF],
@@ -381,6 +393,10 @@ pub(crate) struct AddressState {
     pub(crate) refused: f32,
     pub(crate) timeouts: f32,
     pub(crate) protocol_errors: f32,
+    /// Connections accepted (`ConnectAttempt`) and not yet finished (accepted, refused,
+    /// failed, timed out); decayed like the counters, so that a connection whose end the
+    /// hub did not report is forgotten.
+    pub(crate) pending: f32,
     pub(crate) devices: FpRing<DEVICES_PER_ADDRESS>,
     pub(crate) last_accept_ms: u64,
 }
@@ -394,6 +410,7 @@ impl AddressState {
             self.refused *= f;
             self.timeouts *= f;
             self.protocol_errors *= f;
+            self.pending *= f;
             self.window = window;
         }
     }

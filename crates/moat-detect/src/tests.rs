@@ -1393,3 +1393,251 @@ fn apps_of_a_commanding_group_pair_with_new_actuators_after_onboarding() {
     sim.run(&fleet, 10);
     assert_quiet(&sim, "pairing in a commanding group");
 }
+
+#[test]
+fn slow_loris_seen_from_pending_connections_before_any_deadline() {
+    let mut sim = Sim::new(DetectConfig::default());
+    // A busy NAT: 200 connections from one address in 20 s, each finishing its handshake
+    // (accepted, refused or failed) within milliseconds, some through the same second.
+    let nat = ip(70);
+    let d = dev("nat-dev");
+    for i in 0..200u64 {
+        sim.now += 100;
+        sim.anon(nat, None, EventKind::ConnectAttempt);
+        sim.now += 5;
+        let kind = match i % 3 {
+            0 => EventKind::ConnectAccepted,
+            1 => EventKind::TlsHandshakeFailed {
+                reason: TlsFailure::Expired,
+            },
+            _ => EventKind::ConnectRefused {
+                reason: RefusedReason::ServerUnavailable,
+            },
+        };
+        sim.anon(nat, Some(&d), kind);
+        if i % 10 == 0 {
+            sim.tick();
+        }
+    }
+    assert!(
+        sim.alerts_of(Detector::SlowLoris).is_empty(),
+        "{:#?}",
+        sim.out
+    );
+    sim.drain();
+    // Ten quiet minutes: the connect surge above (which raises connection thresholds) is
+    // over.
+    for _ in 0..600 {
+        sim.now += 1000;
+        sim.tick();
+    }
+    // A slow-loris: 10 connections a second that never finish. Alerted at the 8th, long
+    // before the first deadline (10 s).
+    let start = sim.now;
+    for _ in 0..12 {
+        sim.now += 100;
+        sim.anon(ip(71), None, EventKind::ConnectAttempt);
+    }
+    let a = sim.alerts_of(Detector::SlowLoris);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].time_ms - start, 800);
+    assert_eq!(a[0].explanation.feature, "pending_connections");
+    assert_eq!(a[0].address, Some(ip(71)));
+    assert_eq!(a[0].device, None);
+    // An early warning (alert only); the deadlines confirm it.
+    assert_eq!(a[0].severity, Severity::Low);
+    assert_eq!(a[0].response, Response::Alert);
+    sim.drain();
+    // Their deadlines end them; the pending count comes down and does not go negative.
+    for _ in 0..20 {
+        sim.anon(ip(71), None, EventKind::HandshakeTimeout);
+    }
+    sim.now += 100;
+    sim.anon(ip(71), None, EventKind::ConnectAttempt);
+    assert!(
+        sim.alerts()
+            .iter()
+            .all(|a| a.explanation.feature != "pending_connections"),
+        "{:#?}",
+        sim.out
+    );
+}
+
+#[test]
+fn reconnect_storm_rotating_client_ids_is_seen_at_its_second_connect() {
+    let mut sim = Sim::new(DetectConfig::default());
+    let mut fleet = connected_fleet(&mut sim, 3, "plugs", 1, 50);
+    sim.run(&fleet, 120);
+    // Benign: a device reconnects twice within a second with its own client id, and a
+    // second client id of its own (an agent beside the application) is accepted.
+    for _ in 0..2 {
+        sim.now += 400;
+        sim.connect(&mut fleet[0]);
+    }
+    let mut agent = fleet[0].clone();
+    agent.client = ClientId::parse("plugs-0/agent").expect("client");
+    sim.now += 300;
+    sim.connect(&mut agent);
+    sim.now += 300;
+    sim.connect(&mut fleet[0]);
+    // A refused CONNECT of another device, alone (a misconfigured client id).
+    let mut lone = fleet[1].clone();
+    lone.client = ClientId::parse("wrong-id").expect("client");
+    sim.send(
+        &lone,
+        EventKind::ConnectRefused {
+            reason: RefusedReason::NotAuthorized,
+        },
+    );
+    sim.run(&fleet, 5);
+    assert_quiet(&sim, "reconnects with own client ids, a lone refusal");
+    // The storm: connect as the device, then 500 ms later a rotated client id (refused, as
+    // the hub binds client ids to certificates).
+    let mut d = fleet[2].clone();
+    let start = sim.now;
+    sim.connect(&mut d);
+    sim.now += 500;
+    d.client = ClientId::parse("plugs-2-31337").expect("client");
+    let dd = d.clone();
+    sim.send(
+        &dd,
+        EventKind::ConnectRefused {
+            reason: RefusedReason::NotAuthorized,
+        },
+    );
+    let a = sim.alerts_of(Detector::ReconnectStorm);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].time_ms - start, 500);
+    assert_eq!(a[0].explanation.feature, "client_id_rotation_burst");
+    assert_eq!(a[0].device.as_ref(), Some(&fleet[2].id));
+    assert_eq!(a[0].severity, Severity::Medium);
+    sim.drain();
+}
+
+/// A sensor with a sparse rhythm (a message every 2 min) known for `mature_secs` from one
+/// address.
+fn mature_sparse_sensor(sim: &mut Sim, mature_secs: u64) -> Dev {
+    let mut fleet = connected_fleet(sim, 1, "doors", 1, 60);
+    let door = fleet.remove(0);
+    for s in 0..mature_secs + 60 {
+        sim.now += 1000;
+        if s % 120 == 0 {
+            sim.traffic(&door, 1, 60);
+        }
+        sim.tick();
+    }
+    assert_quiet(sim, "door");
+    door
+}
+
+#[test]
+fn clone_of_a_single_address_device_is_seen_at_the_takeover_whatever_its_rhythm() {
+    let mut cfg = DetectConfig::default();
+    cfg.learning.mature_secs = 1800;
+    // Before the device's address history covers `mature_secs`: a new address is not
+    // suspicious yet (a phone has not shown its networks).
+    let mut sim = Sim::new(cfg.clone());
+    let young = mature_sparse_sensor(&mut sim, 600);
+    sim.now += 300_000;
+    let mut other = young.clone();
+    other.addr = ip(4343);
+    sim.connect(&mut other);
+    sim.send(
+        &young,
+        EventKind::Disconnected {
+            cause: DisconnectCause::TakenOver,
+            connected_ms: 700_000,
+        },
+    );
+    assert_quiet(&sim, "young device from a second address");
+
+    let mut sim = Sim::new(cfg);
+    let door = mature_sparse_sensor(&mut sim, 1800);
+    // About 6 min after its last message, beyond twice its usual gap (2 min): the rhythm
+    // rule is silent, only the new-address rule can tell.
+    sim.now += 300_000;
+    let mut clone = door.clone();
+    clone.addr = ip(666);
+    let start = sim.now;
+    sim.connect(&mut clone);
+    sim.send(
+        &door,
+        EventKind::Disconnected {
+            cause: DisconnectCause::TakenOver,
+            connected_ms: 2_000_000,
+        },
+    );
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].time_ms, start);
+    assert_eq!(
+        a[0].explanation.feature,
+        "session_taken_over_from_a_new_address"
+    );
+    assert_eq!(a[0].severity, Severity::Medium);
+    assert_eq!(a[0].response, Response::Alert);
+    sim.drain();
+}
+
+#[test]
+fn diverging_clone_is_seen_at_its_first_new_topic_from_a_new_address() {
+    let mut cfg = DetectConfig::default();
+    cfg.learning.mature_secs = 1800;
+    let mut sim = Sim::new(cfg);
+    let door = mature_sparse_sensor(&mut sim, 1800);
+    // Benign: a new topic from its own address (a firmware update), then from the same
+    // address after a reconnect.
+    let diag = TopicName::parse("devices/doors-0/diag").expect("topic");
+    sim.send(
+        &door,
+        EventKind::FirstTopic {
+            topic: &diag,
+            side: Side::Publish,
+        },
+    );
+    sim.now += 1000;
+    sim.send(
+        &door,
+        EventKind::Disconnected {
+            cause: DisconnectCause::ConnectionLost,
+            connected_ms: 1_900_000,
+        },
+    );
+    // The real device goes dark; a clone connects from a new address and publishes its
+    // usual topic (nothing yet), then one the device never used.
+    sim.now += 60_000;
+    let mut clone = door.clone();
+    clone.addr = ip(667);
+    sim.connect(&mut clone);
+    sim.now += 1000;
+    sim.traffic(&clone, 1, 60);
+    // An actuator command is `command_injection`'s to judge (held for its group check),
+    // not a clone's sign: a phone meets new networks and new actuators.
+    let cmd = TopicName::parse("devices/lock-1/cmd/set").expect("topic");
+    sim.send(
+        &clone,
+        EventKind::FirstTopic {
+            topic: &cmd,
+            side: Side::Publish,
+        },
+    );
+    assert_quiet(
+        &sim,
+        "new topic from the usual address; usual topic and a command from a new one",
+    );
+    let start = sim.now;
+    let x = TopicName::parse("devices/doors-0/x/3").expect("topic");
+    sim.send(
+        &clone,
+        EventKind::FirstTopic {
+            topic: &x,
+            side: Side::Publish,
+        },
+    );
+    let a = sim.alerts_of(Detector::ClonedIdentity);
+    assert_eq!(a.len(), 1, "{:#?}", sim.out);
+    assert_eq!(a[0].time_ms, start);
+    assert_eq!(a[0].explanation.feature, "novel_topic_from_a_new_address");
+    assert_eq!(a[0].response, Response::Alert);
+    sim.drain();
+}

@@ -60,6 +60,8 @@ pub(crate) struct Fact {
 /// What happened.
 #[derive(Debug, Clone)]
 pub(crate) enum FactKind {
+    /// A connection passed the shield and begins its handshake.
+    Opened,
     TlsFailed(TlsFailure),
     HandshakeTimeout,
     ConnectTimeout,
@@ -432,6 +434,7 @@ fn observe_fact(
         group,
     };
     let kind = match &fact.kind {
+        FactKind::Opened => EventKind::ConnectAttempt,
         FactKind::TlsFailed(reason) => EventKind::TlsHandshakeFailed { reason: *reason },
         FactKind::HandshakeTimeout => EventKind::HandshakeTimeout,
         FactKind::ConnectTimeout => EventKind::ConnectTimeout,

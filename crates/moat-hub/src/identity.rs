@@ -872,6 +872,28 @@ impl moat_net::SecurityEvents for NetEvents {
         }
     }
 
+    fn connection_opened(&self, peer: std::net::SocketAddr) {
+        self.detect(peer, 0, None, None, crate::defence::FactKind::Opened);
+    }
+
+    fn malformed_before_connect(
+        &self,
+        peer: std::net::SocketAddr,
+        principal: &Principal,
+        error: &str,
+    ) {
+        // Connection 0: no session yet. The engine counts it against the device the TLS
+        // handshake proved, or against the address without one (malformed stream).
+        self.detect(
+            peer,
+            0,
+            Some(principal),
+            None,
+            crate::defence::FactKind::ProtocolError,
+        );
+        self.peer_denied(peer, "security.malformed_before_connect", "error", error);
+    }
+
     fn deadline_missed(&self, peer: std::net::SocketAddr, phase: &str) {
         let kind = if phase == "CONNECT" {
             crate::defence::FactKind::ConnectTimeout

@@ -157,11 +157,18 @@ async fn accept_connect<T: Transport>(
             Ok(Some(Packet::Connect(c))) => break c,
             Ok(Some(_)) => {
                 ctx.stats.fail(HandshakeFailure::BadConnect);
+                ctx.events.malformed_before_connect(
+                    peer,
+                    &principal,
+                    "first packet is not CONNECT",
+                );
                 return None;
             }
             Ok(None) => {}
             Err(e) => {
                 ctx.stats.fail(HandshakeFailure::BadConnect);
+                ctx.events
+                    .malformed_before_connect(peer, &principal, &e.to_string());
                 if e == DecodeError::UnsupportedProtocolVersion {
                     // MQTT-3.1.2-2: CONNACK 0x01 (3.1.1 form), then close.
                     let connack = Packet::ConnAck(ConnAck {

@@ -47,6 +47,16 @@ pub trait SecurityEvents: Send + Sync + fmt::Debug {
         _lasted: Duration,
     ) {
     }
+    /// A connection from `peer` passed the shield and begins its handshake (TLS, then
+    /// CONNECT). Each such connection later ends its pre-MQTT phase in one of the facts
+    /// here (handshake failed, deadline missed, malformed before CONNECT, refused,
+    /// connected) or in a close by the peer, so that the connections an address holds open
+    /// without finishing (a slow-loris) are visible before any deadline.
+    fn connection_opened(&self, _peer: SocketAddr) {}
+    /// The first packet from `peer` (authenticated by TLS as `principal`) was malformed or
+    /// not a CONNECT (MQTT-3.1.0-1); the connection was closed. `error` is fit for an audit
+    /// record.
+    fn malformed_before_connect(&self, _peer: SocketAddr, _principal: &Principal, _error: &str) {}
     /// The shield banned an address or a device after repeated authentication failures
     /// (already in force until [`AutoBan::expires_at_ms`]); the last failure came from `peer`.
     fn auto_banned(&self, _peer: SocketAddr, _ban: &AutoBan) {}

@@ -157,6 +157,7 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        ctx.events.connection_opened(peer);
         let ctx = Arc::clone(&ctx);
         let admission = Admission::new(Arc::clone(&ctx.stats), guard);
         let span = tracing::debug_span!("conn", %peer);

@@ -22,7 +22,10 @@
 //!   hub classifies the text "TLS handshake timed out"); only a WebSocket upgrade or a
 //!   CONNECT that misses its deadline is a `HandshakeTimeout` / `ConnectTimeout`.
 //! * A malformed packet after CONNECT closes the connection: `ProtocolError`, then
-//!   `Disconnected { Server }`. Malformed bytes before CONNECT produce no fact at all.
+//!   `Disconnected { Server }`. (Malformed bytes before CONNECT are a `ProtocolError` with
+//!   connection 0 in the hub; no simulated client sends them.)
+//! * Every connection the shield admits is a `ConnectAttempt` (no identity yet) when it
+//!   opens, before its handshake; its end (accepted, refused, failed, timed out) follows.
 //! * Events carry no group unless [`GroupMode::Assigned`] (today's hub sends `group: None`).
 //! * Responses are decided, not executed: the engine's alerts do not throttle, ban or
 //!   disconnect anyone in replay (see the crate's README).
@@ -161,6 +164,11 @@ impl Feed {
         let t0 = Instant::now();
         self.engine.observe(&ev, &mut self.out);
         self.stamp(t0);
+    }
+
+    /// A TCP connection from `address` passed the shield (`SecurityEvents::connection_opened`).
+    fn attempt(&mut self, now: u64, address: IpAddr) {
+        self.observe(now, 0, address, None, None, EventKind::ConnectAttempt);
     }
 
     fn tick(&mut self, now: u64) {
@@ -386,6 +394,7 @@ impl Hub for ReplayHub {
         identity: &DeviceId,
         client: &str,
     ) -> Option<u64> {
+        self.feed.attempt(now, address);
         let client_id = ClientId::parse(client).ok();
         if identity.as_str() != client {
             // The client id is bound to the certificate.
@@ -439,6 +448,7 @@ impl Hub for ReplayHub {
     }
 
     fn connect_unauthenticated(&mut self, now: u64, address: IpAddr, client: &str) {
+        self.feed.attempt(now, address);
         let client_id = ClientId::parse(client).ok();
         self.feed.observe(
             now,
@@ -453,6 +463,7 @@ impl Hub for ReplayHub {
     }
 
     fn fail_handshake(&mut self, now: u64, address: IpAddr, reason: TlsFailure) {
+        self.feed.attempt(now, address);
         self.feed.observe(
             now,
             0,
@@ -464,6 +475,7 @@ impl Hub for ReplayHub {
     }
 
     fn stall(&mut self, now: u64, address: IpAddr, stage: Stall) {
+        self.feed.attempt(now, address);
         let deadline = match stage {
             Stall::Tls | Stall::WebSocketUpgrade => TLS_HANDSHAKE_TIMEOUT_MS,
             Stall::Connect => CONNECT_TIMEOUT_MS,
@@ -690,8 +702,9 @@ mod tests {
         let c2 = hub.connect(5, b, &d, "d1").expect("accepted");
         assert!(!hub.is_live(c1) && hub.is_live(c2));
         assert_eq!(hub.devices_at(a, 0), vec![d.clone()]);
-        // Refused, accepted, accepted, taken over.
-        assert_eq!(hub.events_fed(), 4);
+        // Three attempts (each admitted connection opens with one), refused, accepted,
+        // accepted, taken over.
+        assert_eq!(hub.events_fed(), 7);
     }
 
     #[test]
@@ -710,9 +723,10 @@ mod tests {
         hub.second(2_000);
         assert_eq!(hub.events_fed() - base, 3, "no empty summary");
         hub.stall(2_500, a, Stall::Tls);
+        assert_eq!(hub.events_fed() - base, 4, "the attempt, at once");
         hub.advance(12_499);
-        assert_eq!(hub.events_fed() - base, 3);
+        assert_eq!(hub.events_fed() - base, 4);
         hub.advance(12_500);
-        assert_eq!(hub.events_fed() - base, 4, "the deadline fact");
+        assert_eq!(hub.events_fed() - base, 5, "the deadline fact");
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use moat_detect::DetectConfig;
 use moat_sim::attack::{Intensity, Scenario};
-use moat_sim::eval::{GRACE_MS, RunFacts, evaluate, render, targets};
+use moat_sim::eval::{GRACE_MS, RunFacts, evaluate, old_loud_set_p95, render, targets};
 use moat_sim::hub::GroupMode;
 use moat_sim::replay::{ReplayOptions, replay};
 
@@ -204,6 +204,9 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     );
     for (name, ok, fig) in targets(&report) {
         println!("  [{}] {name}: {fig}", if ok { "met" } else { "MISSED" });
+    }
+    if let Some(fig) = old_loud_set_p95(&report) {
+        println!("  [info] earlier loud set (loud scenarios and clones at medium and high): {fig}");
     }
     let detected = report.incidents.iter().filter(|i| i.detected).count();
     println!(

@@ -283,3 +283,51 @@ fn every_rung_of_the_ladder_acts_on_live_sessions_and_is_released_by_itself() {
         );
     }
 }
+
+/// The edge reports what happens before CONNECT: a malformed first packet is a protocol
+/// error (malformed stream), and connections held open without finishing their handshake
+/// are a slow-loris seen while they are still open, long before their deadline.
+#[test]
+fn malformed_first_packets_and_unfinished_connections_reach_the_detectors() {
+    let hub = Hub::start(
+        HubOptions::new()
+            .plaintext_anonymous()
+            .config("[limits]\ntls-handshake-timeout-secs = 120\n"),
+    );
+    // Ten connections whose first packet is of the reserved type 0 (no identity: counted
+    // against the address, 10 a minute).
+    for _ in 0..10 {
+        let mut w = Wire::connect(hub.plain_addr());
+        w.send(&[0x00, 0x00]);
+        w.expect_closed();
+    }
+    eventually(EVENT_DEADLINE, "a malformed_stream alert", || {
+        hub.metric("moat_alerts_total{detector=\"malformed_stream\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    let trail = cli_ok(&hub, &["audit", "export"]);
+    assert!(
+        trail.contains("security.malformed_before_connect"),
+        "the malformed first packets are on the record"
+    );
+    assert_eq!(
+        hub.metric("moat_alerts_total{detector=\"slow_loris\"}"),
+        Some(0.0),
+        "connections that ended (malformed) are not pending"
+    );
+    // Ten TLS connections opened and left silent.
+    let held: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(hub.tls_addr()).expect("connect"))
+        .collect();
+    eventually(EVENT_DEADLINE, "a slow_loris alert", || {
+        hub.metric("moat_alerts_total{detector=\"slow_loris\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    // Seen while they are all still open: no handshake has reached its deadline.
+    assert_eq!(
+        hub.metric("moat_handshake_failures_total{reason=\"tls_timeout\"}")
+            .unwrap_or(0.0),
+        0.0
+    );
+    drop(held);
+}
