@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::brokers::{BrokerKind, BrokerSetup};
+use crate::brokers::{BrokerKind, BrokerSetup, RunningBroker};
 use crate::report::ScenarioReport;
-use crate::scenarios::{Better, Figure, Scenario, Settings};
+use crate::scenarios::{Better, Figure, Outcome, Scenario, Settings};
 
 /// Open files the harness asks for: 10,000 idle connections are 10,000 descriptors in the
 /// harness and as many in the broker, which inherits the limit.
@@ -303,6 +303,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     for scenario in scenarios {
         let title = scenario.title(&settings);
         let mut runs = Vec::new();
+        if scenario == Scenario::LatencyPaired {
+            eprintln!("{title}: every broker at once ...");
+            runs = latency_paired(&runtime, &setups, &settings, cli.scenario_timeout);
+            reports.push(ScenarioReport {
+                scenario,
+                title,
+                runs,
+            });
+            continue;
+        }
         for setup in &setups {
             eprintln!("{title}: {} ...", setup.kind);
             let outcome = setup.start().and_then(|broker| {
@@ -446,4 +456,33 @@ fn header_markdown(setups: &[BrokerSetup]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+/// Runs the paired latency scenario: every broker started at once, one result each.
+fn latency_paired(
+    runtime: &tokio::runtime::Runtime,
+    setups: &[BrokerSetup],
+    settings: &Settings,
+    timeout: Duration,
+) -> Vec<(BrokerKind, Result<Outcome, String>)> {
+    let mut started = Vec::new();
+    for setup in setups {
+        match setup.start() {
+            Ok(broker) => started.push(broker),
+            Err(e) => {
+                eprintln!("  {} failed: {e}", setup.kind);
+                return setups.iter().map(|s| (s.kind, Err(e.clone()))).collect();
+            }
+        }
+    }
+    let brokers: Vec<&RunningBroker> = started.iter().collect();
+    let outcomes = runtime
+        .block_on(async {
+            tokio::time::timeout(timeout, scenarios::latency_paired(&brokers, settings)).await
+        })
+        .unwrap_or_else(|_| {
+            let e = format!("gave up after {timeout:?} (raise --scenario-timeout?)");
+            brokers.iter().map(|_| Err(e.clone())).collect()
+        });
+    setups.iter().map(|s| s.kind).zip(outcomes).collect()
 }

@@ -33,6 +33,11 @@ pub enum Scenario {
     FanOut,
     /// Paced publisher, 1 subscriber: publish-to-delivery latency.
     Latency,
+    /// The latency scenario against every broker at once, their messages interleaved half a
+    /// period apart, so that all brokers are measured under the same machine conditions
+    /// (on a shared or virtual machine the host's noise between two sequential runs is
+    /// larger than the difference between brokers).
+    LatencyPaired,
     /// Mutual TLS, one certificate per device, each publishing into its own namespace and
     /// subscribed to it.
     SecureNamespaces,
@@ -53,11 +58,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const EACH: [Scenario; 8] = [
+    pub const EACH: [Scenario; 9] = [
         Self::FanInQos0,
         Self::FanInQos1,
         Self::FanOut,
         Self::Latency,
+        Self::LatencyPaired,
         Self::SecureNamespaces,
         Self::IdleTcp,
         Self::IdleTls,
@@ -82,6 +88,10 @@ impl Scenario {
             ),
             Self::Latency => format!(
                 "latency QoS 0 ({} msg/s paced, 1 sub)",
+                settings.latency_rate
+            ),
+            Self::LatencyPaired => format!(
+                "latency QoS 0, brokers at once ({} msg/s paced to each, interleaved, 1 sub each)",
                 settings.latency_rate
             ),
             Self::SecureNamespaces => format!(
@@ -222,6 +232,7 @@ pub async fn run(
             .map(Into::into),
         Scenario::FanOut => fan_out(broker, settings).await.map(Into::into),
         Scenario::Latency => latency(broker, settings).await.map(Into::into),
+        Scenario::LatencyPaired => Err("`latency-paired` runs every broker at once".to_owned()),
         Scenario::SecureNamespaces => secure_namespaces(broker, pki, settings).await,
         Scenario::IdleTcp => idle(broker, pki, settings, Transport::Tcp)
             .await
@@ -525,69 +536,55 @@ async fn fan_out(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
     measure_throughput(&mut tasks, &counters, broker.pid, settings).await
 }
 
-async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
+/// How many messages a latency run sends (warm-up included), and how many of them warm up.
+fn latency_counts(settings: &Settings) -> (u64, u64) {
     let rate = f64::from(settings.latency_rate.max(1));
     let warmup_messages = (settings.warmup.as_secs_f64() * rate) as u64;
     let total = warmup_messages + (settings.latency_duration.as_secs_f64() * rate).max(1.0) as u64;
-    let origin = Instant::now();
+    (total, warmup_messages)
+}
 
-    let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
-    subscriber
-        .subscribe("bench/latency", QoS::AtMostOnce)
-        .await?;
-    let deadline = tokio::time::Instant::now()
-        + settings.warmup
-        + settings.latency_duration
-        + Duration::from_secs(5);
-    let receiving = tokio::spawn(async move {
-        let mut samples = Vec::with_capacity(total as usize);
-        let mut received = 0u64;
-        let mut last = 0;
-        while last + 1 < total {
-            let batch = subscriber.read_batch(|packet| {
-                if let Packet::Publish(publish) = packet
-                    && let Some(stamp) = Stamp::read(&publish.payload)
-                {
-                    // One clock reading per message: the time this task handles it.
-                    let now = origin.elapsed();
-                    received += 1;
-                    last = stamp.sequence;
-                    if stamp.sequence >= warmup_messages {
-                        samples.push(now.saturating_sub(stamp.sent));
-                    }
+/// Receives stamped messages until the last of `total` (or `deadline`), and returns the
+/// publish-to-delivery time of each after the warm-up, and how many arrived.
+async fn receive_stamped<S: AsyncRead + AsyncWrite + Unpin>(
+    mut subscriber: Connection<S>,
+    origin: Instant,
+    (total, warmup_messages): (u64, u64),
+    deadline: tokio::time::Instant,
+) -> Result<(Vec<Duration>, u64), String> {
+    let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut received = 0u64;
+    let mut last = 0;
+    while last + 1 < total {
+        let batch = subscriber.read_batch(|packet| {
+            if let Packet::Publish(publish) = packet
+                && let Some(stamp) = Stamp::read(&publish.payload)
+            {
+                // One clock reading per message: the time this task handles it.
+                let now = origin.elapsed();
+                received += 1;
+                last = stamp.sequence;
+                if stamp.sequence >= warmup_messages {
+                    samples.push(now.saturating_sub(stamp.sent));
                 }
-            });
-            match tokio::time::timeout_at(deadline, batch).await {
-                Ok(result) => {
-                    result?;
-                }
-                Err(_) => break,
             }
+        });
+        match tokio::time::timeout_at(deadline, batch).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => break,
         }
-        Ok::<_, String>((samples, received))
-    });
-
-    let mut publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
-    let latency_topic = topic("bench/latency")?;
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    for sequence in 0..total {
-        ticks.tick().await;
-        let stamp = Stamp {
-            publisher: 0,
-            sequence,
-            sent: origin.elapsed(),
-        };
-        publisher.queue(&client::publish(
-            &latency_topic,
-            QoS::AtMostOnce,
-            None,
-            stamp.payload(settings.payload_size),
-        ));
-        publisher.flush().await?;
     }
-    let (mut samples, received) = receiving
-        .await
-        .map_err(|e| format!("latency subscriber: {e}"))??;
+    Ok((samples, received))
+}
+
+/// The latency figures of one broker's samples.
+fn latency_figures(
+    mut samples: Vec<Duration>,
+    received: u64,
+    total: u64,
+) -> Result<Vec<Figure>, String> {
     let summary = LatencySummary::of(&mut samples)
         .ok_or_else(|| "no latency sample was received".to_owned())?;
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
@@ -602,6 +599,110 @@ async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
             Better::Lower,
         ),
     ])
+}
+
+/// Publishes `total` stamped messages, paced, round robin over `publishers`: one message
+/// every `1 / (rate × publishers)` seconds, so that each publisher sends at `rate` and no
+/// two messages are in flight at the same moment.
+async fn publish_stamped<S: AsyncRead + AsyncWrite + Unpin>(
+    publishers: &mut [Connection<S>],
+    origin: Instant,
+    total: u64,
+    settings: &Settings,
+) -> Result<(), String> {
+    let rate = f64::from(settings.latency_rate.max(1));
+    let latency_topic = topic("bench/latency")?;
+    let spacing = 1.0 / (rate * publishers.len().max(1) as f64);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(spacing));
+    for sequence in 0..total {
+        for publisher in publishers.iter_mut() {
+            ticks.tick().await;
+            let stamp = Stamp {
+                publisher: 0,
+                sequence,
+                sent: origin.elapsed(),
+            };
+            publisher.queue(&client::publish(
+                &latency_topic,
+                QoS::AtMostOnce,
+                None,
+                stamp.payload(settings.payload_size),
+            ));
+            publisher.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
+    let counts = latency_counts(settings);
+    let origin = Instant::now();
+    let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
+    subscriber
+        .subscribe("bench/latency", QoS::AtMostOnce)
+        .await?;
+    let deadline = tokio::time::Instant::now()
+        + settings.warmup
+        + settings.latency_duration
+        + Duration::from_secs(5);
+    let receiving = tokio::spawn(receive_stamped(subscriber, origin, counts, deadline));
+    let mut publisher = [plaintext(broker.plaintext, "bench-latency-pub").await?];
+    publish_stamped(&mut publisher, origin, counts.0, settings).await?;
+    let (samples, received) = receiving
+        .await
+        .map_err(|e| format!("latency subscriber: {e}"))??;
+    latency_figures(samples, received, counts.0)
+}
+
+/// The latency scenario against all `brokers` at once: each broker has its own subscriber
+/// and publisher, and the publishers take turns, half a period apart (with two brokers),
+/// so that every broker meets the same machine conditions. One result per broker.
+pub async fn latency_paired(
+    brokers: &[&RunningBroker],
+    settings: &Settings,
+) -> Vec<Result<Outcome, String>> {
+    let counts = latency_counts(settings);
+    let origin = Instant::now();
+    let deadline = tokio::time::Instant::now()
+        + settings.warmup
+        + settings.latency_duration
+        + Duration::from_secs(5);
+    let mut receivers = Vec::new();
+    let mut publishers = Vec::new();
+    for broker in brokers {
+        let opened = async {
+            let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
+            subscriber
+                .subscribe("bench/latency", QoS::AtMostOnce)
+                .await?;
+            let publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
+            Ok::<_, String>((subscriber, publisher))
+        };
+        match opened.await {
+            Ok((subscriber, publisher)) => {
+                receivers.push(tokio::spawn(receive_stamped(
+                    subscriber, origin, counts, deadline,
+                )));
+                publishers.push(publisher);
+            }
+            Err(e) => return brokers.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+    if let Err(e) = publish_stamped(&mut publishers, origin, counts.0, settings).await {
+        return brokers.iter().map(|_| Err(e.clone())).collect();
+    }
+    let mut outcomes = Vec::new();
+    for receiver in receivers {
+        let outcome = match receiver.await {
+            Ok(Ok((samples, received))) => {
+                latency_figures(samples, received, counts.0).map(Into::into)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("latency subscriber: {e}")),
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// What the namespace probe saw.
