@@ -334,6 +334,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             .render_metrics(&mut body, d.actors.webhook.as_ref());
     }
     s.campaigns.report_stats.render(&mut body);
+    s.ota.render_metrics(&mut body);
     (
         [(
             header::CONTENT_TYPE,

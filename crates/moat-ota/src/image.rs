@@ -364,6 +364,23 @@ impl ImageRepository {
         &self.targets
     }
 
+    /// When each offline-signed role expires: `root`, `targets` and every delegated
+    /// `hw-{class}` (at most [`MAX_DELEGATED_ROLES`] of them). The hub re-signs snapshot and
+    /// timestamp itself; these only an operator with the offline keys can renew, and
+    /// devices refuse every update once one of them has expired.
+    pub fn offline_expiries(&self) -> Vec<(String, jiff::Timestamp)> {
+        let mut out = vec![
+            ("root".to_owned(), self.root.signed.expires),
+            ("targets".to_owned(), self.targets.signed.expires),
+        ];
+        out.extend(
+            self.roles
+                .iter()
+                .map(|(name, role)| (name.clone(), role.signed.expires)),
+        );
+        out
+    }
+
     /// The current delegated role `name`, if any.
     pub fn delegated_role(&self, name: &str) -> Option<&Signed<Targets>> {
         self.roles.get(name)

@@ -282,6 +282,24 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
         assert_eq!(got.trim(), expected, "GET {path} with an API token");
     }
 
+    // The offline roles' expiry times are visible to monitoring, and in the future.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for series in [
+        r#"{repository="image",role="root"}"#,
+        r#"{repository="image",role="targets"}"#,
+        r#"{repository="director",role="root"}"#,
+    ] {
+        let at = hub
+            .metric(&format!(
+                "moat_ota_offline_metadata_expiry_timestamp_seconds{series}"
+            ))
+            .unwrap_or_else(|| panic!("no expiry metric for {series}"));
+        assert!(at > now, "{series} expires at {at}, before now ({now})");
+    }
+
     // Every step is in the audit trail.
     let trail = cli_ok(&hub, &["audit", "export"]);
     for action in [
@@ -295,4 +313,73 @@ fn ceremony_publish_and_python_tuf_ngclient_verify_the_served_repository() {
             "no {action} in the audit trail"
         );
     }
+}
+
+/// Uploads being received are bounded (`MAX_UPLOADS_IN_PROGRESS` = 4): a fifth is refused
+/// with 429 while four bodies are still arriving, and a slot frees when an upload is
+/// abandoned (its partial file removed).
+#[test]
+fn uploads_in_progress_are_bounded_and_an_abandoned_one_frees_its_slot() {
+    let hub = Hub::start(HubOptions::new());
+    let dev = hub.add_device("ota-upload-dev");
+    let token = std::fs::read_to_string(hub.data_dir().join("secrets").join("cli.token"))
+        .expect("the CLI token");
+    let uploads = hub.data_dir().join("ota").join("uploads");
+    // Four uploads announce 1 MiB and send 1 KiB; once the hub has opened their partial
+    // files (so their slots are taken), a fifth is tried, then one of the four is cut and a
+    // small complete upload is tried again once the hub removed that one's partial file.
+    const SCRIPT: &str = r#"
+import http.client, json, os, ssl, sys, time
+host, port, cafile, token, uploads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=cafile)
+def parts():
+    return len([f for f in os.listdir(uploads) if f.endswith('.part')])
+def wait_parts(n):
+    end = time.monotonic() + 20
+    while parts() != n:
+        if time.monotonic() > end:
+            sys.exit('partial uploads: %d, expected %d' % (parts(), n))
+        time.sleep(0.05)
+def start():
+    c = http.client.HTTPSConnection(host, port, context=ctx, timeout=20)
+    c.putrequest('POST', '/api/v1/ota/uploads')
+    c.putheader('Authorization', 'Bearer ' + token)
+    c.putheader('Content-Length', str(1 << 20))
+    c.endheaders()
+    c.send(b'x' * 1024)
+    return c
+def complete(body):
+    c = http.client.HTTPSConnection(host, port, context=ctx, timeout=20)
+    c.request('POST', '/api/v1/ota/uploads', body=body, headers={'Authorization': 'Bearer ' + token})
+    r = c.getresponse()
+    out = (r.status, json.loads(r.read() or b'{}'))
+    c.close()
+    return out
+held = [start() for _ in range(4)]
+wait_parts(4)
+status, body = complete(b'y' * 100)
+print('fifth', status, body.get('error', {}).get('code', ''))
+held.pop().close()
+wait_parts(3)
+status, body = complete(b'z' * 100)
+print('retry', status, body.get('length', ''))
+for c in held:
+    c.close()
+"#;
+    let out = tool_ok(
+        "python3",
+        &[
+            "-B",
+            "-c",
+            SCRIPT,
+            "localhost",
+            &hub.addrs.api.port().to_string(),
+            path_str(&dev.ca),
+            token.trim(),
+            path_str(&uploads),
+        ],
+        Path::new("."),
+    );
+    assert!(out.contains("fifth 429 too_many_uploads"), "{out}");
+    assert!(out.contains("retry 201 100"), "{out}");
 }

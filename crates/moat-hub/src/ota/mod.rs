@@ -61,6 +61,12 @@ pub const MAX_IMAGE_UPLOAD_BYTES: u64 = moat_ota::verify::MAX_IMAGE_BYTES;
 pub const MAX_PENDING_UPLOADS: usize = 16;
 /// An upload not committed within this time is removed: 1 hour.
 pub const UPLOAD_TTL: Duration = Duration::from_secs(3600);
+/// Most uploads being received at once (each may write up to [`MAX_IMAGE_UPLOAD_BYTES`] to
+/// disk); one more is refused with `429` rather than queued.
+pub const MAX_UPLOADS_IN_PROGRESS: usize = 4;
+/// Longest an upload's body may pause between two chunks before it is abandoned (its
+/// partial file removed and its slot freed): 60 s.
+pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong in an OTA operation; mapped to HTTP statuses in `rest.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +108,8 @@ pub(crate) struct OtaService {
     dir: PathBuf,
     keys: OnlineKeys,
     state: Mutex<State>,
+    /// Slots for uploads being received ([`MAX_UPLOADS_IN_PROGRESS`]).
+    uploading: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for OtaService {
@@ -234,6 +242,7 @@ impl OtaService {
                 devices,
                 uploads: HashMap::new(),
             }),
+            uploading: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS_IN_PROGRESS)),
         }))
     }
 
@@ -367,6 +376,12 @@ impl OtaService {
     /// [`OtaService::finish_upload`]).
     pub(crate) fn upload_path(&self, id: &str) -> PathBuf {
         self.dir.join("uploads").join(id)
+    }
+
+    /// A slot for one upload being received, or `None` when [`MAX_UPLOADS_IN_PROGRESS`]
+    /// are already under way.
+    pub(crate) fn upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.uploading).try_acquire_owned().ok()
     }
 
     /// Registers a fully received upload; drops expired and excess ones.
@@ -578,14 +593,85 @@ impl OtaService {
     }
 }
 
+/// How long before an offline-signed role (root, targets, `hw-*`, the director's root)
+/// expires the hub starts warning, once a day: 30 days.
+pub const OFFLINE_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+impl OtaService {
+    /// When each offline-signed role expires, as `(repository, role, Unix seconds)`:
+    /// `image` root, targets and `hw-*` roles, and the `director` root. Empty before the
+    /// ceremony.
+    pub(crate) fn offline_expiries(&self) -> Vec<(&'static str, String, i64)> {
+        let s = self.lock();
+        let mut out = Vec::new();
+        if let Some(image) = &s.image {
+            out.extend(
+                image
+                    .offline_expiries()
+                    .into_iter()
+                    .map(|(role, at)| ("image", role, at.as_second())),
+            );
+        }
+        if let Some(director) = &s.director {
+            out.push((
+                "director",
+                "root".to_owned(),
+                director.root().signed.expires.as_second(),
+            ));
+        }
+        out
+    }
+
+    /// Appends the offline roles' expiry times to a Prometheus exposition (one series per
+    /// role; the roles are the operator's hardware classes, at most 256).
+    pub(crate) fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP moat_ota_offline_metadata_expiry_timestamp_seconds When offline-signed update metadata expires (Unix time); re-sign with the offline keys before.\n# TYPE moat_ota_offline_metadata_expiry_timestamp_seconds gauge"
+        );
+        for (repository, role, at) in self.offline_expiries() {
+            let _ = writeln!(
+                out,
+                "moat_ota_offline_metadata_expiry_timestamp_seconds{{repository=\"{repository}\",role=\"{role}\"}} {at}"
+            );
+        }
+    }
+}
+
+/// The offline roles expiring within [`OFFLINE_EXPIRY_WARNING`] of `now` (Unix seconds)
+/// that were not warned about in the last day; records the warning times in `warned`.
+fn expiring_soon(
+    expiries: Vec<(&'static str, String, i64)>,
+    now: i64,
+    warned: &mut HashMap<(&'static str, String), i64>,
+) -> Vec<(&'static str, String, i64)> {
+    let window = i64::try_from(OFFLINE_EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
+    let mut due = Vec::new();
+    for (repository, role, at) in expiries {
+        if at - now > window {
+            continue;
+        }
+        let key = (repository, role.clone());
+        if warned.get(&key).is_some_and(|last| now - last < 86_400) {
+            continue;
+        }
+        warned.insert(key, now);
+        due.push((repository, role, at));
+    }
+    due
+}
+
 /// Re-signs metadata every [`REFRESH_INTERVAL`] until `stop` turns true; audits each run
-/// that re-signed something.
+/// that re-signed something, and warns (once a day per role) when an offline-signed role
+/// is within [`OFFLINE_EXPIRY_WARNING`] of expiring.
 pub(crate) async fn run_refresh(
     ota: Arc<OtaService>,
     identity: Arc<crate::identity::Identity>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    let mut warned = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -593,6 +679,27 @@ pub(crate) async fn run_refresh(
         }
         if *stop.borrow() {
             return;
+        }
+        let now = i64::try_from(crate::identity::now_ms() / 1000).unwrap_or(i64::MAX);
+        for (repository, role, at) in expiring_soon(ota.offline_expiries(), now, &mut warned) {
+            if at <= now {
+                tracing::error!(
+                    repository,
+                    role,
+                    expires_unix = at,
+                    "offline-signed update metadata has expired: devices refuse every update \
+                     until it is re-signed with the offline keys"
+                );
+            } else {
+                tracing::warn!(
+                    repository,
+                    role,
+                    expires_unix = at,
+                    days_left = (at - now) / 86_400,
+                    "offline-signed update metadata expires soon: re-sign it with the offline \
+                     keys (moat ota root rotate, moat ota publish)"
+                );
+            }
         }
         let svc = ota.clone();
         match tokio::task::spawn_blocking(move || svc.refresh(false)).await {
@@ -613,5 +720,41 @@ pub(crate) async fn run_refresh(
             Ok(Err(e)) => tracing::error!(error = %e, "re-signing update metadata failed"),
             Err(e) => tracing::error!(error = %e, "re-signing task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn roles(now: i64) -> Vec<(&'static str, String, i64)> {
+        vec![
+            ("image", "root".to_owned(), now + 365 * DAY),
+            ("image", "targets".to_owned(), now + 10 * DAY),
+            ("image", "hw-rpi4".to_owned(), now - DAY),
+            ("director", "root".to_owned(), now + 31 * DAY),
+        ]
+    }
+
+    #[test]
+    fn warns_of_roles_within_the_window_once_a_day() {
+        let now = 1_800_000_000;
+        let mut warned = HashMap::new();
+        let due: Vec<String> = expiring_soon(roles(now), now, &mut warned)
+            .into_iter()
+            .map(|(repository, role, _)| format!("{repository}/{role}"))
+            .collect();
+        // Within 30 days or already expired; not a year away, not 31 days away.
+        assert_eq!(due, ["image/targets", "image/hw-rpi4"]);
+        // Ten minutes later: already warned today.
+        assert!(expiring_soon(roles(now), now + 600, &mut warned).is_empty());
+        // A day later: warned again, and the director's root, now 30 days away, joins.
+        let again: Vec<String> = expiring_soon(roles(now), now + DAY, &mut warned)
+            .into_iter()
+            .map(|(repository, role, _)| format!("{repository}/{role}"))
+            .collect();
+        assert_eq!(again, ["image/targets", "image/hw-rpi4", "director/root"]);
     }
 }

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::serve;
-use super::{MAX_IMAGE_UPLOAD_BYTES, OtaError};
+use super::{MAX_IMAGE_UPLOAD_BYTES, MAX_UPLOADS_IN_PROGRESS, OtaError, UPLOAD_STALL_TIMEOUT};
 use crate::access::Caller;
 use crate::api::{ADMIN, AUDITOR, ApiError, ApiResult, AppState, Authed, Json, OPERATOR};
 use crate::identity::now_ms;
@@ -225,6 +225,17 @@ async fn upload(
     {
         return Err(too_large());
     }
+    // Held until the body is on disk (or abandoned): bounds the disk a set of slow or
+    // concurrent uploads can hold.
+    let Some(_slot) = s.ota.upload_slot() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "{MAX_UPLOADS_IN_PROGRESS} uploads are already in progress; retry when one ends"
+            ),
+        ));
+    };
     let id = random_id()?;
     let path = s.ota.upload_path(&id);
     let part = path.with_extension("part");
@@ -234,7 +245,19 @@ async fn upload(
     let mut length = 0u64;
     let mut stream = body.into_data_stream();
     let outcome: ApiResult<()> = async {
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(UPLOAD_STALL_TIMEOUT, stream.next()).await;
+            let Ok(next) = next else {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "upload_stalled",
+                    format!(
+                        "no data for {} s; the upload was abandoned",
+                        UPLOAD_STALL_TIMEOUT.as_secs()
+                    ),
+                ));
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
             length += chunk.len() as u64;
             if length > MAX_IMAGE_UPLOAD_BYTES {
