@@ -448,7 +448,7 @@ fn summary(msgs: u32, size: u32, delivered: u32) -> TrafficSummary {
         bytes_published: u64::from(msgs) * u64::from(size),
         msgs_delivered: delivered,
         bytes_delivered: u64::from(delivered) * 64,
-        msgs_throttled: 0,
+        held_ms: 0,
         size_histogram: h,
         max_payload: if msgs > 0 { size } else { 0 },
     }

@@ -363,6 +363,28 @@ impl Connection {
         self.rates.throttled_for(now)
     }
 
+    /// The driver holds the connection unread for a rate quota with packets it already read
+    /// waiting to be handled: the client offers more than its quota. Counts the part of the
+    /// throttle not counted before into the session's [`Traffic::held_ms`] (what the hub's
+    /// detection engine sees) and the broker's stats. Nothing when not throttled.
+    pub fn note_held(&mut self, now: Timestamp) {
+        let held = self.rates.held(now);
+        if held.is_zero() {
+            return;
+        }
+        let ms = u32::try_from(held.as_millis()).unwrap_or(u32::MAX);
+        self.broker
+            .stats()
+            .quota_held_ms
+            .fetch_add(u64::from(ms), Ordering::Relaxed);
+        let mut st = self.cell.lock();
+        if let Some(a) = st.attached.as_mut()
+            && a.conn_id == self.conn_id
+        {
+            a.traffic.held_ms = a.traffic.held_ms.saturating_add(ms);
+        }
+    }
+
     /// The connection's id, unique for the life of the process.
     pub fn id(&self) -> u64 {
         self.conn_id

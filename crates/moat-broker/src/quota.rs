@@ -68,6 +68,8 @@ struct Buckets {
     bytes: Option<Bucket>,
     /// While throttled: until when, and which limit caused it.
     throttled: Option<(Timestamp, QuotaLimit)>,
+    /// The end of the throttled time already counted as held ([`Rates::held`]).
+    held_until: Timestamp,
 }
 
 impl Rates {
@@ -80,6 +82,7 @@ impl Rates {
             messages: quota.messages_per_second.map(|r| Bucket::new(r, now)),
             bytes: quota.bytes_per_second.map(|r| Bucket::new(r, now)),
             throttled: None,
+            held_until: now,
         })))
     }
 
@@ -98,6 +101,21 @@ impl Rates {
     /// episode once it is over.
     pub(crate) fn throttled_for(&mut self, now: Timestamp) -> Option<Duration> {
         self.0.as_mut()?.throttled_for(now)
+    }
+
+    /// The driver holds the connection unread at `now` with packets waiting: the part of the
+    /// throttle not counted before (zero when not throttled, or when asked again within the
+    /// same stretch), so that held time adds up to the time actually held.
+    pub(crate) fn held(&mut self, now: Timestamp) -> Duration {
+        let Some(b) = self.0.as_mut() else {
+            return Duration::ZERO;
+        };
+        let Some((until, _)) = b.throttled else {
+            return Duration::ZERO;
+        };
+        let from = now.max(b.held_until);
+        b.held_until = b.held_until.max(until);
+        until.saturating_since(from)
     }
 
     /// Whether a throttling episode is under way (cheap; no clock).
@@ -173,6 +191,32 @@ mod tests {
         assert_eq!(r.throttled_for(at(60)), Some(Duration::from_millis(140)));
         assert_eq!(r.throttled_for(at(200)), None);
         assert!(!r.is_throttled());
+    }
+
+    #[test]
+    fn held_time_counts_each_stretch_of_a_throttle_once() {
+        let quota = Quota {
+            messages_per_second: Some(10),
+            ..Quota::UNLIMITED
+        };
+        let mut r = Rates::new(&quota, at(0));
+        assert_eq!(r.held(at(0)), Duration::ZERO, "not throttled");
+        for _ in 0..11 {
+            r.charge(1, at(0));
+        }
+        assert_eq!(r.held(at(0)), Duration::from_millis(100));
+        // Asked again within the same stretch (the driver woke for something else).
+        assert_eq!(r.held(at(40)), Duration::ZERO);
+        // Extended by a further charge (0.6 tokens of debt left at 40 ms, one more taken):
+        // only the extension counts.
+        r.charge(1, at(40));
+        assert_eq!(r.held(at(40)), Duration::from_millis(100));
+        assert_eq!(r.throttled_for(at(300)), None);
+        assert_eq!(r.held(at(300)), Duration::ZERO);
+        assert_eq!(
+            Rates::new(&Quota::UNLIMITED, at(0)).held(at(0)),
+            Duration::ZERO
+        );
     }
 
     #[test]

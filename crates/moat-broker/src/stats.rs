@@ -39,4 +39,7 @@ pub struct Stats {
     /// Times a connection hit a policy quota, by [`QuotaLimit::index`]: throttling episodes
     /// for the rates, refusals for the others.
     pub quota_exceeded: [AtomicU64; QuotaLimit::ALL.len()],
+    /// Milliseconds connections were held unread by a rate quota with packets waiting (the
+    /// sum of [`Traffic::held_ms`](crate::Traffic::held_ms)).
+    pub quota_held_ms: AtomicU64,
 }

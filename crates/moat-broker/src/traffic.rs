@@ -32,6 +32,11 @@ pub struct Traffic {
     pub size_histogram: [u32; TRAFFIC_SIZE_BUCKETS],
     /// Largest payload received.
     pub max_payload: u32,
+    /// Milliseconds the connection was held unread by a rate quota (a policy's, or a
+    /// detection `throttle`) while packets it had sent were waiting to be handled: the client
+    /// offered more than it may. Counted once per stretch of the throttle, when the driver
+    /// starts holding, so one collection may show more than its interval.
+    pub held_ms: u32,
 }
 
 impl Traffic {
@@ -68,9 +73,9 @@ impl Traffic {
         self.max_payload = self.max_payload.max(other.max_payload);
     }
 
-    /// Whether nothing was counted.
+    /// Whether nothing was counted (a connection held back by its quota is not idle).
     pub fn is_empty(&self) -> bool {
-        self.msgs_in == 0 && self.msgs_out == 0
+        self.msgs_in == 0 && self.msgs_out == 0 && self.held_ms == 0
     }
 }
 

@@ -7,7 +7,9 @@ use moat_types::{DeviceId, TopicFilter, TopicName};
 
 use crate::alert::{Detector, Explanation, LearnedBaseline, Severity};
 use crate::config::DetectConfig;
-use crate::event::{Action, DisconnectCause, GroupName, Side, Source, TrafficSummary};
+use crate::event::{
+    Action, DisconnectCause, GroupName, ProtocolFault, Side, Source, TrafficSummary,
+};
 use crate::state::*;
 use crate::stats::{Effective, fingerprint};
 use crate::topics;
@@ -381,14 +383,18 @@ fn fixed_until(d: &DeviceState, since_ms: u64, secs: u64) -> bool {
         && since_ms.saturating_sub(d.first_seen_ms) >= 1000 * secs
 }
 
-/// Protocol error of an authenticated device (held for group consensus).
+/// Protocol error of an authenticated device: the first after a clean record alerts at once
+/// (low, alert only); a stream is judged per minute (held for group consensus).
 pub(crate) fn on_protocol_error(
     cx: &Ctx<'_>,
     d: &mut DeviceState,
     g: &mut GroupState,
+    fault: ProtocolFault,
+    found: &mut Vec<Finding>,
     held: &mut Vec<(Consensus, Finding)>,
 ) {
     let t = &cx.cfg.thresholds;
+    first_protocol_error(cx, d, g, fault, found);
     d.counters.protocol_errors += 1.0;
     if !d.acc.malformed {
         d.acc.malformed = true;
@@ -416,6 +422,86 @@ pub(crate) fn on_protocol_error(
             ),
         ));
     }
+}
+
+/// A device that passed mutual TLS and then broke the protocol is buggy or compromised, and
+/// operators want to know at its first packet, not after a minute's stream. The record is
+/// clean when the device sent no protocol error for [`PROTOCOL_ERROR_MEMORY_MS`] (its decayed
+/// per-minute counter is then 0 and no earlier error alert is open): that first error alerts
+/// at once, low and alert only (the per-minute rule escalates to a mitigation). A device with
+/// a firmware bug that keeps sending them alerts once and is then known for as long as its
+/// errors keep coming within the memory. A firmware roll-out that makes a group's devices
+/// send bad packets ends many records at once: once `consensus_min_devices` members' records
+/// ended within about ten minutes (this one included), the rest do not alert.
+fn first_protocol_error(
+    cx: &Ctx<'_>,
+    d: &mut DeviceState,
+    g: &mut GroupState,
+    fault: ProtocolFault,
+    found: &mut Vec<Finding>,
+) {
+    let now_s = u32::try_from(cx.now / 1000).unwrap_or(u32::MAX).max(1);
+    let previous_s = std::mem::replace(&mut d.last_protocol_error_s, now_s);
+    let gap_ms = 1000 * u64::from(now_s.saturating_sub(previous_s));
+    if previous_s != 0 && gap_ms < PROTOCOL_ERROR_MEMORY_MS {
+        return;
+    }
+    g.records_ended += 1.0;
+    let need = cx.cfg.thresholds.consensus_min_devices.max(2) as f32;
+    if g.records_ended >= need {
+        return;
+    }
+    let observed_ms = cx.now.saturating_sub(d.first_seen_ms);
+    let at = if cx.src.connection == 0 {
+        format!("before CONNECT from {}", cx.src.address)
+    } else {
+        format!(
+            "on connection {} from {}",
+            cx.src.connection, cx.src.address
+        )
+    };
+    let mut f = cx.finding(
+        Detector::MalformedStream,
+        Severity::Low,
+        "first_protocol_error",
+        1.0,
+        1.0,
+        vec![
+            format!(
+                "{} {at}{} after mutual TLS as {}",
+                fault.as_str(),
+                cx.src
+                    .client
+                    .map(|c| format!(" (client id {c:?})"))
+                    .unwrap_or_default(),
+                cx.device
+            ),
+            if previous_s == 0 {
+                format!(
+                    "no protocol error from this identity since it was first seen {} s ago",
+                    observed_ms / 1000
+                )
+            } else {
+                format!(
+                    "its previous protocol error was {} days ago",
+                    gap_ms / 86_400_000
+                )
+            },
+            format!(
+                "{:.1} devices of the group began sending protocol errors in the last ~10 min (a roll-out needs {need:.0})",
+                g.records_ended
+            ),
+        ],
+    );
+    // The baseline is the device's clean record: its decayed protocol errors per minute
+    // before this one, over the windows it has been observed.
+    f.explanation.baseline = Some(LearnedBaseline {
+        typical: f64::from(d.counters.protocol_errors),
+        spread: 0.0,
+        device_windows: u32::try_from(observed_ms / WINDOW_MS).unwrap_or(u32::MAX),
+        group_weight: 0.0,
+    });
+    found.push(f);
 }
 
 /// Denied publish or subscribe: reconnaissance and command injection (held).
@@ -772,7 +858,15 @@ pub(crate) fn on_traffic(
             ));
         }
     }
-    let offered = f64::from(s.msgs_published.saturating_add(s.msgs_throttled)) / secs;
+    // Held back by a rate limit for at least half of the interval: the device offers more
+    // than it is let through (a throttle's release waits while this lasts, see
+    // `Engine::hold_throttles`).
+    d.held_streak = if 2 * u64::from(s.held_ms) >= (secs * 1000.0) as u64 {
+        d.held_streak.saturating_add(1)
+    } else {
+        0
+    };
+    let offered = f64::from(s.msgs_published) / secs;
     let flushing = now.saturating_sub(d.last_connect_ms) <= FLUSH_ALLOWANCE_MS;
     let allowance = if surge && flushing {
         f64::from(t.surge_multiplier)
@@ -818,8 +912,8 @@ pub(crate) fn on_traffic(
             flood_thr,
             vec![
                 format!(
-                    "{offered:.0} msgs/s offered over {secs:.1} s on connection {} ({} throttled), {} s in a row",
-                    src.connection, s.msgs_throttled, d.flood_streak
+                    "{offered:.0} msgs/s published over {secs:.1} s on connection {} (held back by a rate limit for {} ms), {} s in a row",
+                    src.connection, s.held_ms, d.flood_streak
                 ),
                 threshold_text(t.flood_ratio, l.upper_z, &flood_base, allowance),
             ],

@@ -44,6 +44,8 @@ struct Incident {
     until_ms: u64,
     last_evidence_ms: u64,
     evidence_count: u32,
+    /// Summaries that held the incident open because its device was held back.
+    held_count: u32,
 }
 
 /// A read-only view of an active incident.
@@ -365,7 +367,7 @@ impl Engine {
             ev.kind,
             EventKind::ConnectAccepted
                 | EventKind::Disconnected { .. }
-                | EventKind::ProtocolError
+                | EventKind::ProtocolError { .. }
                 | EventKind::AuthorizationDenied { .. }
                 | EventKind::Subscribed { .. }
                 | EventKind::FirstTopic { .. }
@@ -375,6 +377,11 @@ impl Engine {
         if let Some(device) = src.device {
             if device_event {
                 self.observe_device(ev, device, now, &mut found, &mut held);
+                if let EventKind::Traffic(s) = ev.kind
+                    && s.held_ms > 0
+                {
+                    self.hold_throttles(device, now);
+                }
             } else if let EventKind::ConnectRefused { reason } = ev.kind {
                 self.observe_refused_identity(src, device, reason, now, &mut found);
             }
@@ -425,7 +432,7 @@ impl Engine {
                 | EventKind::ConnectTimeout
                 | EventKind::ConnectRefused { .. }
                 | EventKind::ConnectAccepted
-        ) || (matches!(ev.kind, EventKind::ProtocolError)
+        ) || (matches!(ev.kind, EventKind::ProtocolError { .. })
             && (src.device.is_none() || src.connection == 0));
         if !relevant {
             return;
@@ -569,7 +576,7 @@ impl Engine {
             }
             // Before CONNECT (connection 0) it also ends a pending connection (above); an
             // identity proven by TLS is judged as the device (`on_protocol_error`).
-            EventKind::ProtocolError if src.device.is_none() => {
+            EventKind::ProtocolError { fault } if src.device.is_none() => {
                 a.protocol_errors += 1.0;
                 let thr = t.address_protocol_errors_per_min;
                 if a.protocol_errors >= thr {
@@ -580,8 +587,10 @@ impl Engine {
                         a.protocol_errors,
                         thr,
                         format!(
-                            "{:.1} protocol errors in the last minute from unauthenticated connections at {}",
-                            a.protocol_errors, src.address
+                            "{:.1} protocol errors in the last minute from unauthenticated connections at {}, latest {}",
+                            a.protocol_errors,
+                            src.address,
+                            fault.as_str()
                         ),
                     ));
                 }
@@ -755,7 +764,9 @@ impl Engine {
                 device::on_connect(&cx, d, g, found);
             }
             EventKind::Disconnected { cause, .. } => device::on_disconnect(&cx, d, cause, found),
-            EventKind::ProtocolError => device::on_protocol_error(&cx, d, g, held),
+            EventKind::ProtocolError { fault } => {
+                device::on_protocol_error(&cx, d, g, fault, found, held);
+            }
             // A denied delivery is the policy filtering what a subscription matched, not the
             // device probing; the subscription itself was checked when it was made.
             EventKind::AuthorizationDenied { action, topic } if action != Action::Receive => {
@@ -833,6 +844,37 @@ impl Engine {
         }
     }
 
+    /// A summary showed `device` held back by a rate limit (for [`HELD_STREAK`] seconds in a
+    /// row): it offers more than its throttle lets through, which the published counts
+    /// cannot show, so its throttle and volume incidents are not released (their quiet
+    /// period starts again), for at most [`HELD_MAX_TIME_BOXES`] more time boxes. Once it
+    /// is no longer held back, the incident is released as usual: time box over and its
+    /// detector quiet (the rate back under its threshold) for `quiet_secs`.
+    fn hold_throttles(&mut self, device: &DeviceId, now: u64) {
+        let Some(i) = self.devices.find(device) else {
+            return;
+        };
+        if self.devices.slot(i).value.held_streak < HELD_STREAK {
+            return;
+        }
+        let boxes = &self.cfg.responses.time_box;
+        let mut key = IncidentKey {
+            detector: Detector::PublishFlood,
+            device: Some(device.clone()),
+            address: None,
+        };
+        for detector in Detector::ALL {
+            key.detector = detector;
+            if let Some(inc) = self.incidents.get_mut(&key)
+                && (inc.rung == Rung::Throttle || is_volume(detector))
+                && now < inc.until_ms + HELD_MAX_TIME_BOXES * boxes.millis(inc.rung)
+            {
+                inc.last_evidence_ms = now;
+                inc.held_count = inc.held_count.saturating_add(1);
+            }
+        }
+    }
+
     /// Advances time: closes windows, decides held alerts, releases responses whose time box
     /// has passed and whose detector has been quiet.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
@@ -889,6 +931,7 @@ impl Engine {
                     g.denied_devices *= f;
                     g.actuator_devices *= f;
                     g.malformed_devices *= f;
+                    g.records_ended *= f10;
                     g.novel_devices *= f;
                     g.decay_env(fe);
                     g.slow_elevated = g.slow_elevated_now;
@@ -963,11 +1006,12 @@ impl Engine {
                 device: k.device,
                 address: k.address,
                 why: format!(
-                    "time box of {:?} ended at {} and no evidence for {} s ({} firings in total)",
+                    "time box of {:?} ended at {} and no evidence for {} s ({} firings in total; held open by {} summaries showing the device held back by a rate limit)",
                     inc.rung,
                     inc.until_ms,
                     now.saturating_sub(inc.last_evidence_ms) / 1000,
-                    inc.evidence_count
+                    inc.evidence_count,
+                    inc.held_count
                 ),
             }));
         }
@@ -1131,6 +1175,7 @@ impl Engine {
                 until_ms,
                 last_evidence_ms: now,
                 evidence_count: 1,
+                held_count: 0,
             });
             inc.alert_id = id;
             inc.severity = f.severity;
@@ -1177,7 +1222,7 @@ fn kind_name(k: &EventKind<'_>) -> &'static str {
         EventKind::ConnectRefused { .. } => "refused CONNECT",
         EventKind::ConnectAccepted => "accepted CONNECT",
         EventKind::Disconnected { .. } => "disconnect",
-        EventKind::ProtocolError => "protocol error",
+        EventKind::ProtocolError { .. } => "protocol error",
         EventKind::AuthorizationDenied { .. } => "denied",
         EventKind::Subscribed { .. } => "subscribe",
         EventKind::FirstTopic {

@@ -122,8 +122,11 @@ pub enum EventKind<'a> {
         /// How long it had been connected, in milliseconds.
         connected_ms: u64,
     },
-    /// The peer sent a malformed or out-of-order packet.
-    ProtocolError,
+    /// The peer sent a packet the protocol forbids (the hub closed the connection).
+    ProtocolError {
+        /// Which rule it broke.
+        fault: ProtocolFault,
+    },
     /// The policy denied an action; `topic` is the topic name or filter as sent.
     AuthorizationDenied {
         /// What was denied.
@@ -178,6 +181,41 @@ impl TlsFailure {
             Self::Expired | Self::Revoked => 0.25,
             Self::Negotiation => 0.5,
             Self::NoCertificate | Self::UnknownIssuer | Self::BadCertificate => 1.0,
+        }
+    }
+}
+
+/// Which protocol rule a peer broke: the class of the reason code the hub closed the
+/// connection with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolFault {
+    /// Bytes that do not decode as an MQTT packet (reason code 0x81).
+    MalformedPacket,
+    /// A well-formed packet the protocol does not allow there: a reserved packet type, a
+    /// packet out of order, a second CONNECT, a packet only servers send (0x82).
+    ProtocolViolation,
+    /// A packet above the hub's maximum packet size (0x95).
+    PacketTooLarge,
+    /// A flow-control or topic-alias rule broken (0x93 Receive Maximum exceeded, 0x94 Topic
+    /// Alias invalid).
+    FlowControl,
+    /// The connection's first packet is malformed or not CONNECT (connection 0).
+    BadFirstPacket,
+    /// Any other violation the hub closed the connection for.
+    Other,
+}
+
+impl ProtocolFault {
+    /// Stable snake_case name (evidence, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedPacket => "malformed_packet",
+            Self::ProtocolViolation => "protocol_violation",
+            Self::PacketTooLarge => "packet_too_large",
+            Self::FlowControl => "flow_control_violation",
+            Self::BadFirstPacket => "bad_first_packet",
+            Self::Other => "other_violation",
         }
     }
 }
@@ -252,9 +290,12 @@ pub struct TrafficSummary {
     pub msgs_delivered: u32,
     /// Payload bytes delivered to the device.
     pub bytes_delivered: u64,
-    /// PUBLISH packets the device offered but a throttle held back or dropped, so that the
-    /// engine sees offered load, not the load left after a mitigation.
-    pub msgs_throttled: u32,
+    /// Milliseconds the connection was held back by a rate limit (a policy quota or a
+    /// `throttle` response: the hub stopped reading its socket) while packets it had sent
+    /// were waiting: the device offered more than it was allowed, which the counts above
+    /// cannot show. A throttle is not released while its device is held back. May exceed
+    /// `interval_ms` (counted when a hold starts).
+    pub held_ms: u32,
     /// Published payload sizes, log2 buckets: `< 16`, `< 64`, `< 256`, `< 1 KiB`, `< 4 KiB`,
     /// `< 16 KiB`, `< 64 KiB`, larger.
     pub size_histogram: [u32; SIZE_BUCKETS],

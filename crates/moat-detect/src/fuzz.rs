@@ -14,7 +14,7 @@ use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
 
 use crate::{
     Action, DetectConfig, DisconnectCause, Engine, Event, EventKind, GroupName, Output,
-    RefusedReason, Side, Source, TlsFailure, TrafficSummary,
+    ProtocolFault, RefusedReason, Side, Source, TlsFailure, TrafficSummary,
 };
 
 /// Parses `data` as a `[detect]` table; if it parses and validates, an engine must start.
@@ -160,7 +160,16 @@ pub fn events(data: &[u8]) {
                 ][pick(6)],
                 connected_ms: u64::from(d.u32().unwrap_or(0)),
             },
-            7 => EventKind::ProtocolError,
+            7 => EventKind::ProtocolError {
+                fault: [
+                    ProtocolFault::MalformedPacket,
+                    ProtocolFault::ProtocolViolation,
+                    ProtocolFault::PacketTooLarge,
+                    ProtocolFault::FlowControl,
+                    ProtocolFault::BadFirstPacket,
+                    ProtocolFault::Other,
+                ][pick(6)],
+            },
             8 => EventKind::AuthorizationDenied {
                 action: [Action::Publish, Action::Subscribe, Action::Receive][pick(3)],
                 topic: topic.as_str(),
@@ -186,7 +195,7 @@ pub fn events(data: &[u8]) {
                     bytes_published: bytes,
                     msgs_delivered: msgs / 2,
                     bytes_delivered: bytes / 2,
-                    msgs_throttled: msgs / 4,
+                    held_ms: msgs / 4,
                     size_histogram: [msgs / 8; crate::SIZE_BUCKETS],
                     max_payload: d.u32().unwrap_or(0),
                 })

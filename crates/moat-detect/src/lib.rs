@@ -44,12 +44,13 @@ pub use config::{
 };
 pub use engine::{BaselineView, Engine, EngineStats, IncidentView};
 pub use event::{
-    Action, DisconnectCause, Event, EventKind, GroupName, MAX_GROUP_NAME_LEN, RefusedReason,
-    SIZE_BUCKETS, Side, Source, TlsFailure, TrafficSummary,
+    Action, DisconnectCause, Event, EventKind, GroupName, MAX_GROUP_NAME_LEN, ProtocolFault,
+    RefusedReason, SIZE_BUCKETS, Side, Source, TlsFailure, TrafficSummary,
 };
 pub use state::{
     ACTUATOR_EDGES_PER_DEVICE, ADDRESSES_PER_DEVICE, CLIENT_IDS_PER_DEVICE, DEVICES_PER_ADDRESS,
-    EDGES_PER_DEVICE, Feature, LIVE_CONNECTIONS_PER_DEVICE, MAX_BACKLOG_MS, WINDOW_MS,
+    EDGES_PER_DEVICE, Feature, HELD_MAX_TIME_BOXES, HELD_STREAK, LIVE_CONNECTIONS_PER_DEVICE,
+    MAX_BACKLOG_MS, PROTOCOL_ERROR_MEMORY_MS, WINDOW_MS,
 };
 
 #[cfg(test)]

@@ -106,6 +106,19 @@ pub const TAKEOVER_PING_PONG_MS: u64 = 60_000;
 /// library that lost its session retries with its own id after a backoff of a second or
 /// more.
 pub const ROTATION_BURST_MS: u64 = 2_000;
+/// Summaries in a row (seconds) a device must be held back by a rate limit, for at least half
+/// of each, before its throttle is held: a flood under a throttle is held back without a
+/// break, a benign burst for a second or two.
+pub const HELD_STREAK: u8 = 3;
+/// Held back, a throttle is kept for at most this many more of its time boxes: the engine
+/// cannot see what a held-back device offers, and a device whose normal rate is above its
+/// throttle's (10 % of its typical peak) would otherwise never be released. Released, a
+/// flood that resumes is detected again within a second.
+pub const HELD_MAX_TIME_BOXES: u64 = 3;
+/// How long a device's protocol errors are remembered: a device that sent one within this
+/// period (30 days) is known to send them (a firmware bug) and is judged by the per-minute
+/// `malformed_stream` rule alone; the first error after a clean record alerts at once.
+pub const PROTOCOL_ERROR_MEMORY_MS: u64 = 30 * 86_400_000;
 /// Longest rhythm (usual gap between busy seconds) a taken-over session is judged by.
 pub(crate) const MAX_RHYTHM_MS: u64 = 600_000;
 /// Envelope features: peak messages/s, peak bytes/s, bytes of the last hour.
@@ -229,6 +242,9 @@ pub(crate) struct DeviceState {
     pub(crate) edges_saturated: bool,
     pub(crate) flood_streak: u8,
     pub(crate) burst_streak: u8,
+    /// Summaries in a row that showed the device held back by a rate limit for at least
+    /// half their interval.
+    pub(crate) held_streak: u8,
     pub(crate) slow_streak: u16,
     pub(crate) anomaly_streak: u16,
     /// Whether the current low-and-slow streak was judged a cohort change (decided once,
@@ -255,6 +271,9 @@ pub(crate) struct DeviceState {
     /// Usual gap between two busy seconds of one session (exponentially weighted, ms;
     /// 0 until known): the device's rhythm.
     pub(crate) usual_gap_ms: u32,
+    /// When the device last sent a packet the protocol forbids, in seconds of the event
+    /// time base (0: never): its record for [`PROTOCOL_ERROR_MEMORY_MS`].
+    pub(crate) last_protocol_error_s: u32,
 }
 
 impl DeviceState {
@@ -289,6 +308,7 @@ impl DeviceState {
             edges_saturated: false,
             flood_streak: 0,
             burst_streak: 0,
+            held_streak: 0,
             slow_streak: 0,
             anomaly_streak: 0,
             slow_cohort: false,
@@ -300,6 +320,7 @@ impl DeviceState {
             takeover_to: 0,
             usual_gap_ms: 0,
             env_grown_ms: 0,
+            last_protocol_error_s: 0,
         }
     }
 }
@@ -314,6 +335,10 @@ pub(crate) struct GroupState {
     pub(crate) denied_devices: f32,
     pub(crate) actuator_devices: f32,
     pub(crate) malformed_devices: f32,
+    /// Members whose clean protocol record ended (their first protocol error in
+    /// [`PROTOCOL_ERROR_MEMORY_MS`]), decayed with τ = 10 min: a firmware roll-out that makes
+    /// devices send bad packets ends many records at once.
+    pub(crate) records_ended: f32,
     pub(crate) novel_devices: f32,
     pub(crate) signatures: [f32; 2 * NF],
     /// Devices whose last hour is at least half-way to the low-and-slow threshold, counted

@@ -30,7 +30,7 @@ use moat_audit::{Entry, Outcome};
 use moat_broker::{Broker, Principal, ReasonCode, Traffic};
 use moat_detect::{
     Alert, DetectConfig, Detector, DisconnectCause, Engine, Event, EventKind, GroupName, Output,
-    RefusedReason, Release, Response, Side, Source, TlsFailure, TrafficSummary,
+    ProtocolFault, RefusedReason, Release, Response, Side, Source, TlsFailure, TrafficSummary,
 };
 use moat_store::registry::{AlertRecord, AlertState, NewAlert, Registry};
 use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
@@ -71,7 +71,7 @@ pub(crate) enum FactKind {
         cause: DisconnectCause,
         connected_ms: u64,
     },
-    ProtocolError,
+    ProtocolError(ProtocolFault),
     Denied {
         action: moat_detect::Action,
         topic: String,
@@ -309,7 +309,9 @@ pub(crate) async fn run(
                 });
                 actors.rates.record(
                     now,
-                    traffic.iter().map(|(d, _, _, t)| (d.as_str(), t.msgs_in, t.msgs_out)),
+                    traffic
+                        .iter()
+                        .map(|(d, _, _, t)| (d.as_str(), t.msgs_in, t.msgs_out, t.held_ms)),
                 );
                 for (device, client, conn, t) in &traffic {
                     let address = live.address_of(*conn);
@@ -447,7 +449,7 @@ fn observe_fact(
             cause: *cause,
             connected_ms: *connected_ms,
         },
-        FactKind::ProtocolError => EventKind::ProtocolError,
+        FactKind::ProtocolError(fault) => EventKind::ProtocolError { fault: *fault },
         FactKind::Denied { action, topic } => EventKind::AuthorizationDenied {
             action: *action,
             topic,
@@ -489,7 +491,7 @@ fn observe_traffic(
         bytes_published: t.bytes_in,
         msgs_delivered: t.msgs_out,
         bytes_delivered: t.bytes_out,
-        msgs_throttled: 0,
+        held_ms: t.held_ms,
         size_histogram: t.size_histogram,
         max_payload: t.max_payload,
     };
@@ -1033,6 +1035,19 @@ pub(crate) fn tls_failure(reason: &str) -> TlsFailure {
         TlsFailure::BadCertificate
     } else {
         TlsFailure::Negotiation
+    }
+}
+
+/// The engine's class of the violation the broker closed a connection for.
+pub(crate) fn protocol_fault(code: ReasonCode) -> ProtocolFault {
+    match code {
+        ReasonCode::MalformedPacket => ProtocolFault::MalformedPacket,
+        ReasonCode::ProtocolError => ProtocolFault::ProtocolViolation,
+        ReasonCode::PacketTooLarge => ProtocolFault::PacketTooLarge,
+        ReasonCode::ReceiveMaximumExceeded | ReasonCode::TopicAliasInvalid => {
+            ProtocolFault::FlowControl
+        }
+        _ => ProtocolFault::Other,
     }
 }
 

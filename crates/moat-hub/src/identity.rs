@@ -889,7 +889,7 @@ impl moat_net::SecurityEvents for NetEvents {
             0,
             Some(principal),
             None,
-            crate::defence::FactKind::ProtocolError,
+            crate::defence::FactKind::ProtocolError(moat_detect::ProtocolFault::BadFirstPacket),
         );
         self.peer_denied(peer, "security.malformed_before_connect", "error", error);
     }
@@ -1047,7 +1047,9 @@ impl moat_net::SecurityEvents for NetEvents {
                 connection,
                 Some(principal),
                 None,
-                crate::defence::FactKind::ProtocolError,
+                crate::defence::FactKind::ProtocolError(crate::defence::protocol_fault(
+                    close.reason,
+                )),
             );
         }
         let cause = match close.kind {

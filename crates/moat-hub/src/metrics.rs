@@ -206,6 +206,11 @@ pub fn render(
     }
     let _ = writeln!(
         out,
+        "# HELP moat_quota_held_seconds_total Time connections were held unread by a rate quota or a detection throttle with packets waiting (their clients offered more than allowed).\n# TYPE moat_quota_held_seconds_total counter\nmoat_quota_held_seconds_total {}",
+        load(&s.quota_held_ms) as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
         "# HELP moat_handshake_failures_total Connections that failed before MQTT began, by reason.\n# TYPE moat_handshake_failures_total counter"
     );
     for why in HandshakeFailure::ALL {

@@ -407,6 +407,12 @@ fn session<T: Transport>(
                 None
             };
             if let Some(wait) = throttled {
+                // Packets already read wait behind the quota: the client offers more than it
+                // may. Counted as held time (once per stretch), which the detection engine
+                // reads as offered load it cannot see.
+                if !rbuf.is_empty() {
+                    conn.note_held(Timestamp::now());
+                }
                 let until = Instant::now() + wait;
                 match &mut throttle_timer {
                     Some(t) => t.as_mut().reset(until),

@@ -23,6 +23,13 @@ pub const HOUR_MS: u64 = 3_600_000;
 pub const BACKLOG_CAP: u32 = 600;
 /// Messages per second a device flushes its backlog at after reconnecting.
 pub const FLUSH_PER_S: u32 = 20;
+/// Share of periodic sensors, event sensors and flaky devices with quirky firmware: now and
+/// then (every 2–24 h, per device) it sends a packet the protocol forbids, the hub closes
+/// the session and the client library reconnects. The fleet's only benign protocol errors.
+pub const QUIRKY_SHARE: f64 = 0.03;
+/// The PRNG stream of the firmware quirk, apart from the device's own, so that a quirk
+/// changes nothing else about the fleet.
+const QUIRK_STREAM: u64 = 0x0bad_f1a3;
 
 /// A benign device model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -103,7 +110,11 @@ pub struct Device {
     pub update_at: Option<u64>,
     /// Rate multiplier (a configuration change).
     pub rate_mult: f64,
+    /// Mean gap between the malformed packets of quirky firmware, in ms (0: none).
+    pub quirk_every_ms: f64,
     rng: Rng,
+    quirk_rng: Rng,
+    next_quirk: u64,
     period_ms: f64,
     size: f64,
     diurnal: f64,
@@ -133,6 +144,7 @@ impl Device {
         let id =
             DeviceId::parse(&format!("{}-{n:04}", model.prefix())).map_err(|e| e.to_string())?;
         let group = GroupName::parse(group).map_err(|e| e.to_string())?;
+        let quirk_rng = rng.fork(QUIRK_STREAM);
         let mut d = Self {
             id,
             model,
@@ -147,7 +159,10 @@ impl Device {
             rotate_at: None,
             update_at: None,
             rate_mult: 1.0,
+            quirk_every_ms: 0.0,
             rng,
+            quirk_rng,
+            next_quirk: u64::MAX,
             period_ms: 0.0,
             size: 0.0,
             diurnal: 0.0,
@@ -200,6 +215,14 @@ impl Device {
                 d.size = r.range(30.0, 80.0);
                 d.diurnal = 0.9;
             }
+        }
+        if matches!(
+            model,
+            Model::PeriodicSensor | Model::EventSensor | Model::FlakyDevice
+        ) && d.quirk_rng.chance(QUIRKY_SHARE)
+        {
+            d.quirk_every_ms = d.quirk_rng.range(2.0, 24.0) * HOUR_MS as f64;
+            d.next_quirk = created_ms + d.quirk_rng.exp(d.quirk_every_ms) as u64;
         }
         Ok(d)
     }
@@ -278,6 +301,15 @@ impl Device {
                 self.reconnect_at
             };
         };
+        if now >= self.next_quirk {
+            // Quirky firmware: a packet the protocol forbids; the hub closes the session
+            // and the client library reconnects after its backoff.
+            hub.send_malformed(now, conn);
+            self.next_quirk = now + self.quirk_rng.exp(self.quirk_every_ms) as u64;
+            let backoff = self.quirk_rng.int(1_000, 5_000);
+            self.offline(now, backoff);
+            return self.reconnect_at;
+        }
         if now >= self.next_drop {
             let cause = if self.model == Model::FlakyDevice && self.rng.chance(0.5) {
                 DisconnectCause::KeepAliveTimeout
@@ -321,7 +353,10 @@ impl Device {
             hub.publish(now, conn, &format!("devices/{}/upload", self.id), size, n);
             return (now + 1_000).min(self.next_drop).min(self.next_msg);
         }
-        self.next_msg.min(self.next_drop).min(self.next_upload)
+        self.next_msg
+            .min(self.next_drop)
+            .min(self.next_upload)
+            .min(self.next_quirk)
     }
 
     fn try_connect(&mut self, now: u64, hub: &mut impl Hub) {
@@ -341,6 +376,10 @@ impl Device {
             return;
         };
         self.conn = Some(conn);
+        if self.next_quirk <= now {
+            // Due while it was away: the quirk strikes during a session, not at its start.
+            self.next_quirk = now + self.quirk_rng.exp(self.quirk_every_ms) as u64;
+        }
         match self.model {
             Model::Actuator => hub.subscribe(now, conn, &format!("devices/{}/cmd/#", self.id)),
             Model::Gateway => hub.subscribe(now, conn, "devices/+/telemetry"),

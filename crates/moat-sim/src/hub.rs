@@ -21,7 +21,8 @@
 //! * A TLS handshake that times out is reported as `TlsHandshakeFailed { Negotiation }` (the
 //!   hub classifies the text "TLS handshake timed out"); only a WebSocket upgrade or a
 //!   CONNECT that misses its deadline is a `HandshakeTimeout` / `ConnectTimeout`.
-//! * A malformed packet after CONNECT closes the connection: `ProtocolError`, then
+//! * A malformed packet after CONNECT closes the connection: `ProtocolError` (reserved
+//!   packet type 0: `ProtocolViolation`), then
 //!   `Disconnected { Server }`. (Malformed bytes before CONNECT are a `ProtocolError` with
 //!   connection 0 in the hub; no simulated client sends them.)
 //! * Every connection the shield admits is a `ConnectAttempt` (no identity yet) when it
@@ -37,7 +38,7 @@ use std::time::Instant;
 
 use moat_detect::{
     Action, DetectConfig, DisconnectCause, Engine, Event, EventKind, GroupName, Output,
-    RefusedReason, Side, Source, TlsFailure, TrafficSummary,
+    ProtocolFault, RefusedReason, Side, Source, TlsFailure, TrafficSummary,
 };
 use moat_types::{ClientId, DeviceId, TopicFilter, TopicName};
 
@@ -604,7 +605,11 @@ impl Hub for ReplayHub {
             address,
             Some(&device),
             None,
-            EventKind::ProtocolError,
+            // The simulated malformed packet is of the reserved type 0, which the hub's
+            // decoder refuses with reason code 0x82.
+            EventKind::ProtocolError {
+                fault: ProtocolFault::ProtocolViolation,
+            },
         );
         self.end(now, conn, DisconnectCause::Server);
     }

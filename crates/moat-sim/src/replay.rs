@@ -425,6 +425,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayRun, String> {
             json!({
                 "kind": "device", "id": d.id.as_str(), "model": d.model, "group": d.group.as_str(),
                 "home": d.home, "created_ms": d.created_ms,
+                "quirky_firmware": d.quirk_every_ms > 0.0,
                 "paired": d.paired.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             })
             .to_string(),

@@ -1,7 +1,7 @@
 //! End-to-end replay tests: determinism, every attack detected at high intensity, and the
 //! evaluator's arithmetic on a benign run.
 
-use moat_detect::DetectConfig;
+use moat_detect::{DetectConfig, Detector, Severity};
 use moat_sim::attack::{Intensity, Scenario};
 use moat_sim::eval::{GRACE_MS, evaluate};
 use moat_sim::hub::GroupMode;
@@ -108,6 +108,45 @@ fn benign_run_false_positive_arithmetic() {
     let mitigating = run.alerts.iter().filter(|a| a.mitigates()).count();
     assert_eq!(report.benign_mitigations(), mitigating);
     assert!(run.events > 0);
+}
+
+#[test]
+fn quirky_firmware_costs_one_low_alert_per_device() {
+    let mut opts = options(120, 1.0, 11, Vec::new());
+    opts.hard_negatives = false;
+    let run = replay(&opts).expect("run");
+    let quirky: Vec<String> = run
+        .ground_truth
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["quirky_firmware"] == serde_json::Value::Bool(true))
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!quirky.is_empty(), "the fleet has quirky firmware");
+    let malformed: Vec<_> = run
+        .alerts
+        .iter()
+        .filter(|a| a.detector == Detector::MalformedStream)
+        .collect();
+    assert!(
+        !malformed.is_empty(),
+        "quirky firmware sent protocol errors"
+    );
+    for a in &malformed {
+        // The first error after a clean record: news, alert only; the next ones are known.
+        assert_eq!(a.severity, Severity::Low, "{a:?}");
+        assert!(!a.mitigates(), "{a:?}");
+        let device = a.device.clone().expect("device");
+        assert!(quirky.contains(&device), "{device} is not quirky");
+        assert_eq!(
+            malformed
+                .iter()
+                .filter(|b| b.device.as_ref() == Some(&device))
+                .count(),
+            1,
+            "{device} alerted more than once"
+        );
+    }
 }
 
 #[test]

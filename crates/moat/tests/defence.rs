@@ -59,6 +59,59 @@ fn honey_topic_alerts_quarantine_live_sessions_and_release_by_operator_and_by_ti
     }
 }
 
+/// A device that passed mutual TLS and then sends one packet the protocol forbids is reported
+/// at once (it is buggy or compromised): a low `malformed_stream` alert, alert only, naming
+/// the fault. One packet; the per-minute stream rule would need three.
+#[test]
+fn one_bad_packet_from_an_authenticated_device_is_reported_at_once() {
+    let hub = Hub::start(HubOptions::new());
+    let creds = hub.add_device("quirky-1");
+    // Python's ssl, so the test needs no TLS client crate: CONNECT, CONNACK, then a packet of
+    // the reserved type 0, and read until the hub closes the connection.
+    const SEND: &str = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+        ctx.check_hostname = False\n\
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])\n\
+        host, port = sys.argv[1].rsplit(':', 1)\n\
+        s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10))\n\
+        s.sendall(bytes.fromhex(sys.argv[5]))\n\
+        assert s.recv(1)[0] >> 4 == 2, 'no CONNACK'\n\
+        s.sendall(bytes([0, 0]))\n\
+        try:\n\
+        \x20   while s.recv(4096): pass\n\
+        except (ssl.SSLError, OSError): pass\n";
+    let connect: String = connect_v5("quirky-1", 60, &[])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = run_with_deadline(
+        Command::new("python3")
+            .args(["-B", "-c", SEND, &hub.tls_addr().to_string()])
+            .arg(&creds.ca)
+            .arg(&creds.cert)
+            .arg(&creds.key)
+            .arg(&connect),
+        EVENT_DEADLINE,
+    );
+    assert!(out.status.success(), "{}", show_output(&out));
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    let line = loop {
+        let out = cli_ok(&hub, &["alerts", "list", "--json"]);
+        if let Some(line) = out.lines().find(|l| l.contains("malformed_stream")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no malformed_stream alert after one bad packet"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(line.contains("\"severity\":\"low\""), "{line}");
+    assert!(line.contains("\"response\":\"alert\""), "{line}");
+    assert!(line.contains("quirky-1"), "{line}");
+    assert!(line.contains("protocol_violation"), "{line}");
+}
+
 #[test]
 fn dry_run_records_the_intended_response_and_executes_nothing() {
     let hub = Hub::start(HubOptions::new().config("[detect]\nmode = \"dry_run\"\n"));

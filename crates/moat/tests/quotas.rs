@@ -39,4 +39,8 @@ fn quotas_from_policies_are_enforced_visible_and_lose_nothing() {
         hub.metric("moat_quota_exceeded_total{limit=\"bytes_per_second\"}"),
         Some(0.0)
     );
+    // The throttled flood was held back with packets waiting: the time the detection engine
+    // reads as offered load it cannot count (`TrafficSummary::held_ms`).
+    let held = hub.metric("moat_quota_held_seconds_total");
+    assert!(held.is_some_and(|s| s > 0.0), "held = {held:?}");
 }
