@@ -427,6 +427,7 @@ impl Engine {
         let relevant = matches!(
             ev.kind,
             EventKind::ConnectAttempt
+                | EventKind::ClosedBeforeConnect
                 | EventKind::TlsHandshakeFailed { .. }
                 | EventKind::HandshakeTimeout
                 | EventKind::ConnectTimeout
@@ -1216,6 +1217,7 @@ fn is_volume(d: Detector) -> bool {
 fn kind_name(k: &EventKind<'_>) -> &'static str {
     match k {
         EventKind::ConnectAttempt => "connect attempt",
+        EventKind::ClosedBeforeConnect => "closed before CONNECT",
         EventKind::TlsHandshakeFailed { .. } => "failed TLS handshake",
         EventKind::HandshakeTimeout => "handshake timeout",
         EventKind::ConnectTimeout => "CONNECT timeout",

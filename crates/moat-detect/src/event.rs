@@ -99,6 +99,10 @@ pub struct Event<'a> {
 pub enum EventKind<'a> {
     /// A TCP connection was accepted (before TLS).
     ConnectAttempt,
+    /// A connection closed by its peer before a complete CONNECT, breaking no rule: a TCP
+    /// or TLS health check, a client that gave up. It only ends the connection's pending
+    /// pre-MQTT phase (see `pending_connections_per_address`).
+    ClosedBeforeConnect,
     /// The TLS handshake failed.
     TlsHandshakeFailed {
         /// Why.

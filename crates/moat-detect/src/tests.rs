@@ -1640,6 +1640,43 @@ fn slow_loris_seen_from_pending_connections_before_any_deadline() {
 }
 
 #[test]
+fn health_checks_closing_before_connect_are_not_pending_connections() {
+    let mut sim = Sim::new(DetectConfig::default());
+    // A load balancer's TLS health check every 2 s for ten minutes: each finishes its
+    // handshake and closes before CONNECT. Without the close fact the pending count
+    // would settle near 30 (one new every 2 s, decaying over a minute).
+    let lb = ip(72);
+    for i in 0..300u64 {
+        sim.now += 2000;
+        sim.anon(lb, None, EventKind::ConnectAttempt);
+        sim.now += 3;
+        sim.anon(lb, None, EventKind::ClosedBeforeConnect);
+        if i % 5 == 0 {
+            sim.tick();
+        }
+    }
+    assert!(
+        sim.alerts_of(Detector::SlowLoris).is_empty(),
+        "{:#?}",
+        sim.out
+    );
+    // The same checks with their ends unreported do reach the threshold: the close fact is
+    // what keeps the count down.
+    for i in 0..300u64 {
+        sim.now += 2000;
+        sim.anon(ip(73), None, EventKind::ConnectAttempt);
+        if i % 5 == 0 {
+            sim.tick();
+        }
+    }
+    assert!(
+        !sim.alerts_of(Detector::SlowLoris).is_empty(),
+        "{:#?}",
+        sim.out
+    );
+}
+
+#[test]
 fn reconnect_storm_rotating_client_ids_is_seen_at_its_second_connect() {
     let mut sim = Sim::new(DetectConfig::default());
     let mut fleet = connected_fleet(&mut sim, 3, "plugs", 1, 50);

@@ -62,6 +62,8 @@ pub(crate) struct Fact {
 pub(crate) enum FactKind {
     /// A connection passed the shield and begins its handshake.
     Opened,
+    /// The peer closed it after the handshake, before a complete CONNECT, breaking no rule.
+    ClosedBeforeConnect,
     TlsFailed(TlsFailure),
     HandshakeTimeout,
     ConnectTimeout,
@@ -437,6 +439,7 @@ fn observe_fact(
     };
     let kind = match &fact.kind {
         FactKind::Opened => EventKind::ConnectAttempt,
+        FactKind::ClosedBeforeConnect => EventKind::ClosedBeforeConnect,
         FactKind::TlsFailed(reason) => EventKind::TlsHandshakeFailed { reason: *reason },
         FactKind::HandshakeTimeout => EventKind::HandshakeTimeout,
         FactKind::ConnectTimeout => EventKind::ConnectTimeout,

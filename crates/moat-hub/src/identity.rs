@@ -876,6 +876,16 @@ impl moat_net::SecurityEvents for NetEvents {
         self.detect(peer, 0, None, None, crate::defence::FactKind::Opened);
     }
 
+    fn closed_before_connect(&self, peer: std::net::SocketAddr) {
+        self.detect(
+            peer,
+            0,
+            None,
+            None,
+            crate::defence::FactKind::ClosedBeforeConnect,
+        );
+    }
+
     fn malformed_before_connect(
         &self,
         peer: std::net::SocketAddr,

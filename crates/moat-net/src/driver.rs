@@ -187,7 +187,10 @@ async fn accept_connect<T: Transport>(
             Ok(Ok(n)) if n > 0 => {
                 ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Ok(_) => return None,
+            Ok(_) => {
+                ctx.events.closed_before_connect(peer);
+                return None;
+            }
             Err(_) => {
                 // One deadline for the whole CONNECT, however slowly its bytes arrive.
                 ctx.stats.fail(HandshakeFailure::ConnectTimeout);

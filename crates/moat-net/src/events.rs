@@ -53,6 +53,11 @@ pub trait SecurityEvents: Send + Sync + fmt::Debug {
     /// connected) or in a close by the peer, so that the connections an address holds open
     /// without finishing (a slow-loris) are visible before any deadline.
     fn connection_opened(&self, _peer: SocketAddr) {}
+    /// The peer at `peer` closed the connection after the handshake and before a complete
+    /// CONNECT, breaking no rule (a TLS health check, a client that gave up): the end of a
+    /// connection [`SecurityEvents::connection_opened`] announced, when no other fact here
+    /// is.
+    fn closed_before_connect(&self, _peer: SocketAddr) {}
     /// The first packet from `peer` (authenticated by TLS as `principal`) was malformed or
     /// not a CONNECT (MQTT-3.1.0-1); the connection was closed. `error` is fit for an audit
     /// record.
