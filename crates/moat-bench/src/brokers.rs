@@ -48,13 +48,13 @@ pub struct BrokerSetup {
     moat_config: Vec<String>,
     /// Credentials for the mutual-TLS scenarios.
     pub pki: ClientPki,
+    /// CPUs the broker is confined to (`taskset -c`), if any.
+    pub cpus: Option<String>,
 }
 
 /// A running broker.
 #[derive(Debug)]
 pub struct RunningBroker {
-    /// Which broker.
-    pub kind: BrokerKind,
     /// Process id, for `/proc` readings.
     pub pid: u32,
     /// Plaintext MQTT listener, anonymous clients allowed.
@@ -130,6 +130,7 @@ acl_file {acl}
             mosquitto_conf: Some(conf_path),
             moat_config: Vec::new(),
             pki: client_pki,
+            cpus: None,
         })
     }
 
@@ -155,6 +156,7 @@ acl_file {acl}
             mosquitto_conf: None,
             moat_config: moat_config.to_vec(),
             pki: ClientPki::default(),
+            cpus: None,
         };
         // `device add` needs the CA that the first `serve` creates in the data directory.
         drop(setup.start()?);
@@ -202,6 +204,20 @@ acl_file {acl}
         }
     }
 
+    /// The command that runs the broker binary: under `taskset` when it is confined to
+    /// some CPUs (taskset executes the binary in its own process, so the pid is the
+    /// broker's).
+    fn command(&self) -> Command {
+        match &self.cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpus).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        }
+    }
+
     /// The data directory (Moat: `moat serve --data-dir`).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -236,7 +252,8 @@ acl_file {acl}
         let (Some(plaintext), Some(tls)) = (ports.next(), ports.next()) else {
             return Err("configuration names no listeners".to_owned());
         };
-        let child = Command::new(&self.binary)
+        let child = self
+            .command()
             .arg("-c")
             .arg(conf)
             .stdin(Stdio::null())
@@ -245,7 +262,6 @@ acl_file {acl}
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", self.binary.display()))?;
         let mut broker = RunningBroker {
-            kind: self.kind,
             pid: child.id(),
             plaintext: SocketAddr::from(([127, 0, 0, 1], plaintext)),
             tls: SocketAddr::from(([127, 0, 0, 1], tls)),
@@ -289,7 +305,8 @@ acl_file {acl}
             text.push('\n');
         }
         std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
-        let mut child = Command::new(&self.binary)
+        let mut child = self
+            .command()
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -344,7 +361,6 @@ acl_file {acl}
         let api = ready_address(&json, "api").ok();
         let child = guard.0.take().ok_or_else(|| "child vanished".to_owned())?;
         Ok(RunningBroker {
-            kind: self.kind,
             pid,
             plaintext,
             tls,

@@ -99,9 +99,20 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     latency_rate: u32,
 
-    /// Sampled duration of the latency scenario, after the warm-up.
+    /// Sampled duration of the latency scenario, after the warm-up (in `latency-rounds`,
+    /// each broker's, split over its rounds).
     #[arg(long, default_value = "10s", value_parser = stats::parse_duration)]
     latency_duration: Duration,
+
+    /// Rounds per broker of the `latency-rounds` scenario.
+    #[arg(long, default_value_t = 10)]
+    latency_rounds: u32,
+
+    /// Confine the harness to the first CPU and every broker to the last (`taskset`), so
+    /// that thread placement, which on a small virtual machine moves latency by more than
+    /// the brokers differ, is the same for every broker. Needs at least 2 CPUs.
+    #[arg(long)]
+    pin: bool,
 
     /// Devices in the mutual-TLS namespace scenario.
     #[arg(long, default_value_t = 8)]
@@ -177,6 +188,7 @@ impl Cli {
             fan_out_subscribers: self.fan_out_subscribers,
             latency_rate: self.latency_rate,
             latency_duration: self.latency_duration,
+            latency_rounds: self.latency_rounds.max(1),
             devices: self.devices,
             idle_tcp: self.idle_tcp,
             idle_tls: self.idle_tls,
@@ -245,6 +257,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
     }
     let devices = settings.devices_needed(&scenarios);
+    let broker_cpus = if cli.pin { pin_harness()? } else { None };
 
     // Before any broker is spawned, so that they inherit it. Each side holds one
     // descriptor per idle connection, plus a margin for everything else.
@@ -276,7 +289,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             ),
         };
         match setup {
-            Ok(setup) => setups.push(setup),
+            Ok(mut setup) => {
+                setup.cpus.clone_from(&broker_cpus);
+                setups.push(setup);
+            }
             Err(e) => eprintln!("warning: skipping {kind}: {e}"),
         }
     }
@@ -303,9 +319,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     for scenario in scenarios {
         let title = scenario.title(&settings);
         let mut runs = Vec::new();
-        if scenario == Scenario::LatencyPaired {
+        if matches!(scenario, Scenario::LatencyPaired | Scenario::LatencyRounds) {
             eprintln!("{title}: every broker at once ...");
-            runs = latency_paired(&runtime, &setups, &settings, cli.scenario_timeout);
+            runs = all_at_once(scenario, &runtime, &setups, &settings, cli.scenario_timeout);
             reports.push(ScenarioReport {
                 scenario,
                 title,
@@ -409,7 +425,10 @@ fn machine_load(period: Duration) -> Result<f64, String> {
 
 /// Facts a reader needs to judge the figures: machine, versions, command.
 fn environment(setups: &[BrokerSetup]) -> Vec<(String, String)> {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    // Online CPUs, not the ones this process may use (`--pin` confines it to one).
+    let cpus = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |info| {
+        info.lines().filter(|l| l.starts_with("processor")).count()
+    });
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -436,7 +455,14 @@ fn environment(setups: &[BrokerSetup]) -> Vec<(String, String)> {
         ),
     ];
     for setup in setups {
-        facts.push((setup.kind.to_string(), setup.version()));
+        let pinned = setup
+            .cpus
+            .as_ref()
+            .map_or_else(String::new, |cpus| format!(" (pinned to CPU {cpus})"));
+        facts.push((
+            setup.kind.to_string(),
+            format!("{}{pinned}", setup.version()),
+        ));
     }
     facts
 }
@@ -458,8 +484,29 @@ fn header_markdown(setups: &[BrokerSetup]) -> String {
         + "\n"
 }
 
-/// Runs the paired latency scenario: every broker started at once, one result each.
-fn latency_paired(
+/// Confines this process (before it starts any thread) to the first CPU, and returns the
+/// CPU list for the brokers: the last CPU.
+fn pin_harness() -> Result<Option<String>, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        eprintln!("warning: --pin needs at least 2 CPUs; running unpinned");
+        return Ok(None);
+    }
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0"])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("running taskset (util-linux) for --pin: {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset for --pin failed: {status}"));
+    }
+    Ok(Some((cpus - 1).to_string()))
+}
+
+/// Runs a latency scenario that starts every broker at once: one result each.
+fn all_at_once(
+    scenario: Scenario,
     runtime: &tokio::runtime::Runtime,
     setups: &[BrokerSetup],
     settings: &Settings,
@@ -478,7 +525,14 @@ fn latency_paired(
     let brokers: Vec<&RunningBroker> = started.iter().collect();
     let outcomes = runtime
         .block_on(async {
-            tokio::time::timeout(timeout, scenarios::latency_paired(&brokers, settings)).await
+            let outcomes = async {
+                if scenario == Scenario::LatencyRounds {
+                    scenarios::latency_rounds(&brokers, settings).await
+                } else {
+                    scenarios::latency_paired(&brokers, settings).await
+                }
+            };
+            tokio::time::timeout(timeout, outcomes).await
         })
         .unwrap_or_else(|_| {
             let e = format!("gave up after {timeout:?} (raise --scenario-timeout?)");

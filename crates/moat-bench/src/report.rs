@@ -42,7 +42,7 @@ impl ScenarioReport {
         let mut notes = Vec::new();
         for (kind, outcome) in &self.runs {
             match outcome {
-                Ok(outcome) => notes.extend(outcome.notes.iter().cloned()),
+                Ok(outcome) => notes.extend(outcome.notes.iter().map(|n| format!("{kind}: {n}"))),
                 Err(e) => notes.push(format!("{kind} failed: {e}")),
             }
         }
@@ -68,7 +68,9 @@ fn target(scenario: Scenario, metric: &str) -> Option<Target> {
         (FanInQos0 | SecureNamespaces, "delivered") => Target::RatioAtLeast(3.5),
         (FanInQos1, "delivered") => Target::RatioAtLeast(4.0),
         (FanOut, "delivered") => Target::RatioAtLeast(10.0),
-        (Latency | LatencyPaired, "p50 latency" | "p99 latency") => Target::RatioAtMost(1.0),
+        (Latency | LatencyPaired | LatencyRounds, "p50 latency" | "p99 latency") => {
+            Target::RatioAtMost(1.0)
+        }
         // 4 KB and 20 KB, in KiB.
         (IdleTcp, "broker RSS per connection") => Target::MoatAtMost(4000.0 / 1024.0, "4 KB"),
         (IdleTls, "broker RSS per connection") => Target::MoatAtMost(20_000.0 / 1024.0, "20 KB"),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use moat_mqtt::{Packet, PacketId, PubResponse};
 use moat_types::{QoS, TopicName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::brokers::RunningBroker;
@@ -18,7 +20,7 @@ use crate::client::{self, Connection, Reader};
 use crate::pki::ClientPki;
 use crate::procfs;
 use crate::stamp::{Burst, GapCounter, Stamp};
-use crate::stats::LatencySummary;
+use crate::stats::{LatencySummary, percentile};
 
 /// Which scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -38,6 +40,12 @@ pub enum Scenario {
     /// (on a shared or virtual machine the host's noise between two sequential runs is
     /// larger than the difference between brokers).
     LatencyPaired,
+    /// The latency scenario in alternating rounds: every broker started at once, and the
+    /// paced publisher moves from one broker to the next each round (order reversed every
+    /// other round: ABBA), so that drift in the machine's noise falls on all brokers alike
+    /// and only one broker carries load at any moment. Figures pool every round's samples;
+    /// the notes give each round's.
+    LatencyRounds,
     /// Mutual TLS, one certificate per device, each publishing into its own namespace and
     /// subscribed to it.
     SecureNamespaces,
@@ -58,12 +66,13 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const EACH: [Scenario; 9] = [
+    pub const EACH: [Scenario; 10] = [
         Self::FanInQos0,
         Self::FanInQos1,
         Self::FanOut,
         Self::Latency,
         Self::LatencyPaired,
+        Self::LatencyRounds,
         Self::SecureNamespaces,
         Self::IdleTcp,
         Self::IdleTls,
@@ -93,6 +102,10 @@ impl Scenario {
             Self::LatencyPaired => format!(
                 "latency QoS 0, brokers at once ({} msg/s paced to each, interleaved, 1 sub each)",
                 settings.latency_rate
+            ),
+            Self::LatencyRounds => format!(
+                "latency QoS 0, {} alternating rounds ({} msg/s paced, 1 sub each)",
+                settings.latency_rounds, settings.latency_rate
             ),
             Self::SecureNamespaces => format!(
                 "mutual TLS, {} devices each pub+sub in devices/{{id}}/#, QoS 0",
@@ -127,8 +140,11 @@ pub struct Settings {
     pub fan_out_subscribers: usize,
     /// Messages per second in the latency scenario.
     pub latency_rate: u32,
-    /// Measured duration of the latency scenario (after the warm-up).
+    /// Measured duration of the latency scenario (after the warm-up); in the rounds
+    /// scenario, each broker's, split over its rounds.
     pub latency_duration: Duration,
+    /// Rounds per broker of the alternating latency scenario.
+    pub latency_rounds: u32,
     /// Devices in the mutual-TLS namespace scenario.
     pub devices: usize,
     /// Idle plaintext connections.
@@ -232,7 +248,9 @@ pub async fn run(
             .map(Into::into),
         Scenario::FanOut => fan_out(broker, settings).await.map(Into::into),
         Scenario::Latency => latency(broker, settings).await.map(Into::into),
-        Scenario::LatencyPaired => Err("`latency-paired` runs every broker at once".to_owned()),
+        Scenario::LatencyPaired | Scenario::LatencyRounds => {
+            Err("the paired and rounds latency scenarios run every broker at once".to_owned())
+        }
         Scenario::SecureNamespaces => secure_namespaces(broker, pki, settings).await,
         Scenario::IdleTcp => idle(broker, pki, settings, Transport::Tcp)
             .await
@@ -478,10 +496,7 @@ async fn count_deliveries_split<R: AsyncRead + Unpin>(
     }
 }
 
-async fn plaintext(
-    addr: SocketAddr,
-    client_id: &str,
-) -> Result<Connection<tokio::net::TcpStream>, String> {
+async fn plaintext(addr: SocketAddr, client_id: &str) -> Result<Connection<TcpStream>, String> {
     Connection::open(client::tcp(addr).await?, client_id, 60).await
 }
 
@@ -538,20 +553,27 @@ async fn fan_out(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
 
 /// How many messages a latency run sends (warm-up included), and how many of them warm up.
 fn latency_counts(settings: &Settings) -> (u64, u64) {
-    let rate = f64::from(settings.latency_rate.max(1));
-    let warmup_messages = (settings.warmup.as_secs_f64() * rate) as u64;
-    let total = warmup_messages + (settings.latency_duration.as_secs_f64() * rate).max(1.0) as u64;
+    let warmup_messages = messages_in(settings.warmup, settings);
+    let total = warmup_messages + messages_in(settings.latency_duration, settings).max(1);
     (total, warmup_messages)
 }
 
-/// Receives stamped messages until the last of `total` (or `deadline`), and returns the
-/// publish-to-delivery time of each after the warm-up, and how many arrived.
+/// How many messages the paced publisher sends in `period`.
+fn messages_in(period: Duration, settings: &Settings) -> u64 {
+    (period.as_secs_f64() * f64::from(settings.latency_rate.max(1))) as u64
+}
+
+/// One latency sample: the message's sequence number and its publish-to-delivery time.
+type Sample = (u64, Duration);
+
+/// Receives stamped messages until the last of `total` (or `deadline`), and returns a sample
+/// of each message from `first_sampled` on, and how many arrived.
 async fn receive_stamped<S: AsyncRead + AsyncWrite + Unpin>(
     mut subscriber: Connection<S>,
     origin: Instant,
-    (total, warmup_messages): (u64, u64),
+    (total, first_sampled): (u64, u64),
     deadline: tokio::time::Instant,
-) -> Result<(Vec<Duration>, u64), String> {
+) -> Result<(Vec<Sample>, u64), String> {
     let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut received = 0u64;
     let mut last = 0;
@@ -564,8 +586,8 @@ async fn receive_stamped<S: AsyncRead + AsyncWrite + Unpin>(
                 let now = origin.elapsed();
                 received += 1;
                 last = stamp.sequence;
-                if stamp.sequence >= warmup_messages {
-                    samples.push(now.saturating_sub(stamp.sent));
+                if stamp.sequence >= first_sampled {
+                    samples.push((stamp.sequence, now.saturating_sub(stamp.sent)));
                 }
             }
         });
@@ -580,17 +602,17 @@ async fn receive_stamped<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The latency figures of one broker's samples.
-fn latency_figures(
-    mut samples: Vec<Duration>,
-    received: u64,
-    total: u64,
-) -> Result<Vec<Figure>, String> {
-    let summary = LatencySummary::of(&mut samples)
+fn latency_figures(samples: &[Sample], received: u64, total: u64) -> Result<Vec<Figure>, String> {
+    let mut durations: Vec<Duration> = samples.iter().map(|&(_, d)| d).collect();
+    let summary = LatencySummary::of(&mut durations)
         .ok_or_else(|| "no latency sample was received".to_owned())?;
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    // `of` sorted the samples.
+    let at = |p: f64| percentile(&durations, p).map_or(f64::NAN, micros);
     Ok(vec![
         Figure::new("p50 latency", "µs", micros(summary.p50), Better::Lower),
+        Figure::new("p90 latency", "µs", at(90.0), Better::Lower),
         Figure::new("p99 latency", "µs", micros(summary.p99), Better::Lower),
+        Figure::new("p99.9 latency", "µs", at(99.9), Better::Lower),
         Figure::new("max latency", "µs", micros(summary.max), Better::Lower),
         Figure::new(
             "lost",
@@ -601,21 +623,31 @@ fn latency_figures(
     ])
 }
 
-/// Publishes `total` stamped messages, paced, round robin over `publishers`: one message
-/// every `1 / (rate × publishers)` seconds, so that each publisher sends at `rate` and no
-/// two messages are in flight at the same moment.
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Publishes the stamped messages `sequences`, paced, over `publishers`: one message every
+/// `1 / (rate × publishers)` seconds, so that each publisher sends at `rate` and no two
+/// messages are in flight at the same moment. Each period every publisher sends once, in an
+/// order drawn at random per period: a fixed order would tie each publisher to one phase of
+/// the period, and periodic machine noise (timer ticks, the host) to one broker.
 async fn publish_stamped<S: AsyncRead + AsyncWrite + Unpin>(
-    publishers: &mut [Connection<S>],
+    publishers: &mut [&mut Connection<S>],
     origin: Instant,
-    total: u64,
+    sequences: Range<u64>,
     settings: &Settings,
 ) -> Result<(), String> {
     let rate = f64::from(settings.latency_rate.max(1));
     let latency_topic = topic("bench/latency")?;
     let spacing = 1.0 / (rate * publishers.len().max(1) as f64);
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(spacing));
-    for sequence in 0..total {
-        for publisher in publishers.iter_mut() {
+    let mut shuffle = Shuffle::seeded(sequences.start);
+    let mut order: Vec<usize> = (0..publishers.len()).collect();
+    for sequence in sequences {
+        shuffle.apply(&mut order);
+        for &i in &order {
+            let publisher = &mut publishers[i];
             ticks.tick().await;
             let stamp = Stamp {
                 publisher: 0,
@@ -634,24 +666,102 @@ async fn publish_stamped<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
-    let counts = latency_counts(settings);
-    let origin = Instant::now();
+/// A small deterministic shuffler (xorshift64*): the publishing order needs no more than
+/// an even spread, and a seed makes a run's order reproducible.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn seeded(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Fisher–Yates.
+    fn apply<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// A subscriber and a publisher on the latency topic of `broker`.
+async fn latency_pair(
+    broker: &RunningBroker,
+) -> Result<(Connection<TcpStream>, Connection<TcpStream>), String> {
     let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
     subscriber
         .subscribe("bench/latency", QoS::AtMostOnce)
         .await?;
+    let publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
+    Ok((subscriber, publisher))
+}
+
+async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
+    let counts = latency_counts(settings);
+    let origin = Instant::now();
+    let (subscriber, mut publisher) = latency_pair(broker).await?;
     let deadline = tokio::time::Instant::now()
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
     let receiving = tokio::spawn(receive_stamped(subscriber, origin, counts, deadline));
-    let mut publisher = [plaintext(broker.plaintext, "bench-latency-pub").await?];
-    publish_stamped(&mut publisher, origin, counts.0, settings).await?;
+    publish_stamped(&mut [&mut publisher], origin, 0..counts.0, settings).await?;
     let (samples, received) = receiving
         .await
         .map_err(|e| format!("latency subscriber: {e}"))??;
-    latency_figures(samples, received, counts.0)
+    latency_figures(&samples, received, counts.0)
+}
+
+/// Opens a latency pair on every broker and starts each subscriber's receiving task, which
+/// expects `counts` messages by `deadline`.
+async fn open_latency_pairs(
+    brokers: &[&RunningBroker],
+    origin: Instant,
+    counts: (u64, u64),
+    deadline: tokio::time::Instant,
+) -> Result<(Vec<Receiving>, Vec<Connection<TcpStream>>), String> {
+    let mut receivers = Vec::new();
+    let mut publishers = Vec::new();
+    for broker in brokers {
+        let (subscriber, publisher) = latency_pair(broker).await?;
+        receivers.push(tokio::spawn(receive_stamped(
+            subscriber, origin, counts, deadline,
+        )));
+        publishers.push(publisher);
+    }
+    Ok((receivers, publishers))
+}
+
+type Receiving = tokio::task::JoinHandle<Result<(Vec<Sample>, u64), String>>;
+
+/// Each receiver's samples made into its broker's result, in the brokers' order.
+async fn outcomes(
+    receivers: Vec<Receiving>,
+    outcome: impl Fn(&[Sample], u64) -> Result<Outcome, String>,
+) -> Vec<Result<Outcome, String>> {
+    let mut outcomes = Vec::new();
+    for receiver in receivers {
+        outcomes.push(
+            received(receiver)
+                .await
+                .and_then(|(samples, n)| outcome(&samples, n)),
+        );
+    }
+    outcomes
+}
+
+/// Waits for one receiving task.
+async fn received(receiver: Receiving) -> Result<(Vec<Sample>, u64), String> {
+    receiver
+        .await
+        .map_err(|e| format!("latency subscriber: {e}"))?
 }
 
 /// The latency scenario against all `brokers` at once: each broker has its own subscriber
@@ -667,42 +777,170 @@ pub async fn latency_paired(
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
-    let mut receivers = Vec::new();
-    let mut publishers = Vec::new();
-    for broker in brokers {
-        let opened = async {
-            let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
-            subscriber
-                .subscribe("bench/latency", QoS::AtMostOnce)
-                .await?;
-            let publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
-            Ok::<_, String>((subscriber, publisher))
+    let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
+    let (receivers, mut publishers) =
+        match open_latency_pairs(brokers, origin, counts, deadline).await {
+            Ok(opened) => opened,
+            Err(e) => return all_failed(e),
         };
-        match opened.await {
-            Ok((subscriber, publisher)) => {
-                receivers.push(tokio::spawn(receive_stamped(
-                    subscriber, origin, counts, deadline,
-                )));
-                publishers.push(publisher);
-            }
-            Err(e) => return brokers.iter().map(|_| Err(e.clone())).collect(),
+    let mut publishing: Vec<_> = publishers.iter_mut().collect();
+    if let Err(e) = publish_stamped(&mut publishing, origin, 0..counts.0, settings).await {
+        return all_failed(e);
+    }
+    outcomes(receivers, |samples, n| {
+        latency_figures(samples, n, counts.0).map(Into::into)
+    })
+    .await
+}
+
+/// Messages at the start of each round that are sent but not sampled: the broker was idle
+/// while the others had their turn, and its first messages meet cold caches.
+const ROUND_SETTLE: Duration = Duration::from_millis(50);
+
+/// Where each round's messages fall in a broker's sequence numbers.
+#[derive(Clone, Copy, Debug)]
+struct RoundPlan {
+    warmup: u64,
+    settle: u64,
+    sampled: u64,
+    rounds: u64,
+}
+
+impl RoundPlan {
+    fn new(settings: &Settings) -> Self {
+        let rounds = u64::from(settings.latency_rounds.max(1));
+        Self {
+            warmup: messages_in(settings.warmup, settings),
+            settle: messages_in(ROUND_SETTLE, settings),
+            sampled: (messages_in(settings.latency_duration, settings) / rounds).max(1),
+            rounds,
         }
     }
-    if let Err(e) = publish_stamped(&mut publishers, origin, counts.0, settings).await {
-        return brokers.iter().map(|_| Err(e.clone())).collect();
+
+    /// Every message round `round` sends, settling ones first.
+    fn round(&self, round: u64) -> Range<u64> {
+        let start = self.warmup + round * (self.settle + self.sampled);
+        start..start + self.settle + self.sampled
     }
-    let mut outcomes = Vec::new();
-    for receiver in receivers {
-        let outcome = match receiver.await {
-            Ok(Ok((samples, received))) => {
-                latency_figures(samples, received, counts.0).map(Into::into)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("latency subscriber: {e}")),
+
+    /// The round a sampled sequence number belongs to (`None` for warm-up and settling).
+    fn round_of(&self, sequence: u64) -> Option<usize> {
+        let offset = sequence.checked_sub(self.warmup)?;
+        let per_round = self.settle + self.sampled;
+        (offset % per_round >= self.settle && offset / per_round < self.rounds)
+            .then(|| usize::try_from(offset / per_round).ok())
+            .flatten()
+    }
+
+    fn total(&self) -> u64 {
+        self.warmup + self.rounds * (self.settle + self.sampled)
+    }
+}
+
+/// The order of the brokers in round `round`: as given in even rounds, reversed in odd ones
+/// (ABBA), so that a broker is as often first as last.
+fn round_order(brokers: usize, round: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..brokers).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// The latency scenario in rounds: every broker is started and connected, each warms up in
+/// turn, then each round sends `latency_duration / rounds` of paced messages to one broker
+/// after another (ABBA order). Only one broker has traffic at any moment. One result per
+/// broker: figures over all rounds' samples, the median of the rounds' percentiles, and a
+/// note with each round's.
+pub async fn latency_rounds(
+    brokers: &[&RunningBroker],
+    settings: &Settings,
+) -> Vec<Result<Outcome, String>> {
+    let plan = RoundPlan::new(settings);
+    let origin = Instant::now();
+    let rate = f64::from(settings.latency_rate.max(1));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs_f64(plan.total() as f64 / rate) * brokers.len().max(1) as u32
+        + Duration::from_secs(5);
+    let counts = (plan.total(), plan.warmup);
+    let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
+    let (receivers, mut publishers) =
+        match open_latency_pairs(brokers, origin, counts, deadline).await {
+            Ok(opened) => opened,
+            Err(e) => return all_failed(e),
         };
-        outcomes.push(outcome);
+    let sending = async {
+        for publisher in publishers.iter_mut() {
+            publish_stamped(&mut [publisher], origin, 0..plan.warmup, settings).await?;
+        }
+        for round in 0..plan.rounds {
+            for i in round_order(publishers.len(), round) {
+                publish_stamped(
+                    &mut [&mut publishers[i]],
+                    origin,
+                    plan.round(round),
+                    settings,
+                )
+                .await?;
+            }
+        }
+        Ok::<_, String>(())
+    };
+    if let Err(e) = sending.await {
+        return all_failed(e);
     }
-    outcomes
+    outcomes(receivers, |samples, n| rounds_outcome(&plan, samples, n)).await
+}
+
+/// One broker's result of the rounds scenario.
+fn rounds_outcome(plan: &RoundPlan, samples: &[Sample], received: u64) -> Result<Outcome, String> {
+    let sampled: Vec<Sample> = samples
+        .iter()
+        .copied()
+        .filter(|&(sequence, _)| plan.round_of(sequence).is_some())
+        .collect();
+    let mut figures = latency_figures(&sampled, received, plan.total())?;
+    let mut per_round = vec![Vec::new(); usize::try_from(plan.rounds).unwrap_or(0)];
+    for &(sequence, latency) in &sampled {
+        if let Some(round) = plan.round_of(sequence) {
+            per_round[round].push(latency);
+        }
+    }
+    let summaries: Vec<LatencySummary> = per_round
+        .iter_mut()
+        .filter_map(|round| LatencySummary::of(round))
+        .collect();
+    let median_of = |pick: fn(&LatencySummary) -> Duration| {
+        let mut values: Vec<Duration> = summaries.iter().map(pick).collect();
+        values.sort_unstable();
+        percentile(&values, 50.0).map_or(f64::NAN, micros)
+    };
+    figures.push(Figure::new(
+        "median round p50",
+        "µs",
+        median_of(|s| s.p50),
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        "median round p99",
+        "µs",
+        median_of(|s| s.p99),
+        Better::Lower,
+    ));
+    let list = |pick: fn(&LatencySummary) -> Duration| {
+        summaries
+            .iter()
+            .map(|s| format!("{:.0}", micros(pick(s))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Ok(Outcome {
+        figures,
+        notes: vec![
+            format!("p50 of each round (µs): {}", list(|s| s.p50)),
+            format!("p99 of each round (µs): {}", list(|s| s.p99)),
+        ],
+    })
 }
 
 /// What the namespace probe saw.
@@ -792,7 +1030,6 @@ async fn secure_namespaces(
     let mut notes = Vec::new();
     if devices.len() >= 2 {
         let probe = probe_namespaces(broker, pki).await?;
-        let kind = broker.kind;
         let verdict = |bad: bool| {
             if bad {
                 "DELIVERED (rule not enforced)"
@@ -802,7 +1039,7 @@ async fn secure_namespaces(
         };
         notes.push(if probe.control_delivered {
             format!(
-                "{kind} namespace probe: SUBSCRIBE to another device's namespace {}; \
+                "namespace probe: SUBSCRIBE to another device's namespace {}; \
                  its messages {}; PUBLISH into another device's namespace {}",
                 if probe.foreign_subscribe_granted {
                     "granted"
@@ -813,10 +1050,9 @@ async fn secure_namespaces(
                 verdict(probe.foreign_publish_delivered),
             )
         } else {
-            format!(
-                "{kind} namespace probe inconclusive: a device did not receive its own \
-                 message within 500 ms"
-            )
+            "namespace probe inconclusive: a device did not receive its own message within \
+             500 ms"
+                .to_owned()
         });
     }
     let counters = Counters::default();
@@ -1004,4 +1240,85 @@ async fn handshakes(
             Better::Neither,
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rounds: u32) -> Settings {
+        Settings {
+            warmup: Duration::from_secs(2),
+            window: Duration::from_secs(10),
+            publishers: 4,
+            payload_size: 64,
+            qos1_window: 100,
+            fan_out_subscribers: 100,
+            latency_rate: 1000,
+            latency_duration: Duration::from_secs(10),
+            latency_rounds: rounds,
+            devices: 8,
+            idle_tcp: 10,
+            idle_tls: 10,
+            handshakes: 10,
+            handshake_concurrency: 2,
+            connect_concurrency: 2,
+        }
+    }
+
+    #[test]
+    fn rounds_partition_the_sequence_numbers() {
+        let plan = RoundPlan::new(&settings(10));
+        assert_eq!((plan.warmup, plan.settle, plan.sampled), (2000, 50, 1000));
+        assert_eq!(plan.total(), 2000 + 10 * 1050);
+        let mut sampled = [0u64; 10];
+        let mut next = plan.warmup;
+        for round in 0..plan.rounds {
+            let range = plan.round(round);
+            // Rounds follow each other without gaps or overlap.
+            assert_eq!(range.start, next);
+            next = range.end;
+            for sequence in range {
+                if let Some(r) = plan.round_of(sequence) {
+                    assert_eq!(r as u64, round);
+                    sampled[r] += 1;
+                }
+            }
+        }
+        assert_eq!(next, plan.total());
+        assert!(sampled.iter().all(|&n| n == plan.sampled));
+        // Warm-up, each round's settling messages and anything past the end are not sampled.
+        assert_eq!(plan.round_of(0), None);
+        assert_eq!(plan.round_of(plan.warmup - 1), None);
+        assert_eq!(plan.round_of(plan.warmup), None);
+        assert_eq!(plan.round_of(plan.warmup + plan.settle), Some(0));
+        assert_eq!(plan.round_of(plan.total()), None);
+    }
+
+    #[test]
+    fn shuffled_orders_are_permutations_and_spread_evenly() {
+        let mut shuffle = Shuffle::seeded(7);
+        let mut first = [0u32; 2];
+        for _ in 0..10_000 {
+            let mut order = vec![0, 1];
+            shuffle.apply(&mut order);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1]);
+            first[order[0]] += 1;
+        }
+        // Each publisher goes first in about half the periods.
+        assert!(
+            first.iter().all(|&n| (4_700..=5_300).contains(&n)),
+            "{first:?}"
+        );
+    }
+
+    #[test]
+    fn every_broker_is_first_as_often_as_last() {
+        assert_eq!(round_order(2, 0), vec![0, 1]);
+        assert_eq!(round_order(2, 1), vec![1, 0]);
+        let firsts = (0..10).filter(|&r| round_order(2, r)[0] == 0).count();
+        assert_eq!(firsts, 5);
+    }
 }
