@@ -2,6 +2,7 @@
 //! broker's [`Connection`], writes what its [`Outbox`] releases, and enforces keep alive.
 
 use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
 use moat_broker::{
     Broker, Close, CloseKind, ConnectOutcome, Connection, Outbox, Outgoing, Principal, Wake,
 };
@@ -10,9 +11,10 @@ use moat_types::Timestamp;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -50,11 +52,42 @@ fn next_read_hint(hint: usize, read: usize) -> usize {
 /// does not keep a burst-sized buffer.
 const MAX_IDLE_WRITE_BUFFER: usize = 16 * 1024;
 
-struct NotifyWaker(Notify);
+/// How the broker wakes a connection's task when something is queued for it: a flag and
+/// the task's waker. A wake is one atomic store and a task wake-up, with no lock; a wake that
+/// comes while the task is busy is kept in the flag for its next wait.
+#[derive(Default)]
+struct NotifyWaker {
+    pending: AtomicBool,
+    task: AtomicWaker,
+}
 
 impl Wake for NotifyWaker {
     fn wake(&self) {
-        self.0.notify_one();
+        self.pending.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl NotifyWaker {
+    /// Completes once [`Wake::wake`] has been called since it last completed. Dropping it
+    /// loses nothing.
+    fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.take() {
+                return Poll::Ready(());
+            }
+            self.task.register(cx.waker());
+            // A wake between the check and the registration found no waker to wake.
+            if self.take() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn take(&self) -> bool {
+        self.pending.load(Ordering::Acquire) && self.pending.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -88,7 +121,7 @@ pub(crate) fn run<T: Transport>(
     async move {
         let mut rbuf = BytesMut::new();
         let mut wbuf = BytesMut::new();
-        let notify = Arc::new(NotifyWaker(Notify::new()));
+        let notify = Arc::new(NotifyWaker::default());
         let mut outbox = Outbox::new();
         let accepted = Box::pin(accept_connect(
             &mut io,
@@ -303,6 +336,17 @@ async fn finish<T: Transport>(
     let _ = tokio::time::timeout(ctx.limits.write_timeout, io.close()).await;
 }
 
+/// Writes all of `wbuf`; false if the write failed or the peer took longer than `limit` to
+/// accept it. Most writes complete at once, and those skip the timer.
+async fn write_bounded<T: Transport>(io: &mut T, wbuf: &mut BytesMut, limit: Duration) -> bool {
+    let mut write = std::pin::pin!(io.write_all_from(wbuf));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(result) => result.is_ok(),
+        Poll::Pending => matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))),
+    }
+}
+
 /// The connected phase. Returns why it ended.
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
 fn session<T: Transport>(
@@ -330,11 +374,13 @@ fn session<T: Transport>(
         // idle connection does not carry a second timer).
         let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            // One clock reading per turn of the loop, for the packets handled and the first
+            // batch written; a later batch, after a write that may have waited, reads it again.
+            let mut now = Timestamp::now();
             // Handle what has been read, stopping as soon as a session this client publishes
             // to is backed up: the rest waits in the buffer until it drains.
             let mut stopped_early = false;
             if !conn.is_paused() {
-                let now = Timestamp::now();
                 loop {
                     if conn.has_congestion() || conn.is_throttled() {
                         stopped_early = true;
@@ -362,7 +408,7 @@ fn session<T: Transport>(
             }
             // Move what is ready into the write buffer and write it.
             loop {
-                let more = match conn.poll_outbound(Timestamp::now(), outbox) {
+                let more = match conn.poll_outbound(now, outbox) {
                     Ok(more) => more,
                     Err(close) => return close,
                 };
@@ -376,11 +422,8 @@ fn session<T: Transport>(
                 }
                 if !wbuf.is_empty() {
                     let n = wbuf.len();
-                    match tokio::time::timeout(ctx.limits.write_timeout, io.write_all_from(wbuf))
-                        .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
+                    if !write_bounded(io, wbuf, ctx.limits.write_timeout).await {
+                        return Close::lost(ReasonCode::UnspecifiedError);
                     }
                     ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     if wbuf.capacity() > MAX_IDLE_WRITE_BUFFER {
@@ -390,6 +433,7 @@ fn session<T: Transport>(
                 if !more {
                     break;
                 }
+                now = Timestamp::now();
             }
             outbox.release_if_empty();
             // One reading of the commit watermark for both questions: a commit that lands after
@@ -446,7 +490,11 @@ fn session<T: Transport>(
             }
             let reading = !paused && throttled.is_none();
 
+            // Biased: polled in this order, with no random draw. No branch can starve another
+            // of what matters, because every turn of the loop handles the read buffer and the
+            // outbox whatever woke it, and reads push the keep alive back.
             tokio::select! {
+                biased;
                 read = io.read_into(rbuf, read_hint), if reading => {
                     match read {
                         Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
@@ -457,7 +505,7 @@ fn session<T: Transport>(
                         }
                     }
                 }
-                () = notify.0.notified() => {}
+                () = notify.notified() => {}
                 changed = committed.changed(), if waiting_commit => {
                     if changed.is_err() {
                         return Close {
