@@ -695,11 +695,15 @@ impl Shuffle {
 async fn latency_pair(
     broker: &RunningBroker,
 ) -> Result<(Connection<TcpStream>, Connection<TcpStream>), String> {
-    let mut subscriber = plaintext(broker.plaintext, "bench-latency-sub").await?;
+    // Keep alive 0: the subscriber sends nothing for the whole run, which may be longer
+    // than any keep alive (this client does not ping).
+    let open =
+        |id| async move { Connection::open(client::tcp(broker.plaintext).await?, id, 0).await };
+    let mut subscriber = open("bench-latency-sub").await?;
     subscriber
         .subscribe("bench/latency", QoS::AtMostOnce)
         .await?;
-    let publisher = plaintext(broker.plaintext, "bench-latency-pub").await?;
+    let publisher = open("bench-latency-pub").await?;
     Ok((subscriber, publisher))
 }
 
