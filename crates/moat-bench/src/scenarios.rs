@@ -627,43 +627,90 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Publishes the stamped messages `sequences`, paced, over `publishers`: one message every
-/// `1 / (rate × publishers)` seconds, so that each publisher sends at `rate` and no two
-/// messages are in flight at the same moment. Each period every publisher sends once, in an
-/// order drawn at random per period: a fixed order would tie each publisher to one phase of
-/// the period, and periodic machine noise (timer ticks, the host) to one broker.
-async fn publish_stamped<S: AsyncRead + AsyncWrite + Unpin>(
-    publishers: &mut [&mut Connection<S>],
-    origin: Instant,
-    sequences: Range<u64>,
-    settings: &Settings,
-) -> Result<(), String> {
-    let rate = f64::from(settings.latency_rate.max(1));
-    let latency_topic = topic("bench/latency")?;
-    let spacing = 1.0 / (rate * publishers.len().max(1) as f64);
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(spacing));
-    let mut shuffle = Shuffle::seeded(sequences.start);
-    let mut order: Vec<usize> = (0..publishers.len()).collect();
-    for sequence in sequences {
-        shuffle.apply(&mut order);
-        for &i in &order {
-            let publisher = &mut publishers[i];
-            ticks.tick().await;
-            let stamp = Stamp {
-                publisher: 0,
-                sequence,
-                sent: origin.elapsed(),
-            };
-            publisher.queue(&client::publish(
-                &latency_topic,
-                QoS::AtMostOnce,
-                None,
-                stamp.payload(settings.payload_size),
-            ));
-            publisher.flush().await?;
+/// The latency publishers, one per broker, written with blocking writes from a thread of
+/// their own and paced by the OS clock.
+///
+/// Tokio's timers have millisecond resolution: a 0.5 ms interval (two brokers at 1,000 msg/s
+/// each) fired its ticks in pairs at each millisecond, which put two brokers' messages on the
+/// machine at the same instant, or two of one broker's back to back.
+struct Publishers(Vec<std::net::TcpStream>);
+
+impl Publishers {
+    fn new(connections: Vec<Connection<TcpStream>>) -> Result<Self, String> {
+        let mut streams = Vec::new();
+        for connection in connections {
+            let (io, _) = connection.into_parts();
+            let stream = io
+                .into_std()
+                .map_err(|e| format!("latency publisher: {e}"))?;
+            stream
+                .set_nonblocking(false)
+                .map_err(|e| format!("latency publisher: {e}"))?;
+            streams.push(stream);
         }
+        Ok(Self(streams))
     }
-    Ok(())
+
+    /// Publishes the stamped messages `sequences` through the publishers `active`, paced:
+    /// one message every `1 / (rate × active)` seconds, so that each sends at `rate` and no
+    /// two messages are in flight at the same moment. Each period every active publisher
+    /// sends once, in an order drawn at random per period: a fixed order would tie each
+    /// publisher to one phase of the period, and periodic machine noise (timer ticks, the
+    /// host) to one broker. A slot missed (the thread ran late) is sent at once and the
+    /// schedule moves on from there, rather than catching up in a burst.
+    async fn send(
+        mut self,
+        mut active: Vec<usize>,
+        origin: Instant,
+        sequences: Range<u64>,
+        settings: &Settings,
+    ) -> Result<Self, String> {
+        let rate = f64::from(settings.latency_rate.max(1));
+        let spacing = Duration::from_secs_f64(1.0 / (rate * active.len().max(1) as f64));
+        let payload_size = settings.payload_size;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let latency_topic = topic("bench/latency")?;
+            let mut shuffle = Shuffle::seeded(sequences.start);
+            let mut wire = bytes::BytesMut::new();
+            let mut slot = Instant::now();
+            for sequence in sequences {
+                shuffle.apply(&mut active);
+                for &i in &active {
+                    let now = Instant::now();
+                    if slot > now {
+                        std::thread::sleep(slot - now);
+                    } else {
+                        slot = now;
+                    }
+                    slot += spacing;
+                    let stamp = Stamp {
+                        publisher: 0,
+                        sequence,
+                        sent: origin.elapsed(),
+                    };
+                    let packet = client::publish(
+                        &latency_topic,
+                        QoS::AtMostOnce,
+                        None,
+                        stamp.payload(payload_size),
+                    );
+                    wire.clear();
+                    moat_mqtt::encode(&packet, client::VERSION, &mut wire);
+                    self.0[i]
+                        .write_all(&wire)
+                        .map_err(|e| format!("latency publisher: {e}"))?;
+                }
+            }
+            Ok(self)
+        })
+        .await
+        .map_err(|e| format!("latency publisher thread: {e}"))?
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.0.len()).collect()
+    }
 }
 
 /// A small deterministic shuffler (xorshift64*): the publishing order needs no more than
@@ -710,13 +757,15 @@ async fn latency_pair(
 async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
     let counts = latency_counts(settings);
     let origin = Instant::now();
-    let (subscriber, mut publisher) = latency_pair(broker).await?;
+    let (subscriber, publisher) = latency_pair(broker).await?;
     let deadline = tokio::time::Instant::now()
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
     let receiving = tokio::spawn(receive_stamped(subscriber, origin, counts, deadline));
-    publish_stamped(&mut [&mut publisher], origin, 0..counts.0, settings).await?;
+    Publishers::new(vec![publisher])?
+        .send(vec![0], origin, 0..counts.0, settings)
+        .await?;
     let (samples, received) = receiving
         .await
         .map_err(|e| format!("latency subscriber: {e}"))??;
@@ -782,13 +831,17 @@ pub async fn latency_paired(
         + settings.latency_duration
         + Duration::from_secs(5);
     let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
-    let (receivers, mut publishers) =
-        match open_latency_pairs(brokers, origin, counts, deadline).await {
-            Ok(opened) => opened,
-            Err(e) => return all_failed(e),
-        };
-    let mut publishing: Vec<_> = publishers.iter_mut().collect();
-    if let Err(e) = publish_stamped(&mut publishing, origin, 0..counts.0, settings).await {
+    let (receivers, publishers) = match open_latency_pairs(brokers, origin, counts, deadline).await
+    {
+        Ok(opened) => opened,
+        Err(e) => return all_failed(e),
+    };
+    let sending = async {
+        let publishers = Publishers::new(publishers)?;
+        let all = publishers.all();
+        publishers.send(all, origin, 0..counts.0, settings).await
+    };
+    if let Err(e) = sending.await {
         return all_failed(e);
     }
     outcomes(receivers, |samples, n| {
@@ -868,24 +921,23 @@ pub async fn latency_rounds(
         + Duration::from_secs(5);
     let counts = (plan.total(), plan.warmup);
     let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
-    let (receivers, mut publishers) =
-        match open_latency_pairs(brokers, origin, counts, deadline).await {
-            Ok(opened) => opened,
-            Err(e) => return all_failed(e),
-        };
+    let (receivers, publishers) = match open_latency_pairs(brokers, origin, counts, deadline).await
+    {
+        Ok(opened) => opened,
+        Err(e) => return all_failed(e),
+    };
     let sending = async {
-        for publisher in publishers.iter_mut() {
-            publish_stamped(&mut [publisher], origin, 0..plan.warmup, settings).await?;
+        let mut publishers = Publishers::new(publishers)?;
+        for i in publishers.all() {
+            publishers = publishers
+                .send(vec![i], origin, 0..plan.warmup, settings)
+                .await?;
         }
         for round in 0..plan.rounds {
-            for i in round_order(publishers.len(), round) {
-                publish_stamped(
-                    &mut [&mut publishers[i]],
-                    origin,
-                    plan.round(round),
-                    settings,
-                )
-                .await?;
+            for i in round_order(publishers.0.len(), round) {
+                publishers = publishers
+                    .send(vec![i], origin, plan.round(round), settings)
+                    .await?;
             }
         }
         Ok::<_, String>(())
