@@ -490,9 +490,10 @@ fn session<T: Transport>(
             }
             let reading = !paused && throttled.is_none();
 
-            // Biased: polled in this order, with no random draw. No branch can starve another
-            // of what matters, because every turn of the loop handles the read buffer and the
-            // outbox whatever woke it, and reads push the keep alive back.
+            // Biased: polled in this order, with no random draw. Reads first; then the timers,
+            // so that a stream of deliveries to this client (the wake-up, always ready under
+            // load) cannot keep its keep alive from being checked. Every turn of the loop
+            // handles the read buffer and the outbox whatever woke it.
             tokio::select! {
                 biased;
                 read = io.read_into(rbuf, read_hint), if reading => {
@@ -505,7 +506,15 @@ fn session<T: Transport>(
                         }
                     }
                 }
-                () = notify.notified() => {}
+                () = &mut keep_alive_timer, if reading => {
+                    // Re-armed lazily: reads only record when they happened.
+                    let deadline = last_heard + keep_alive;
+                    if deadline > Instant::now() {
+                        keep_alive_timer.as_mut().reset(deadline);
+                    } else {
+                        return Close::lost(ReasonCode::KeepAliveTimeout);
+                    }
+                }
                 changed = committed.changed(), if waiting_commit => {
                     if changed.is_err() {
                         return Close {
@@ -520,15 +529,7 @@ fn session<T: Transport>(
                         None => std::future::pending().await,
                     }
                 }, if throttled.is_some() => {}
-                () = &mut keep_alive_timer, if reading => {
-                    // Re-armed lazily: reads only record when they happened.
-                    let deadline = last_heard + keep_alive;
-                    if deadline > Instant::now() {
-                        keep_alive_timer.as_mut().reset(deadline);
-                    } else {
-                        return Close::lost(ReasonCode::KeepAliveTimeout);
-                    }
-                }
+                () = notify.notified() => {}
             }
         }
     }
