@@ -31,6 +31,10 @@ pub type Committed = watch::Receiver<u64>;
 /// it is read again whatever their state (their queue limit then drops, counted).
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// The wake-up branch of the connection loop checks the keep alive on every this many
+/// wake-ups: deliveries can keep it ready ahead of the keep alive timer.
+const KEEP_ALIVE_CHECK_WAKE_UPS: u32 = 64;
+
 /// Smallest read reservation: what an idle connection holds while it waits for bytes.
 const MIN_READ_HINT: usize = 128;
 /// Largest read reservation, reached by doubling while reads fill what was reserved.
@@ -373,6 +377,7 @@ fn session<T: Transport>(
         // Allocated the first time a rate quota throttles the connection (most never are: an
         // idle connection does not carry a second timer).
         let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut wake_ups: u32 = 0;
         loop {
             // One clock reading per turn of the loop, for the packets handled and the first
             // batch written; a later batch, after a write that may have waited, reads it again.
@@ -490,10 +495,10 @@ fn session<T: Transport>(
             }
             let reading = !paused && throttled.is_none();
 
-            // Biased: polled in this order, with no random draw. Reads first; then the timers,
-            // so that a stream of deliveries to this client (the wake-up, always ready under
-            // load) cannot keep its keep alive from being checked. Every turn of the loop
-            // handles the read buffer and the outbox whatever woke it.
+            // Biased: polled in this order, with no random draw. Every turn of the loop handles
+            // the read buffer and the outbox whatever woke it, so an earlier branch that is
+            // always ready starves nothing but the keep alive timer, which the wake-up branch
+            // checks itself.
             tokio::select! {
                 biased;
                 read = io.read_into(rbuf, read_hint), if reading => {
@@ -506,12 +511,15 @@ fn session<T: Transport>(
                         }
                     }
                 }
-                () = &mut keep_alive_timer, if reading => {
-                    // Re-armed lazily: reads only record when they happened.
-                    let deadline = last_heard + keep_alive;
-                    if deadline > Instant::now() {
-                        keep_alive_timer.as_mut().reset(deadline);
-                    } else {
+                () = notify.notified() => {
+                    // Deliveries can keep this branch ready on every turn, and it comes
+                    // before the keep alive timer: check the keep alive here as well, on
+                    // every 64th wake-up (a clock read per delivery would cost more).
+                    wake_ups = wake_ups.wrapping_add(1);
+                    if reading
+                        && wake_ups.is_multiple_of(KEEP_ALIVE_CHECK_WAKE_UPS)
+                        && Instant::now() >= last_heard + keep_alive
+                    {
                         return Close::lost(ReasonCode::KeepAliveTimeout);
                     }
                 }
@@ -529,7 +537,15 @@ fn session<T: Transport>(
                         None => std::future::pending().await,
                     }
                 }, if throttled.is_some() => {}
-                () = notify.notified() => {}
+                () = &mut keep_alive_timer, if reading => {
+                    // Re-armed lazily: reads only record when they happened.
+                    let deadline = last_heard + keep_alive;
+                    if deadline > Instant::now() {
+                        keep_alive_timer.as_mut().reset(deadline);
+                    } else {
+                        return Close::lost(ReasonCode::KeepAliveTimeout);
+                    }
+                }
             }
         }
     }
