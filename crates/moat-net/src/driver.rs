@@ -386,6 +386,7 @@ fn session<T: Transport>(
             // to is backed up: the rest waits in the buffer until it drains.
             let mut stopped_early = false;
             if !conn.is_paused() {
+                let mut decoded = false;
                 loop {
                     if conn.has_congestion() || conn.is_throttled() {
                         stopped_early = true;
@@ -393,6 +394,7 @@ fn session<T: Transport>(
                     }
                     match moat_mqtt::decode(rbuf, protocol, &limits) {
                         Ok(Some(packet)) => {
+                            decoded = true;
                             if let Err(close) = conn.handle(packet, now, outbox) {
                                 return close;
                             }
@@ -405,9 +407,12 @@ fn session<T: Transport>(
                     }
                 }
                 conn.flush_wakes();
-                // An idle connection keeps no read buffer: the next read allocates one.
-                // (Decoded payloads still share the old allocation until delivered.)
-                if rbuf.is_empty() {
+                // Decoded payloads share the read buffer's allocation until delivered, so an
+                // emptied buffer is let go (the next read allocates one) rather than pinning
+                // them. A buffer nothing was decoded from, only reserved by a read that found
+                // no bytes (a turn woken for a delivery), is kept: it holds what the next
+                // read would reserve anyway.
+                if rbuf.is_empty() && (decoded || rbuf.capacity() > read_hint) {
                     *rbuf = BytesMut::new();
                 }
             }
