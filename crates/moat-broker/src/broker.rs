@@ -11,6 +11,7 @@ use moat_mqtt::{
 use moat_types::{
     ClientId, QoS, QuotaLimit, SubscriptionFilter, Timestamp, TopicFilter, TopicName,
 };
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,6 +24,25 @@ use crate::router::{Router, Subscriber};
 use crate::session::{Inflight, Pending, SessionCell, SessionState, SubRecord, WillSpec};
 use crate::stats::Stats;
 use crate::{BrokerConfig, ReasonCode, Wake};
+
+/// What [`Broker::enqueue`] did with a message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Enqueued {
+    /// Queued; the session needs a wake.
+    pub accepted: bool,
+    /// The session's queue length afterwards, if a connection is attached: what flow control
+    /// compares with the high watermark without taking the session's lock again.
+    pub backlog: Option<usize>,
+}
+
+/// Largest match list kept for the next message: a wider fan-out allocates its own list.
+const MAX_ROUTE_SCRATCH: usize = 1024;
+
+thread_local! {
+    /// The match list of [`Broker::route_from`], kept between calls on each thread so that
+    /// routing a message allocates no list. Left empty between calls.
+    static ROUTE_SCRATCH: RefCell<Vec<Subscriber>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The broker. Cheap to clone; every clone is the same broker.
 #[derive(Clone, Debug)]
@@ -630,7 +650,11 @@ impl Broker {
     ) -> RouteOutcome {
         let message = message.into_inner();
         let stats = &self.shared.stats;
-        stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        // A connection's batch counts its messages once at the end of the batch (in
+        // `Connection::flush_wakes`): the counter is shared by every connection.
+        if deferred_wakes.is_none() {
+            stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        }
         if message.is_expired(now) {
             stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             return RouteOutcome {
@@ -643,7 +667,8 @@ impl Broker {
             self.retain(&message, &mut extra_ops);
         }
 
-        let mut targets = Vec::new();
+        // The match list is a per-thread scratch vector: routing allocates nothing for it.
+        let mut targets = ROUTE_SCRATCH.with_borrow_mut(std::mem::take);
         read(&self.shared.router).collect(&message.topic, &mut targets);
 
         // One copy per session: the maximum QoS of the matching subscriptions and all their
@@ -657,6 +682,11 @@ impl Broker {
             message.mark_fan_out();
         }
         let mut matched = 0;
+        // A publisher handling a batch of packets wakes each subscriber once, at the end of
+        // the batch, so subscribers drain many messages per write. Its sessions go straight
+        // into the caller's list and are claimed there after the submit below.
+        let mut deferred_wakes = deferred_wakes;
+        let first_deferred = deferred_wakes.as_ref().map_or(0, |d| d.len());
         let mut woken = Vec::new();
         let mut i = 0;
         while i < targets.len() {
@@ -681,14 +711,25 @@ impl Broker {
             if let Some(sub_qos) = qos {
                 let delivery_qos = message.qos.min(sub_qos);
                 let cell = &targets[i].session;
-                if self.enqueue(cell, &message, delivery_qos, retain, ids, &mut extra_ops) {
+                let enqueued =
+                    self.enqueue(cell, &message, delivery_qos, retain, ids, &mut extra_ops);
+                if enqueued.accepted {
                     matched += 1;
-                    woken.push(cell.clone());
+                    match deferred_wakes.as_deref_mut() {
+                        Some(deferred) => deferred.push(cell.clone()),
+                        None => woken.push(cell.clone()),
+                    }
                 }
                 // A client subscribed to what it publishes drains its own queue; pausing it
                 // on itself would stop it reading the acknowledgements that drain it.
-                if let Some(publisher) = publisher.filter(|_| message.origin != Some(cell.id)) {
+                let backed_up = enqueued
+                    .backlog
+                    .is_some_and(|n| n >= self.shared.config.queue_high_watermark());
+                if let Some(publisher) =
+                    publisher.filter(|_| backed_up && message.origin != Some(cell.id))
+                {
                     let mut st = cell.lock();
+                    // Checked again under the lock: the subscriber may have drained meanwhile.
                     if st.attached.is_some()
                         && st.queue.len() >= self.shared.config.queue_high_watermark()
                     {
@@ -702,18 +743,25 @@ impl Broker {
             }
             i = j;
         }
+        targets.clear();
+        if targets.capacity() <= MAX_ROUTE_SCRATCH {
+            ROUTE_SCRATCH.with_borrow_mut(|scratch| *scratch = targets);
+        }
         // Wake subscribers only after the batch is submitted, so that whatever they do next
         // (a DeleteOutbound after a PUBACK) is ordered after the PutOutbound it undoes.
         let commit = self.submit(extra_ops);
         match deferred_wakes {
-            // A publisher handling a batch of packets wakes each subscriber once at the end
-            // of the batch, so subscribers drain many messages per write.
+            // Keeps the sessions whose wake this publisher claims; a session already marked
+            // is woken by whoever marked it.
             Some(deferred) => {
-                for cell in woken {
-                    if cell.claim_wake() {
-                        deferred.push(cell);
+                let mut kept = first_deferred;
+                for k in first_deferred..deferred.len() {
+                    if deferred[k].claim_wake() {
+                        deferred.swap(kept, k);
+                        kept += 1;
                     }
                 }
+                deferred.truncate(kept);
             }
             None => {
                 for cell in woken {
@@ -752,8 +800,8 @@ impl Broker {
         retained.insert(topic, message.clone());
     }
 
-    /// Queues a message for one session. Returns whether it was accepted. Does not wake the
-    /// connection: the caller does, after submitting `ops`.
+    /// Queues a message for one session. Does not wake the connection: the caller does,
+    /// after submitting `ops`.
     pub(crate) fn enqueue(
         &self,
         cell: &Arc<SessionCell>,
@@ -762,22 +810,26 @@ impl Broker {
         retain: bool,
         subscription_ids: Vec<u32>,
         ops: &mut Vec<StoreOp>,
-    ) -> bool {
+    ) -> Enqueued {
+        let refused = Enqueued {
+            accepted: false,
+            backlog: None,
+        };
         if !cell.may_receive(&message.topic) {
             self.shared
                 .stats
                 .receive_denied
                 .fetch_add(1, Ordering::Relaxed);
-            return false;
+            return refused;
         }
         let mut st = cell.lock();
         if st.ended {
-            return false;
+            return refused;
         }
         let online = st.attached.is_some();
         // QoS 0 messages are not queued for a disconnected session (MQTT-3.1.2-5 permits).
         if !online && qos == QoS::AtMostOnce {
-            return false;
+            return refused;
         }
         if st.queue.len() >= self.shared.config.max_queued_messages {
             st.dropped += 1;
@@ -785,7 +837,10 @@ impl Broker {
                 .stats
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Enqueued {
+                accepted: false,
+                backlog: online.then_some(st.queue.len()),
+            };
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -806,7 +861,10 @@ impl Broker {
             subscription_ids,
             stored,
         });
-        true
+        Enqueued {
+            accepted: true,
+            backlog: online.then_some(st.queue.len()),
+        }
     }
 
     /// Adds (or replaces) a subscription and queues the retained messages it asks for.

@@ -244,6 +244,9 @@ pub struct Connection {
     congested: Vec<Arc<SessionCell>>,
     /// Sessions to wake at the end of the current batch of packets.
     pending_wakes: Vec<Arc<SessionCell>>,
+    /// Messages routed since the last [`Connection::flush_wakes`], added to the broker's
+    /// `messages_in` counter there.
+    routed: u64,
     /// The session's permissions as of `permissions_generation`: checked per packet without
     /// touching the shared slot unless the hub swapped them since.
     permissions: Arc<dyn Permissions>,
@@ -325,6 +328,7 @@ impl Connection {
             waker,
             congested: Vec::new(),
             pending_wakes: Vec::new(),
+            routed: 0,
         }
     }
 
@@ -418,6 +422,12 @@ impl Connection {
     pub fn flush_wakes(&mut self) {
         for cell in self.pending_wakes.drain(..) {
             cell.deliver_wake();
+        }
+        if self.routed > 0 {
+            self.broker
+                .stats()
+                .messages_in
+                .fetch_add(std::mem::take(&mut self.routed), Ordering::Relaxed);
         }
         if self.traffic_in.msgs_in > 0 {
             let mut st = self.cell.lock();
@@ -689,6 +699,7 @@ impl Connection {
             &mut self.congested,
             Some(&mut self.pending_wakes),
         );
+        self.routed += 1;
         let reason = if outcome.matched == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -1000,6 +1011,7 @@ impl Connection {
             }
         }
         let mut budget = POLL_BUDGET;
+        let mut sent: u64 = 0;
         while budget > 0 {
             let Some(front) = st.queue.front() else {
                 break;
@@ -1029,10 +1041,7 @@ impl Connection {
             }
             if let Some(bytes) = self.shared_encoding(&pending) {
                 out.push_encoded(bytes);
-                self.broker
-                    .stats()
-                    .messages_out
-                    .fetch_add(1, Ordering::Relaxed);
+                sent += 1;
                 continue;
             }
             let packet_id = if pending.qos == QoS::AtMostOnce {
@@ -1078,10 +1087,15 @@ impl Connection {
                 });
             }
             out.push_publish(publish, self.protocol, gate);
+            sent += 1;
+        }
+        if sent > 0 {
+            // Once per call rather than per message: the counter is shared by every
+            // connection, and a write per message bounced its cache line between cores.
             self.broker
                 .stats()
                 .messages_out
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(sent, Ordering::Relaxed);
         }
         let waiters = if st.queue.len() <= self.broker.config().queue_low_watermark() {
             st.take_space_waiters()
