@@ -633,12 +633,17 @@ impl Broker {
         extra_ops: Vec<StoreOp>,
         now: Timestamp,
     ) -> RouteOutcome {
+        self.shared
+            .stats
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
         self.route_from(message, extra_ops, now, None, &mut Vec::new(), None)
     }
 
     /// [`Broker::route`] for a message from a connection: every connected session whose
     /// queue passed its high watermark registers `publisher` to be woken when it drains and
     /// is appended to `congested`, so that the publisher can stop reading (flow control).
+    /// The caller counts the message in `messages_in` (a connection once per batch).
     pub(crate) fn route_from(
         &self,
         message: Authorized<Arc<Message>>,
@@ -650,11 +655,6 @@ impl Broker {
     ) -> RouteOutcome {
         let message = message.into_inner();
         let stats = &self.shared.stats;
-        // A connection's batch counts its messages once at the end of the batch (in
-        // `Connection::flush_wakes`): the counter is shared by every connection.
-        if deferred_wakes.is_none() {
-            stats.messages_in.fetch_add(1, Ordering::Relaxed);
-        }
         if message.is_expired(now) {
             stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             return RouteOutcome {
