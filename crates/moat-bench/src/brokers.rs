@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::pki::{self, ClientPki, ScratchDir};
@@ -70,6 +70,35 @@ impl Drop for RunningBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        forget(self.pid);
+    }
+}
+
+/// The brokers this harness has started and not yet stopped, by process id. A signal that
+/// ends the harness runs no `Drop`, so [`stop_all`] stops these first.
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn started() -> MutexGuard<'static, Vec<u32>> {
+    STARTED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn remember(pid: u32) {
+    started().push(pid);
+}
+
+fn forget(pid: u32) {
+    started().retain(|&p| p != pid);
+}
+
+/// Kills every broker still running; for the harness's signal handler, before it exits.
+pub fn stop_all() {
+    for pid in started().drain(..) {
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(raw),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -261,6 +290,7 @@ acl_file {acl}
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", self.binary.display()))?;
+        remember(child.id());
         let mut broker = RunningBroker {
             pid: child.id(),
             plaintext: SocketAddr::from(([127, 0, 0, 1], plaintext)),
@@ -343,6 +373,7 @@ acl_file {acl}
             }
         });
         let pid = child.id();
+        remember(pid);
         let mut guard = ChildGuard(Some(child));
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let json = loop {
@@ -378,6 +409,7 @@ impl Drop for ChildGuard {
         if let Some(child) = self.0.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+            forget(child.id());
         }
     }
 }

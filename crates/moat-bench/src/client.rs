@@ -32,13 +32,13 @@ pub const VERSION: ProtocolVersion = ProtocolVersion::V311;
 
 /// Bytes read but not yet decoded, and the decoder's limits.
 #[derive(Debug)]
-struct Inbound {
+pub(crate) struct Inbound {
     buf: BytesMut,
     limits: Limits,
 }
 
 impl Inbound {
-    fn new(buf: BytesMut) -> Self {
+    pub(crate) fn new(buf: BytesMut) -> Self {
         Self {
             buf,
             // The broker is trusted here; accept any size the protocol allows.
@@ -64,7 +64,12 @@ impl Inbound {
         Ok(())
     }
 
-    fn decode(&mut self) -> Result<Option<Packet>, String> {
+    /// Appends bytes read elsewhere (the latency subscriber reads with `recvmsg`).
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn decode(&mut self) -> Result<Option<Packet>, String> {
         moat_mqtt::decode(&mut self.buf, VERSION, &self.limits)
             .map_err(|e| format!("decoding from the broker: {e}"))
     }

@@ -140,7 +140,8 @@ struct Cli {
     connect_concurrency: usize,
 
     /// Longest a scenario may run on one broker before it is abandoned (a broker that stops
-    /// answering must not hang the run).
+    /// answering must not hang the run). A latency scenario asked to run longer gets its
+    /// planned duration and a minute.
     #[arg(long, default_value = "3m", value_parser = stats::parse_duration)]
     scenario_timeout: Duration,
 
@@ -314,14 +315,35 @@ fn run(cli: &Cli) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the client runtime: {e}"))?;
+    // Interrupted or terminated: stop the brokers started so far, which no `Drop` would.
+    runtime.spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("warning: no signal handler; a killed run leaves its brokers running");
+            return;
+        };
+        let code = tokio::select! {
+            _ = terminate.recv() => 143,
+            _ = interrupt.recv() => 130,
+        };
+        brokers::stop_all();
+        std::process::exit(code);
+    });
 
     let mut reports = Vec::new();
     for scenario in scenarios {
         let title = scenario.title(&settings);
         let mut runs = Vec::new();
+        // A scenario asked to run longer than the timeout gets its planned time and a minute.
+        let scenario_timeout = cli
+            .scenario_timeout
+            .max(scenario.planned(&settings, setups.len()) + Duration::from_secs(60));
         if matches!(scenario, Scenario::LatencyPaired | Scenario::LatencyRounds) {
             eprintln!("{title}: every broker at once ...");
-            runs = all_at_once(scenario, &runtime, &setups, &settings, cli.scenario_timeout);
+            runs = all_at_once(scenario, &runtime, &setups, &settings, scenario_timeout);
             reports.push(ScenarioReport {
                 scenario,
                 title,
@@ -335,11 +357,11 @@ fn run(cli: &Cli) -> Result<(), String> {
                 let background = Background::start(broker.pid)?;
                 let run = scenarios::run(scenario, &broker, &setup.pki, &settings);
                 let mut outcome = runtime
-                    .block_on(async { tokio::time::timeout(cli.scenario_timeout, run).await })
+                    .block_on(async { tokio::time::timeout(scenario_timeout, run).await })
                     .unwrap_or_else(|_| {
                         Err(format!(
                             "gave up after {:?} (raise --scenario-timeout?)",
-                            cli.scenario_timeout
+                            scenario_timeout
                         ))
                     });
                 if let Ok(outcome) = &mut outcome {

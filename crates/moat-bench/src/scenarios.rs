@@ -6,7 +6,7 @@ use std::num::NonZeroU16;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use moat_mqtt::{Packet, PacketId, PubResponse};
@@ -65,6 +65,21 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// How long the scenario runs by its own plan against `brokers` brokers: the paced
+    /// latency scenarios last as long as they are asked to (zero for the others, which end
+    /// when their measurement window does). The harness never gives a scenario less time.
+    pub fn planned(&self, settings: &Settings, brokers: usize) -> Duration {
+        let rate = f64::from(settings.latency_rate.max(1));
+        match self {
+            Self::Latency | Self::LatencyPaired => settings.warmup + settings.latency_duration,
+            Self::LatencyRounds => {
+                let per_broker = RoundPlan::new(settings).total() as f64 / rate;
+                Duration::from_secs_f64(per_broker * brokers.max(1) as f64)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Every concrete scenario, in run order.
     pub const EACH: [Scenario; 10] = [
         Self::FanInQos0,
@@ -563,68 +578,244 @@ fn messages_in(period: Duration, settings: &Settings) -> u64 {
     (period.as_secs_f64() * f64::from(settings.latency_rate.max(1))) as u64
 }
 
-/// One latency sample: the message's sequence number and its publish-to-delivery time.
-type Sample = (u64, Duration);
+/// The clock of a latency run: wall-clock time since the run's origin. The kernel stamps
+/// what a socket receives with the wall clock (`SO_TIMESTAMPNS`), so the publishers stamp
+/// their messages with it too; a run is seconds long, so the clock's slewing does not count.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    origin: SystemTime,
+}
 
-/// Receives stamped messages until the last of `total` (or `deadline`), and returns a sample
-/// of each message from `first_sampled` on, and how many arrived.
-async fn receive_stamped<S: AsyncRead + AsyncWrite + Unpin>(
-    mut subscriber: Connection<S>,
-    origin: Instant,
-    (total, first_sampled): (u64, u64),
-    deadline: tokio::time::Instant,
-) -> Result<(Vec<Sample>, u64), String> {
-    let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut received = 0u64;
-    let mut last = 0;
-    while last + 1 < total {
-        let batch = subscriber.read_batch(|packet| {
-            if let Packet::Publish(publish) = packet
-                && let Some(stamp) = Stamp::read(&publish.payload)
-            {
-                // One clock reading per message: the time this task handles it.
-                let now = origin.elapsed();
-                received += 1;
-                last = stamp.sequence;
-                if stamp.sequence >= first_sampled {
-                    samples.push((stamp.sequence, now.saturating_sub(stamp.sent)));
-                }
-            }
-        });
-        match tokio::time::timeout_at(deadline, batch).await {
-            Ok(result) => {
-                result?;
-            }
-            Err(_) => break,
+impl Clock {
+    fn start() -> Self {
+        Self {
+            origin: SystemTime::now(),
         }
     }
-    Ok((samples, received))
+
+    fn since_origin(&self, at: SystemTime) -> Duration {
+        at.duration_since(self.origin).unwrap_or_default()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.since_origin(SystemTime::now())
+    }
+}
+
+/// One latency sample: the message's sequence number, and its time from the publisher's
+/// write to the subscriber's thread reading it (`read`, the latency figures), and to the
+/// subscriber's socket (`delivered`, the kernel's receive stamp of the segment that completed
+/// it). The difference is the subscriber's wake-up, which the broker also moves: a broker that
+/// keeps the CPU after its write delays a subscriber woken on that CPU.
+///
+/// `delivered` is `None` when the kernel stamped nothing: it turns receive timestamps on for
+/// the whole machine lazily, from a work queue, so the first segments after the first socket
+/// asks for them may arrive unstamped ([`kernel_stamps_on`] waits for that).
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    sequence: u64,
+    delivered: Option<Duration>,
+    read: Duration,
+}
+
+/// Waits until the kernel stamps what loopback sockets receive (`SO_TIMESTAMPNS`), or fails
+/// at `deadline`.
+///
+/// The first socket to ask for receive stamps while no other socket has them makes Linux
+/// switch them on for the whole machine, and it does that later, from a work queue; until
+/// then segments arrive unstamped. This probes with a socket pair of its own, one byte at a
+/// time, until a byte arrives stamped. Call it after the sockets that need stamps have asked
+/// for them, so that they keep the machine's stamping on once the probe's sockets close.
+fn kernel_stamps_on(deadline: Instant) -> Result<(), String> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::io::Write;
+    let fail = |e: &dyn std::fmt::Display| format!("receive timestamps: {e}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(&e))?;
+    let mut sender = std::net::TcpStream::connect(listener.local_addr().map_err(|e| fail(&e))?)
+        .map_err(|e| fail(&e))?;
+    let (receiver, _) = listener.accept().map_err(|e| fail(&e))?;
+    setsockopt(&receiver, sockopt::ReceiveTimestampns, &true).map_err(|e| fail(&e))?;
+    sender.set_nodelay(true).map_err(|e| fail(&e))?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(&"the kernel stamped nothing this socket received"));
+        }
+        receiver
+            .set_read_timeout(Some(left))
+            .map_err(|e| fail(&e))?;
+        sender.write_all(&[0]).map_err(|e| fail(&e))?;
+        let mut byte = [0u8; 1];
+        match stamped_read(&receiver, &mut byte) {
+            Ok((_, Some(_))) => return Ok(()),
+            Ok((0, None)) => return Err(fail(&"the probe's connection closed")),
+            Ok((_, None)) | Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(fail(&e)),
+        }
+    }
+}
+
+/// [`kernel_stamps_on`] for a latency run, given 10 s. Without the kernel's stamps a run
+/// still measures to the subscriber's read; it only loses the "to the socket" figures.
+async fn await_kernel_stamps() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waited = tokio::task::spawn_blocking(move || kernel_stamps_on(deadline))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|waited| waited);
+    if let Err(e) = waited {
+        eprintln!("warning: {e}; no \"to the socket\" figures");
+    }
+}
+
+/// One `recvmsg` into `buffer`: how many bytes, and the kernel's receive stamp of the last
+/// segment read, if it stamped it.
+fn stamped_read(
+    stream: &std::net::TcpStream,
+    buffer: &mut [u8],
+) -> nix::Result<(usize, Option<nix::sys::time::TimeSpec>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::empty(),
+    )?;
+    let stamp = message.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => Some(t),
+        _ => None,
+    });
+    Ok((message.bytes, stamp))
+}
+
+/// Receives one latency subscriber's stamped messages on a thread of its own, with blocking
+/// reads, until the last of `total` (or `deadline`). Returns a sample of each message from
+/// `first_sampled` on, and how many arrived.
+///
+/// A thread per subscriber, not a task: in one task scheduler, two brokers' deliveries that
+/// arrive together are handled one after the other, and which comes second depends on the
+/// scheduler, not on the brokers.
+fn receive_stamped(
+    subscriber: Connection<TcpStream>,
+    clock: Clock,
+    (total, first_sampled): (u64, u64),
+    deadline: tokio::time::Instant,
+) -> Receiving {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let fail = |e: &dyn std::fmt::Display| format!("latency subscriber: {e}");
+    // Timestamps on before this returns, so before anything is published: the kernel stamps
+    // only what arrives after.
+    let (io, buffered) = subscriber.into_parts();
+    let stream = blocking(io).map_err(|e| fail(&e)).and_then(|stream| {
+        setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
+            .map(|()| stream)
+            .map_err(|e| fail(&e))
+    });
+    tokio::task::spawn_blocking(move || {
+        let stream = stream?;
+        let deadline = deadline.into_std();
+        let mut inbound = client::Inbound::new(buffered);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        let mut received = 0u64;
+        let mut last = 0;
+        while last + 1 < total {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            stream.set_read_timeout(Some(left)).map_err(|e| fail(&e))?;
+            let (n, stamped) = match stamped_read(&stream, &mut chunk) {
+                Ok(read) => read,
+                Err(nix::errno::Errno::EAGAIN) => break, // the read timeout: the deadline
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(fail(&e)),
+            };
+            // One clock reading per read: the time this thread has the data. The messages of
+            // one read share it, and the kernel's stamp of its last segment.
+            let read = clock.elapsed();
+            if n == 0 {
+                return Err(fail(&"the broker closed the connection"));
+            }
+            let delivered = stamped.map(|stamped| {
+                clock.since_origin(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::new(
+                            u64::try_from(stamped.tv_sec()).unwrap_or(0),
+                            u32::try_from(stamped.tv_nsec()).unwrap_or(0),
+                        ),
+                )
+            });
+            inbound.extend(&chunk[..n]);
+            while let Some(packet) = inbound.decode()? {
+                if let Packet::Publish(publish) = packet
+                    && let Some(stamp) = Stamp::read(&publish.payload)
+                {
+                    received += 1;
+                    last = stamp.sequence;
+                    if stamp.sequence >= first_sampled {
+                        samples.push(Sample {
+                            sequence: stamp.sequence,
+                            delivered: delivered.map(|d| d.saturating_sub(stamp.sent)),
+                            read: read.saturating_sub(stamp.sent),
+                        });
+                    }
+                }
+            }
+        }
+        Ok((samples, received))
+    })
 }
 
 /// The latency figures of one broker's samples.
 fn latency_figures(samples: &[Sample], received: u64, total: u64) -> Result<Vec<Figure>, String> {
-    let mut durations: Vec<Duration> = samples.iter().map(|&(_, d)| d).collect();
+    let mut durations: Vec<Duration> = samples.iter().map(|s| s.read).collect();
     let summary = LatencySummary::of(&mut durations)
         .ok_or_else(|| "no latency sample was received".to_owned())?;
     // `of` sorted the samples.
     let at = |p: f64| percentile(&durations, p).map_or(f64::NAN, micros);
-    Ok(vec![
+    // To the socket only if the kernel stamped every sample: a partial set would leave out
+    // the earliest messages of one broker and not of the other.
+    let mut stamped: Vec<Duration> = samples.iter().filter_map(|s| s.delivered).collect();
+    let socket = if stamped.len() == samples.len() {
+        LatencySummary::of(&mut stamped)
+    } else {
+        None
+    };
+    let mut figures = vec![
         Figure::new("p50 latency", "µs", micros(summary.p50), Better::Lower),
         Figure::new("p90 latency", "µs", at(90.0), Better::Lower),
         Figure::new("p99 latency", "µs", micros(summary.p99), Better::Lower),
         Figure::new("p99.9 latency", "µs", at(99.9), Better::Lower),
         Figure::new("max latency", "µs", micros(summary.max), Better::Lower),
-        Figure::new(
-            "lost",
-            "%",
-            100.0 * (total - received.min(total)) as f64 / total as f64,
-            Better::Lower,
-        ),
-    ])
+    ];
+    if let Some(socket) = socket {
+        figures.extend([
+            Figure::new("p50 to the socket", "µs", micros(socket.p50), Better::Lower),
+            Figure::new("p99 to the socket", "µs", micros(socket.p99), Better::Lower),
+        ]);
+    }
+    figures.push(Figure::new(
+        "lost",
+        "%",
+        100.0 * (total - received.min(total)) as f64 / total as f64,
+        Better::Lower,
+    ));
+    Ok(figures)
 }
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// A connected socket taken out of tokio for a thread of its own, with blocking I/O.
+fn blocking(io: TcpStream) -> std::io::Result<std::net::TcpStream> {
+    let stream = io.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// The latency publishers, one per broker, written with blocking writes from a thread of
@@ -640,13 +831,7 @@ impl Publishers {
         let mut streams = Vec::new();
         for connection in connections {
             let (io, _) = connection.into_parts();
-            let stream = io
-                .into_std()
-                .map_err(|e| format!("latency publisher: {e}"))?;
-            stream
-                .set_nonblocking(false)
-                .map_err(|e| format!("latency publisher: {e}"))?;
-            streams.push(stream);
+            streams.push(blocking(io).map_err(|e| format!("latency publisher: {e}"))?);
         }
         Ok(Self(streams))
     }
@@ -661,7 +846,7 @@ impl Publishers {
     async fn send(
         mut self,
         mut active: Vec<usize>,
-        origin: Instant,
+        clock: Clock,
         sequences: Range<u64>,
         settings: &Settings,
     ) -> Result<Self, String> {
@@ -687,7 +872,7 @@ impl Publishers {
                     let stamp = Stamp {
                         publisher: 0,
                         sequence,
-                        sent: origin.elapsed(),
+                        sent: clock.elapsed(),
                     };
                     let packet = client::publish(
                         &latency_topic,
@@ -756,15 +941,16 @@ async fn latency_pair(
 
 async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figure>, String> {
     let counts = latency_counts(settings);
-    let origin = Instant::now();
+    let clock = Clock::start();
     let (subscriber, publisher) = latency_pair(broker).await?;
     let deadline = tokio::time::Instant::now()
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
-    let receiving = tokio::spawn(receive_stamped(subscriber, origin, counts, deadline));
+    let receiving = receive_stamped(subscriber, clock, counts, deadline);
+    await_kernel_stamps().await;
     Publishers::new(vec![publisher])?
-        .send(vec![0], origin, 0..counts.0, settings)
+        .send(vec![0], clock, 0..counts.0, settings)
         .await?;
     let (samples, received) = receiving
         .await
@@ -776,7 +962,7 @@ async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
 /// expects `counts` messages by `deadline`.
 async fn open_latency_pairs(
     brokers: &[&RunningBroker],
-    origin: Instant,
+    clock: Clock,
     counts: (u64, u64),
     deadline: tokio::time::Instant,
 ) -> Result<(Vec<Receiving>, Vec<Connection<TcpStream>>), String> {
@@ -784,9 +970,7 @@ async fn open_latency_pairs(
     let mut publishers = Vec::new();
     for broker in brokers {
         let (subscriber, publisher) = latency_pair(broker).await?;
-        receivers.push(tokio::spawn(receive_stamped(
-            subscriber, origin, counts, deadline,
-        )));
+        receivers.push(receive_stamped(subscriber, clock, counts, deadline));
         publishers.push(publisher);
     }
     Ok((receivers, publishers))
@@ -825,21 +1009,21 @@ pub async fn latency_paired(
     settings: &Settings,
 ) -> Vec<Result<Outcome, String>> {
     let counts = latency_counts(settings);
-    let origin = Instant::now();
+    let clock = Clock::start();
     let deadline = tokio::time::Instant::now()
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
     let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
-    let (receivers, publishers) = match open_latency_pairs(brokers, origin, counts, deadline).await
-    {
+    let (receivers, publishers) = match open_latency_pairs(brokers, clock, counts, deadline).await {
         Ok(opened) => opened,
         Err(e) => return all_failed(e),
     };
+    await_kernel_stamps().await;
     let sending = async {
         let publishers = Publishers::new(publishers)?;
         let all = publishers.all();
-        publishers.send(all, origin, 0..counts.0, settings).await
+        publishers.send(all, clock, 0..counts.0, settings).await
     };
     if let Err(e) = sending.await {
         return all_failed(e);
@@ -914,29 +1098,29 @@ pub async fn latency_rounds(
     settings: &Settings,
 ) -> Vec<Result<Outcome, String>> {
     let plan = RoundPlan::new(settings);
-    let origin = Instant::now();
+    let clock = Clock::start();
     let rate = f64::from(settings.latency_rate.max(1));
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs_f64(plan.total() as f64 / rate) * brokers.len().max(1) as u32
         + Duration::from_secs(5);
     let counts = (plan.total(), plan.warmup);
     let all_failed = |e: String| brokers.iter().map(|_| Err(e.clone())).collect();
-    let (receivers, publishers) = match open_latency_pairs(brokers, origin, counts, deadline).await
-    {
+    let (receivers, publishers) = match open_latency_pairs(brokers, clock, counts, deadline).await {
         Ok(opened) => opened,
         Err(e) => return all_failed(e),
     };
+    await_kernel_stamps().await;
     let sending = async {
         let mut publishers = Publishers::new(publishers)?;
         for i in publishers.all() {
             publishers = publishers
-                .send(vec![i], origin, 0..plan.warmup, settings)
+                .send(vec![i], clock, 0..plan.warmup, settings)
                 .await?;
         }
         for round in 0..plan.rounds {
             for i in round_order(publishers.0.len(), round) {
                 publishers = publishers
-                    .send(vec![i], origin, plan.round(round), settings)
+                    .send(vec![i], clock, plan.round(round), settings)
                     .await?;
             }
         }
@@ -953,13 +1137,13 @@ fn rounds_outcome(plan: &RoundPlan, samples: &[Sample], received: u64) -> Result
     let sampled: Vec<Sample> = samples
         .iter()
         .copied()
-        .filter(|&(sequence, _)| plan.round_of(sequence).is_some())
+        .filter(|s| plan.round_of(s.sequence).is_some())
         .collect();
     let mut figures = latency_figures(&sampled, received, plan.total())?;
     let mut per_round = vec![Vec::new(); usize::try_from(plan.rounds).unwrap_or(0)];
-    for &(sequence, latency) in &sampled {
-        if let Some(round) = plan.round_of(sequence) {
-            per_round[round].push(latency);
+    for sample in &sampled {
+        if let Some(round) = plan.round_of(sample.sequence) {
+            per_round[round].push(sample.read);
         }
     }
     let summaries: Vec<LatencySummary> = per_round
@@ -1376,5 +1560,144 @@ mod tests {
         assert_eq!(round_order(2, 1), vec![1, 0]);
         let firsts = (0..10).filter(|&r| round_order(2, r)[0] == 0).count();
         assert_eq!(firsts, 5);
+    }
+
+    #[test]
+    fn paced_latency_scenarios_plan_for_their_whole_duration() {
+        let mut long = settings(10);
+        long.latency_duration = Duration::from_secs(300);
+        // 2 s of warm-up and 300 s sampled.
+        assert_eq!(
+            Scenario::LatencyPaired.planned(&long, 2),
+            Duration::from_secs(302)
+        );
+        assert_eq!(
+            Scenario::Latency.planned(&long, 1),
+            Duration::from_secs(302)
+        );
+        // One broker at a time: each sends its warm-up, its rounds and their settling.
+        let rounds = Scenario::LatencyRounds.planned(&long, 2);
+        assert!(
+            rounds >= Duration::from_secs(2 * 302),
+            "rounds planned for {rounds:?}"
+        );
+        assert_eq!(Scenario::FanInQos0.planned(&long, 2), Duration::ZERO);
+    }
+
+    /// The "to the socket" rows need every sample stamped by the kernel; the latency rows
+    /// do not.
+    #[test]
+    fn latency_figures_report_the_socket_only_when_every_sample_is_stamped() {
+        let sample = |sequence: u64, delivered: Option<u64>| Sample {
+            sequence,
+            delivered: delivered.map(Duration::from_micros),
+            read: Duration::from_micros(100 + sequence),
+        };
+        let metrics = |samples: &[Sample]| -> Vec<&'static str> {
+            latency_figures(samples, 3, 4)
+                .expect("figures")
+                .iter()
+                .map(|f| f.metric)
+                .collect()
+        };
+        let all = [
+            sample(0, Some(90)),
+            sample(1, Some(91)),
+            sample(2, Some(80)),
+        ];
+        let stamped = metrics(&all);
+        assert!(stamped.contains(&"p50 to the socket"), "{stamped:?}");
+        assert!(stamped.contains(&"p99 to the socket"), "{stamped:?}");
+        let figures = latency_figures(&all, 3, 4).expect("figures");
+        let value = |metric| figures.iter().find(|f| f.metric == metric).map(|f| f.value);
+        assert_eq!(value("p50 to the socket"), Some(90.0));
+        assert_eq!(value("p50 latency"), Some(101.0));
+        assert_eq!(value("lost"), Some(25.0));
+        let partly = [sample(0, None), sample(1, Some(91)), sample(2, Some(80))];
+        let unstamped = metrics(&partly);
+        assert!(
+            !unstamped.iter().any(|m| m.contains("socket")),
+            "{unstamped:?}"
+        );
+        assert!(unstamped.contains(&"p99 latency"), "{unstamped:?}");
+    }
+
+    /// The latency subscriber over a real loopback socket, against a stand-in broker that
+    /// accepts the CONNECT and then writes stamped PUBLISH packets, some split across writes:
+    /// every message is counted once, the warm-up ones are not sampled, and each sample's
+    /// kernel receive stamp comes before the subscriber's read of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_latency_subscriber_stamps_deliveries_with_the_kernel_receive_time() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let clock = Clock::start();
+        let total = 20u64;
+        let (go, publish) = tokio::sync::oneshot::channel::<()>();
+        let broker = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut connect = [0u8; 256];
+            let n = socket.read(&mut connect).await.expect("CONNECT");
+            assert!(
+                n > 0 && connect[0] == 0x10,
+                "the client sends CONNECT first"
+            );
+            socket
+                .write_all(&[0x20, 0x02, 0x00, 0x00])
+                .await
+                .expect("CONNACK");
+            publish.await.expect("the subscriber is ready");
+            let latency_topic = topic("bench/latency").expect("topic");
+            for sequence in 0..total {
+                let stamp = Stamp {
+                    publisher: 0,
+                    sequence,
+                    sent: clock.elapsed(),
+                };
+                let packet =
+                    client::publish(&latency_topic, QoS::AtMostOnce, None, stamp.payload(64));
+                let mut wire = bytes::BytesMut::new();
+                moat_mqtt::encode(&packet, client::VERSION, &mut wire);
+                if sequence % 3 == 0 {
+                    // Split: the message is complete only with the second write.
+                    let (head, tail) = wire.split_at(10);
+                    socket.write_all(head).await.expect("write");
+                    socket.flush().await.expect("flush");
+                    tokio::task::yield_now().await;
+                    socket.write_all(tail).await.expect("write");
+                } else {
+                    socket.write_all(&wire).await.expect("write");
+                }
+            }
+            socket
+        });
+        let subscriber = Connection::open(client::tcp(addr).await.expect("connect"), "sub", 0)
+            .await
+            .expect("CONNACK");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let receiving = receive_stamped(subscriber, clock, (total, 5), deadline);
+        tokio::task::spawn_blocking(|| kernel_stamps_on(Instant::now() + Duration::from_secs(30)))
+            .await
+            .expect("the probe ran")
+            .expect("the kernel stamps loopback segments");
+        go.send(()).expect("the stand-in broker waits");
+        let (samples, received) = receiving
+            .await
+            .expect("the receiving thread ran")
+            .expect("received");
+        let _socket = broker.await.expect("the stand-in broker ran");
+        assert_eq!(received, total);
+        let sequences: Vec<u64> = samples.iter().map(|s| s.sequence).collect();
+        assert_eq!(sequences, (5..total).collect::<Vec<_>>());
+        for sample in &samples {
+            let delivered = sample.delivered.expect("every sample is stamped");
+            assert!(
+                delivered <= sample.read,
+                "the kernel received {sample:?} before the thread read it"
+            );
+            assert!(sample.read < Duration::from_secs(30), "{sample:?}");
+        }
     }
 }

@@ -580,6 +580,71 @@ fn keep_alive_one_and_a_half_rule_v311() {
 }
 
 #[test]
+fn keep_alive_holds_against_a_client_that_only_receives() {
+    // A client that never sends must be closed at 1.5 x its keep alive even while a flood of
+    // deliveries keeps waking its connection: receiving is not hearing from it
+    // (MQTT-3.1.2-22). It also reads slowly, so the hub's writes to it wait and its queue
+    // stays full: neither the wake-ups nor the waiting writes may hold the keep alive off.
+    let hub = hub();
+    let (mut silent, props) = connected_v5(&hub, 1);
+    let keepalive = props.int(0x13).unwrap_or(1);
+    silent.send(&pkt("82 0b 00 01 00 00 05 6b 61 2f 66 6c 00")); // SUBSCRIBE v5 "ka/fl", QoS 0
+    assert_eq!(silent.expect_packet(9).body, hex("00 01 00 00"), "SUBACK");
+
+    let (mut publisher, _) = connected_v5(&hub, 60);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // 64 PUBLISH packets per write, QoS 0 on "ka/fl", until told to stop.
+            let burst = pkt("30 0a 00 05 6b 61 2f 66 6c 00 78 78").repeat(64);
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                publisher.send(&burst);
+                writes += 1;
+            }
+            writes
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let limit = Duration::from_millis(u64::from(keepalive) * 1500) + Duration::from_secs(4);
+    let mut deliveries = 0u64;
+    let ending = loop {
+        assert!(
+            started.elapsed() < limit,
+            "a client that sent nothing for {:?} is still connected ({deliveries} deliveries)",
+            started.elapsed()
+        );
+        match silent.read_packet() {
+            Some(p) if p.kind() == 3 => {
+                deliveries += 1;
+                if deliveries.is_multiple_of(64) {
+                    // A slow reader: the hub's writes to it wait, and its queue stays full.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Some(p) if p.kind() == 14 => {
+                break Ending::Disconnect(p.body.first().copied().unwrap_or(0));
+            }
+            Some(p) => panic!("unexpected packet type {} while flooded", p.kind()),
+            None => break Ending::Closed,
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = flooding.join().expect("the flooding publisher ran");
+    match ending {
+        Ending::Closed => {}
+        Ending::Disconnect(r) => assert_eq!(r, 0x8d, "DISCONNECT reason on keep alive timeout"),
+    }
+    assert!(
+        deliveries >= 1000,
+        "the flood reached the client only {deliveries} times ({writes} bursts written)"
+    );
+    assert_alive(&hub);
+}
+
+#[test]
 fn server_keep_alive_caps_the_client() {
     // --max-keepalive 5: a client asking for 600 (or 0, "no keep alive") is told 5 in the
     // CONNACK's Server Keep Alive (3.2.2.3.14).
