@@ -315,7 +315,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the client runtime: {e}"))?;
-    // Interrupted or terminated: stop the brokers started so far, which no `Drop` would.
+    // Interrupted or terminated: stop the brokers started so far and remove their scratch
+    // directories, which no `Drop` would.
     runtime.spawn(async {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut terminate), Ok(mut interrupt)) = (
@@ -330,6 +331,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             _ = interrupt.recv() => 130,
         };
         brokers::stop_all();
+        pki::remove_scratch_dirs();
         std::process::exit(code);
     });
 

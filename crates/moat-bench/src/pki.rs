@@ -17,14 +17,38 @@ pub struct ScratchDir {
     keep: bool,
 }
 
+/// The scratch directories to remove that still exist. A signal that ends the harness runs
+/// no `Drop`, so [`remove_scratch_dirs`] removes these.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes every scratch directory not yet dropped (those not kept); for the harness's
+/// signal handler, after the brokers that use them are stopped.
+pub fn remove_scratch_dirs() {
+    for path in live().drain(..) {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
 impl ScratchDir {
     /// Creates `$TMPDIR/moat-bench-PID-NAME`.
     pub fn new(name: &str, keep: bool) -> Result<Self, String> {
         let path = std::env::temp_dir().join(format!("moat-bench-{}-{name}", std::process::id()));
+        Self::at(path, keep)
+    }
+
+    fn at(path: PathBuf, keep: bool) -> Result<Self, String> {
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !keep {
+            live().push(path.clone());
+        }
         Ok(Self { path, keep })
     }
 
@@ -39,6 +63,7 @@ impl Drop for ScratchDir {
         if self.keep {
             eprintln!("kept {}", self.path.display());
         } else {
+            live().retain(|p| *p != self.path);
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
@@ -256,5 +281,31 @@ fn in_parallel<T: Sync>(
     match first_error.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a signal handler removes: the scratch directories still in use, not one already
+    /// dropped (and removed), not one kept on request.
+    #[test]
+    fn a_signal_removes_the_scratch_directories_in_use_but_not_the_kept_ones() {
+        let base = std::env::temp_dir().join(format!("moat-bench-test-{}", std::process::id()));
+        let in_use = ScratchDir::at(base.join("in-use"), false).expect("create");
+        let kept = ScratchDir::at(base.join("kept"), true).expect("create");
+        let dropped = ScratchDir::at(base.join("dropped"), false).expect("create");
+        std::fs::write(in_use.path().join("file"), b"x").expect("write");
+        drop(dropped);
+        assert!(!base.join("dropped").exists());
+        assert!(!live().contains(&base.join("dropped")));
+
+        remove_scratch_dirs();
+        assert!(!in_use.path().exists(), "removed while still in use");
+        assert!(kept.path().exists(), "kept on request");
+        std::mem::forget(in_use);
+        std::mem::forget(kept);
+        std::fs::remove_dir_all(&base).expect("clean up");
     }
 }
