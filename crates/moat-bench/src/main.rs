@@ -135,6 +135,12 @@ struct Cli {
     #[arg(long, default_value_t = 8)]
     handshake_concurrency: usize,
 
+    /// Device certificates the handshakes take turns with (at least one per handshake in
+    /// progress). The default, as many as handshakes at once, measures devices that reconnect;
+    /// as many as `--handshakes` measures each device's first connection.
+    #[arg(long, default_value_t = 8)]
+    handshake_devices: usize,
+
     /// Connections being opened at once in the idle scenarios.
     #[arg(long, default_value_t = 32)]
     connect_concurrency: usize,
@@ -195,6 +201,7 @@ impl Cli {
             idle_tls: self.idle_tls,
             handshakes: self.handshakes,
             handshake_concurrency: self.handshake_concurrency,
+            handshake_devices: self.handshake_devices,
             connect_concurrency: self.connect_concurrency,
         }
     }

@@ -129,8 +129,10 @@ impl Scenario {
             Self::IdleTcp => format!("{} idle plaintext connections", settings.idle_tcp),
             Self::IdleTls => format!("{} idle mutual-TLS connections", settings.idle_tls),
             Self::Handshakes => format!(
-                "{} full mutual-TLS handshakes + CONNECT ({} at a time)",
-                settings.handshakes, settings.handshake_concurrency
+                "{} full mutual-TLS handshakes + CONNECT ({} at a time, {} devices)",
+                settings.handshakes,
+                settings.handshake_concurrency,
+                settings.handshake_devices()
             ),
             Self::Detect => "detection engine (no broker)".to_owned(),
             Self::Ota => "signed updates (verification, serving)".to_owned(),
@@ -170,6 +172,9 @@ pub struct Settings {
     pub handshakes: usize,
     /// Handshakes in progress at once.
     pub handshake_concurrency: usize,
+    /// Device certificates the handshakes take turns with (at least one per handshake in
+    /// progress).
+    pub handshake_devices: usize,
     /// Connections being opened at once in the idle scenarios.
     pub connect_concurrency: usize,
 }
@@ -182,11 +187,19 @@ impl Settings {
             .map(|scenario| match scenario {
                 Scenario::SecureNamespaces => self.devices,
                 Scenario::IdleTls => self.idle_tls,
-                Scenario::Handshakes => self.handshake_concurrency,
+                Scenario::Handshakes => self.handshake_devices(),
                 _ => 0,
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// The device certificates the handshake scenario uses: `handshake_devices`, and at least
+    /// one per handshake in progress.
+    pub fn handshake_devices(&self) -> usize {
+        self.handshake_devices
+            .max(self.handshake_concurrency)
+            .max(1)
     }
 }
 
@@ -1428,7 +1441,8 @@ async fn handshakes(
     settings: &Settings,
 ) -> Result<Vec<Figure>, String> {
     let workers_count = settings.handshake_concurrency.max(1);
-    if pki.devices.len() < workers_count {
+    let devices = settings.handshake_devices();
+    if pki.devices.len() < devices {
         return Err(format!("only {} device certificates", pki.devices.len()));
     }
     let total = settings.handshakes;
@@ -1437,16 +1451,27 @@ async fn handshakes(
     let client_before = procfs::own_cpu_time()?;
     let started = Instant::now();
     let mut workers = JoinSet::new();
-    for device in &pki.devices[..workers_count] {
-        // One device per worker: a client id in use twice at once would be taken over.
-        let config = client::tls_config(&pki.ca, &device.chain, &device.key)?;
-        let id = device.id.clone();
+    for worker in 0..workers_count {
+        // Each worker takes turns with devices of its own (every `workers_count`-th): a client
+        // id in use twice at once would be taken over.
+        let mut own = Vec::new();
+        for device in pki.devices[..devices]
+            .iter()
+            .skip(worker)
+            .step_by(workers_count)
+        {
+            let config = client::tls_config(&pki.ca, &device.chain, &device.key)?;
+            own.push((device.id.clone(), config));
+        }
         let next = Arc::clone(&next);
         let addr = broker.tls;
         workers.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let stream = client::tls(addr, &config).await?;
-                let conn = Connection::open(stream, &id, 0).await?;
+            for (id, config) in own.iter().cycle() {
+                if next.fetch_add(1, Ordering::Relaxed) >= total {
+                    break;
+                }
+                let stream = client::tls(addr, config).await?;
+                let conn = Connection::open(stream, id, 0).await?;
                 conn.close().await?;
             }
             Ok::<_, String>(())
@@ -1502,6 +1527,7 @@ mod tests {
             idle_tls: 10,
             handshakes: 10,
             handshake_concurrency: 2,
+            handshake_devices: 2,
             connect_concurrency: 2,
         }
     }

@@ -36,6 +36,6 @@ pub use shield::{
 };
 pub use stats::{HandshakeFailure, NetStats};
 pub use tls::{
-    AcceptAll, ClientCertCheck, TlsError, server_config, server_config_no_client_auth,
-    server_config_optional_client_auth,
+    AcceptAll, ClientCertCheck, MAX_REMEMBERED_CHAINS, TlsError, server_config,
+    server_config_no_client_auth, server_config_optional_client_auth,
 };

@@ -86,6 +86,17 @@ pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, PkiError> {
     })
 }
 
+/// The validity period of a DER certificate (at most [`MAX_DEVICE_CERTIFICATE_SIZE`] bytes):
+/// `notBefore` and `notAfter`, in Unix seconds. Safe on arbitrary input; fails on anything
+/// that is not exactly one X.509 certificate.
+pub fn certificate_validity(der: &[u8]) -> Result<(i64, i64), PkiError> {
+    let validity = parse(der)?.validity().clone();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
 /// A serial number as lowercase hex without separators: Moat's one textual form of a serial
 /// (logs, the store, the operator API). `openssl x509 -serial` prints the same digits in
 /// upper case.

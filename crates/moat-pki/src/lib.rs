@@ -84,7 +84,7 @@ pub use error::{Blame, PkiError};
 pub use est::{MAX_EST_BODY_SIZE, decode_est_base64, encode_est_base64};
 pub use identity::{
     CertificateFacts, DEVICE_URI_PREFIX, MAX_DEVICE_CERTIFICATE_SIZE, ca_certificate_subject,
-    certificate_facts, device_id_from_certificate, device_uri, serial_hex,
+    certificate_facts, certificate_validity, device_id_from_certificate, device_uri, serial_hex,
 };
 pub use key::{CaKeyRole, CaSigningKey, FileKeySource, KeyAlgorithm, KeySource};
 pub use offline::OfflineRoot;
