@@ -705,17 +705,24 @@ fn stamped_read(
 }
 
 /// Receives one latency subscriber's stamped messages on a thread of its own, with blocking
-/// reads, until the last of `total` (or `deadline`). Returns a sample of each message from
+/// reads, until the last of `total` (or `deadline`), sending PINGREQ after a read once
+/// `ping_every` has passed since the last. Returns a sample of each message from
 /// `first_sampled` on, and how many arrived.
 ///
 /// A thread per subscriber, not a task: in one task scheduler, two brokers' deliveries that
 /// arrive together are handled one after the other, and which comes second depends on the
 /// scheduler, not on the brokers.
+/// How often a latency subscriber, which otherwise only receives, sends PINGREQ: a broker
+/// may hold keep alive 0 to a maximum of its own (Moat: its `max-keepalive`, 300 s, closing
+/// after 1.5 times that), which a long run would outlast.
+const LATENCY_PING_INTERVAL: Duration = Duration::from_secs(60);
+
 fn receive_stamped(
     subscriber: Connection<TcpStream>,
     clock: Clock,
     (total, first_sampled): (u64, u64),
     deadline: tokio::time::Instant,
+    ping_every: Duration,
 ) -> Receiving {
     use nix::sys::socket::{setsockopt, sockopt};
     let fail = |e: &dyn std::fmt::Display| format!("latency subscriber: {e}");
@@ -735,6 +742,7 @@ fn receive_stamped(
         let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         let mut received = 0u64;
         let mut last = 0;
+        let mut pinged = Instant::now();
         while last + 1 < total {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -777,6 +785,14 @@ fn receive_stamped(
                         });
                     }
                 }
+            }
+            // After the messages are stamped, so off their path.
+            if pinged.elapsed() >= ping_every {
+                use std::io::Write;
+                (&stream)
+                    .write_all(&[0xC0, 0x00])
+                    .map_err(|e| fail(&format!("PINGREQ: {e}")))?;
+                pinged = Instant::now();
             }
         }
         Ok((samples, received))
@@ -940,8 +956,8 @@ impl Shuffle {
 async fn latency_pair(
     broker: &RunningBroker,
 ) -> Result<(Connection<TcpStream>, Connection<TcpStream>), String> {
-    // Keep alive 0: the subscriber sends nothing for the whole run, which may be longer
-    // than any keep alive (this client does not ping).
+    // Keep alive 0: the publisher sends all the time, and the subscriber pings every
+    // `LATENCY_PING_INTERVAL` for brokers that hold keep alive 0 to a maximum.
     let open =
         |id| async move { Connection::open(client::tcp(broker.plaintext).await?, id, 0).await };
     let mut subscriber = open("bench-latency-sub").await?;
@@ -960,7 +976,7 @@ async fn latency(broker: &RunningBroker, settings: &Settings) -> Result<Vec<Figu
         + settings.warmup
         + settings.latency_duration
         + Duration::from_secs(5);
-    let receiving = receive_stamped(subscriber, clock, counts, deadline);
+    let receiving = receive_stamped(subscriber, clock, counts, deadline, LATENCY_PING_INTERVAL);
     await_kernel_stamps().await;
     Publishers::new(vec![publisher])?
         .send(vec![0], clock, 0..counts.0, settings)
@@ -983,7 +999,13 @@ async fn open_latency_pairs(
     let mut publishers = Vec::new();
     for broker in brokers {
         let (subscriber, publisher) = latency_pair(broker).await?;
-        receivers.push(receive_stamped(subscriber, clock, counts, deadline));
+        receivers.push(receive_stamped(
+            subscriber,
+            clock,
+            counts,
+            deadline,
+            LATENCY_PING_INTERVAL,
+        ));
         publishers.push(publisher);
     }
     Ok((receivers, publishers))
@@ -1650,8 +1672,9 @@ mod tests {
 
     /// The latency subscriber over a real loopback socket, against a stand-in broker that
     /// accepts the CONNECT and then writes stamped PUBLISH packets, some split across writes:
-    /// every message is counted once, the warm-up ones are not sampled, and each sample's
-    /// kernel receive stamp comes before the subscriber's read of it.
+    /// every message is counted once, the warm-up ones are not sampled, each sample's
+    /// kernel receive stamp comes before the subscriber's read of it, and the subscriber
+    /// pings as told.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_latency_subscriber_stamps_deliveries_with_the_kernel_receive_time() {
         use tokio::io::AsyncReadExt;
@@ -1703,7 +1726,8 @@ mod tests {
             .await
             .expect("CONNACK");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let receiving = receive_stamped(subscriber, clock, (total, 5), deadline);
+        // Pinging after every read: the stand-in broker must find PINGREQs after the run.
+        let receiving = receive_stamped(subscriber, clock, (total, 5), deadline, Duration::ZERO);
         tokio::task::spawn_blocking(|| kernel_stamps_on(Instant::now() + Duration::from_secs(30)))
             .await
             .expect("the probe ran")
@@ -1713,7 +1737,10 @@ mod tests {
             .await
             .expect("the receiving thread ran")
             .expect("received");
-        let _socket = broker.await.expect("the stand-in broker ran");
+        let mut socket = broker.await.expect("the stand-in broker ran");
+        let mut ping = [0u8; 2];
+        socket.read_exact(&mut ping).await.expect("PINGREQ");
+        assert_eq!(ping, [0xC0, 0x00], "the subscriber pings");
         assert_eq!(received, total);
         let sequences: Vec<u64> = samples.iter().map(|s| s.sequence).collect();
         assert_eq!(sequences, (5..total).collect::<Vec<_>>());
