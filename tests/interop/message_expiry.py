@@ -23,7 +23,10 @@ def main(args):
     base = f"devices/{dev}/{unique('exp')}"
 
     step("live delivery carries the Message Expiry Interval")
-    sub = PahoClient(args, device=dev)
+    # Acknowledged by hand: paho's own PUBACK, sent after the message callback, could leave
+    # after the DISCONNECT below, and the hub would then rightly send the message again on
+    # reconnect (MQTT-4.4.0-1). Acknowledging from this thread orders the PUBACK first.
+    sub = PahoClient(args, device=dev, manual_ack=True)
     sub.connect(clean_start=True, session_expiry=300)
     sub.subscribe(f"{base}/q/#", qos=1)
     pub = PahoClient(args, transport="plain")
@@ -32,6 +35,7 @@ def main(args):
     m = sub.expect_message(f"{base}/q/live")
     e = getattr(m.properties, "MessageExpiryInterval", None)
     check(e is not None and 0 < e <= 60, f"live Message Expiry Interval {e}, expected 1..60")
+    sub.ack(m)
     sub.disconnect()
 
     step("while the subscriber is offline: messages with expiry 1 s, 100 s and none; a retained one with 1 s")

@@ -1175,7 +1175,6 @@ impl Connection {
             properties,
             payload: m.payload.clone(),
         };
-        let packet = Packet::Publish(publish);
         // A message accepted under our own packet limit, plus what the hub adds (subscription
         // identifiers, an alias, the expiry interval), stays far below a client limit that is
         // more than OUTBOUND_HEADROOM above ours; only closer limits need measuring.
@@ -1183,7 +1182,7 @@ impl Connection {
             .client_max_packet_size
             .min(moat_mqtt::Limits::PROTOCOL_MAX_PACKET_SIZE);
         if u64::from(limit) < u64::from(self.broker.config().max_packet_size) + OUTBOUND_HEADROOM {
-            let len = moat_mqtt::encoded_len(&packet, self.protocol);
+            let len = moat_mqtt::encoded_publish_len(&publish, packet_id, self.protocol);
             if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(limit) {
                 self.broker
                     .stats()
@@ -1198,10 +1197,7 @@ impl Connection {
                 .outbound
                 .insert(m.topic.clone(), alias);
         }
-        match packet {
-            Packet::Publish(p) => Some(p),
-            _ => None,
-        }
+        Some(publish)
     }
 
     /// Ends the connection: detaches it from its session, publishes or schedules the will,

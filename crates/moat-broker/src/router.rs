@@ -1,6 +1,7 @@
 //! The subscription trie: topic filter levels → subscribers.
 //!
-//! Literal levels are hash-map children; `+` and `#` have their own slots. Matching a topic
+//! Literal levels are children (a short list, a hash map past [`LISTED_CHILDREN`]); `+` and
+//! `#` have their own slots. Matching a topic
 //! walks at most one literal child and one `+` child per level and collects `#` subscribers
 //! on the way, so its cost depends on the topic's depth and the wildcard fan-out, not on the
 //! number of subscriptions. Shared subscriptions (`$share/group/filter`) hang off the same
@@ -129,9 +130,91 @@ impl SharedGroup {
     }
 }
 
+/// Most nodes have a few literal children (a fleet's `devices/{id}` node is the exception):
+/// up to this many are kept in a list and compared byte by byte, which costs less per
+/// lookup than hashing the level; past it they move to a hash map (SipHash, keyed per
+/// process, so that a client choosing topic levels cannot force collisions).
+const LISTED_CHILDREN: usize = 8;
+
+/// The literal children of a node.
+#[derive(Debug)]
+enum Children {
+    Listed(Vec<(Bytes, Node)>),
+    Hashed(HashMap<Bytes, Node>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Self::Listed(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Listed(list) => list.is_empty(),
+            Self::Hashed(map) => map.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &[u8]) -> Option<&Node> {
+        match self {
+            Self::Listed(list) => list.iter().find(|(l, _)| l[..] == *level).map(|(_, n)| n),
+            Self::Hashed(map) => map.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &[u8]) -> Option<&mut Node> {
+        match self {
+            Self::Listed(list) => list
+                .iter_mut()
+                .find(|(l, _)| l[..] == *level)
+                .map(|(_, n)| n),
+            Self::Hashed(map) => map.get_mut(level),
+        }
+    }
+
+    /// The child for `level`, created empty if there is none.
+    fn entry(&mut self, level: Bytes) -> &mut Node {
+        if let Self::Listed(list) = self
+            && list.len() >= LISTED_CHILDREN
+            && !list.iter().any(|(l, _)| *l == level)
+        {
+            *self = Self::Hashed(std::mem::take(list).into_iter().collect());
+        }
+        match self {
+            Self::Listed(list) => {
+                let pos = match list.iter().position(|(l, _)| *l == level) {
+                    Some(pos) => pos,
+                    None => {
+                        list.push((level, Node::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[pos].1
+            }
+            Self::Hashed(map) => map.entry(level).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &[u8]) {
+        match self {
+            Self::Listed(list) => list.retain(|(l, _)| l[..] != *level),
+            Self::Hashed(map) => {
+                map.remove(level);
+                // Back to a list once it fits again, with room so that a node at the bound
+                // does not switch on every subscribe and unsubscribe.
+                if map.len() <= LISTED_CHILDREN / 2 {
+                    *self = Self::Listed(std::mem::take(map).into_iter().collect());
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Bytes, Node>,
+    children: Children,
     plus: Option<Box<Node>>,
     hash: Option<Box<Leaf>>,
     leaf: Leaf,
@@ -186,7 +269,7 @@ impl Router {
                     return;
                 }
                 b"+" => node = node.plus.get_or_insert_with(Box::default),
-                _ => node = node.children.entry(level).or_default(),
+                _ => node = node.children.entry(level),
             }
         }
         if node.leaf.insert(share, sub) {
@@ -375,6 +458,50 @@ mod tests {
                 prop_assert_eq!(got, want, "topic {}", t);
             }
         }
+    }
+
+    /// Children move from the list to the hash map past the bound and back when they fit
+    /// again, and matching agrees with the naive matcher on both sides of each switch.
+    #[test]
+    fn children_switch_between_list_and_map_without_losing_subscriptions() {
+        let mut router = Router::default();
+        let width = LISTED_CHILDREN as u64 * 3;
+        let cells: Vec<_> = (0..=width).map(cell).collect();
+        let wildcard = TopicFilter::parse("x/+/y").expect("valid");
+        router.insert(&wildcard, None, sub(&cells[width as usize]));
+        // Every topic x/{j}/y matches the wildcard and, while it is subscribed, its own filter.
+        let check = |router: &Router, subscribed: &dyn Fn(u64) -> bool, after: &str| {
+            for j in 0..width {
+                let topic = TopicName::parse(&format!("x/{j}/y")).expect("valid");
+                let mut out = Vec::new();
+                router.collect(&topic, &mut out);
+                let got: BTreeSet<u64> = out.iter().map(|s| s.session.id).collect();
+                let want: BTreeSet<u64> = if subscribed(j) {
+                    [j, width].into()
+                } else {
+                    [width].into()
+                };
+                assert_eq!(got, want, "after {after}, topic x/{j}/y");
+            }
+        };
+        let filter = |i: u64| TopicFilter::parse(&format!("x/{i}/y")).expect("valid");
+        let hashed = |router: &Router| {
+            matches!(
+                router.root.children.get(b"x").map(|n| &n.children),
+                Some(Children::Hashed(_))
+            )
+        };
+        for i in 0..width {
+            router.insert(&filter(i), None, sub(&cells[i as usize]));
+            check(&router, &|j| j <= i, &format!("inserting {i}"));
+        }
+        assert!(hashed(&router), "past the bound: a hash map");
+        for i in 0..width {
+            assert!(router.remove(&filter(i), None, i));
+            check(&router, &|j| j > i, &format!("removing {i}"));
+        }
+        assert!(!hashed(&router), "back to a list");
+        assert_eq!(router.len(), 1);
     }
 
     #[test]

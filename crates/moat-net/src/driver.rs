@@ -35,17 +35,19 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// wake-ups: deliveries can keep it ready ahead of the keep alive timer.
 const KEEP_ALIVE_CHECK_WAKE_UPS: u32 = 64;
 
-/// Smallest read reservation: what an idle connection holds while it waits for bytes.
-const MIN_READ_HINT: usize = 128;
+/// Smallest read reservation, what an idle connection's read waits in (see
+/// [`crate::transport::SMALL_READ`]).
+const MIN_READ_HINT: usize = crate::transport::SMALL_READ;
 /// Largest read reservation, reached by doubling while reads fill what was reserved.
 const MAX_READ_HINT: usize = 64 * 1024;
 
 /// Adapts the next read's reservation to the traffic: grow while reads fill it, shrink when
-/// they stay small, so busy publishers read in large chunks and idle ones hold little.
+/// they fill less than half, so busy publishers read in large chunks and a client sending
+/// one small packet at a time comes back to the smallest reservation (and its own buffer).
 fn next_read_hint(hint: usize, read: usize) -> usize {
     if read >= hint {
         (hint * 4).min(MAX_READ_HINT)
-    } else if read < hint / 4 {
+    } else if read < hint / 2 {
         (hint / 2).max(MIN_READ_HINT)
     } else {
         hint
@@ -387,6 +389,7 @@ fn session<T: Transport>(
             let mut stopped_early = false;
             if !conn.is_paused() {
                 let mut decoded = false;
+                let batch_capacity = rbuf.capacity();
                 loop {
                     if conn.has_congestion() || conn.is_throttled() {
                         stopped_early = true;
@@ -409,10 +412,14 @@ fn session<T: Transport>(
                 conn.flush_wakes();
                 // Decoded payloads share the read buffer's allocation until delivered, so an
                 // emptied buffer is let go (the next read allocates one) rather than pinning
-                // them. A buffer nothing was decoded from, only reserved by a read that found
-                // no bytes (a turn woken for a delivery), is kept: it holds what the next
-                // read would reserve anyway.
-                if rbuf.is_empty() && (decoded || rbuf.capacity() > read_hint) {
+                // them, unless it is a minimal one: a client sending small packets now and
+                // then keeps its one small buffer, which the next read takes back whole once
+                // the payloads cut from it are delivered, instead of allocating a buffer per
+                // packet. A buffer nothing was decoded from, only reserved by a read that
+                // found no bytes (a turn woken for a delivery), is kept: it holds what the
+                // next read would reserve anyway.
+                let minimal = batch_capacity <= MIN_READ_HINT;
+                if rbuf.is_empty() && ((decoded && !minimal) || rbuf.capacity() > read_hint) {
                     *rbuf = BytesMut::new();
                 }
             }
@@ -553,5 +560,39 @@ fn session<T: Transport>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose reads once came together in a larger one returns to the smallest
+    /// reservation, the one whose read waits in its own buffer; reads that fill the
+    /// reservation grow it up to the maximum.
+    #[test]
+    fn the_read_reservation_follows_the_reads() {
+        let mut hint = MIN_READ_HINT;
+        // Two 81-byte packets read together, then one at a time.
+        hint = next_read_hint(hint, 162);
+        assert!(hint > MIN_READ_HINT);
+        for _ in 0..8 {
+            hint = next_read_hint(hint, 81);
+        }
+        assert_eq!(hint, MIN_READ_HINT);
+        for _ in 0..16 {
+            hint = next_read_hint(hint, hint);
+        }
+        assert_eq!(hint, MAX_READ_HINT);
+        // Reads that fill more than half keep it; less than half halve it.
+        assert_eq!(
+            next_read_hint(MAX_READ_HINT, MAX_READ_HINT / 2),
+            MAX_READ_HINT
+        );
+        assert_eq!(
+            next_read_hint(MAX_READ_HINT, MAX_READ_HINT / 2 - 1),
+            MAX_READ_HINT / 2
+        );
+        assert_eq!(next_read_hint(MIN_READ_HINT, 1), MIN_READ_HINT);
     }
 }

@@ -24,11 +24,26 @@ pub(crate) trait Transport: Send {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// Reads of at most this many bytes wait in a buffer of their own, not in the read buffer.
+pub(crate) const SMALL_READ: usize = 128;
+
 /// A plain byte stream (TCP or TLS).
 pub(crate) struct Stream<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Stream<S> {
     async fn read_into(&mut self, buf: &mut BytesMut, hint: usize) -> io::Result<usize> {
+        if hint <= SMALL_READ && buf.capacity() - buf.len() < hint {
+            // A small read waits in a buffer of its own and grows `buf` only once bytes have
+            // arrived. By then the payloads last cut from `buf` have usually been delivered,
+            // so `buf` takes its allocation back whole instead of allocating another one
+            // while they are still queued: a client that publishes now and then costs no
+            // allocation per packet. Cancel-safe: bytes are appended in the poll that reads
+            // them.
+            let mut small = [0u8; SMALL_READ];
+            let n = self.0.read(&mut small[..hint]).await?;
+            buf.extend_from_slice(&small[..n]);
+            return Ok(n);
+        }
         buf.reserve(hint);
         self.0.read_buf(buf).await
     }
