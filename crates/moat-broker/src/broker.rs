@@ -793,11 +793,17 @@ impl Broker {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let stored = message.to_stored(message.qos, true);
+        // The retained copy owns its bytes, rebuilt from the stored encoding (as after a
+        // restart): the message's topic and payload are slices of the publisher's read
+        // buffer, which a retained message would otherwise keep allocated for as long as it
+        // is retained.
+        let kept = Message::from_stored(&stored).map_or_else(|| message.clone(), |(m, _, _)| m);
         ops.push(StoreOp::PutRetained {
             topic: topic.as_str().to_owned(),
-            message: message.to_stored(message.qos, true),
+            message: stored,
         });
-        retained.insert(topic, message.clone());
+        retained.insert(topic.to_owned_bytes(), kept);
     }
 
     /// Queues a message for one session. Does not wake the connection: the caller does,
@@ -1355,4 +1361,52 @@ pub(crate) fn decode_options(b: u8) -> Option<SubscriptionOptions> {
             _ => return None,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::NamespaceAuthorizer;
+    use crate::persist::Volatile;
+    use bytes::Bytes;
+
+    /// A retained message and its key own their bytes: neither keeps the read buffer its
+    /// topic and payload were cut from allocated.
+    #[test]
+    fn a_retained_message_does_not_keep_the_publishers_read_buffer() {
+        let broker = Broker::new(
+            BrokerConfig::default(),
+            Arc::new(NamespaceAuthorizer),
+            Arc::new(Volatile),
+        );
+        // Stands for a connection's read buffer: a large allocation, two small slices.
+        let mut buffer = vec![b'p'; 64 * 1024];
+        buffer[..9].copy_from_slice(b"sensors/t");
+        let buffer = Bytes::from(buffer);
+        let topic = TopicName::from_bytes(buffer.slice(..9)).expect("valid topic");
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: Some(topic.clone()),
+            packet_id: None,
+            properties: moat_mqtt::PublishProperties::default(),
+            payload: buffer.slice(9..19),
+        };
+        let now = Timestamp::from_millis(1_000);
+        let message = Message::new(topic.clone(), publish, now, None);
+        broker.route(auth::trusted(message), Vec::new(), now);
+        drop(topic);
+        assert!(
+            buffer.is_unique(),
+            "the retained message still holds the read buffer"
+        );
+        let retained = read(&broker.shared.retained);
+        let kept = retained
+            .get(&TopicName::parse("sensors/t").expect("valid topic"))
+            .expect("retained");
+        assert_eq!(&kept.payload[..], b"pppppppppp");
+        assert!(kept.retain);
+        assert_eq!(kept.qos, QoS::AtMostOnce);
+    }
 }

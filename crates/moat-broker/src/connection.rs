@@ -583,7 +583,7 @@ impl Connection {
                         self.aliases
                             .get_or_insert_default()
                             .inbound
-                            .insert(alias, t.clone());
+                            .insert(alias, t.to_owned_bytes());
                         t
                     }
                     None => match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
@@ -1195,7 +1195,7 @@ impl Connection {
             self.aliases
                 .get_or_insert_default()
                 .outbound
-                .insert(m.topic.clone(), alias);
+                .insert(m.topic.to_owned_bytes(), alias);
         }
         Some(publish)
     }

@@ -144,6 +144,11 @@ pub(crate) fn run<T: Transport>(
             drop(admission);
             return;
         };
+        // The CONNECT's buffer may be large (a long password, many properties); the session
+        // starts from none (see `read_from_empty` in `session`).
+        if rbuf.is_empty() {
+            rbuf = BytesMut::new();
+        }
         let connected_at = Instant::now();
         let span =
             tracing::info_span!("mqtt", client = %conn.client_id(), principal = %conn.principal());
@@ -380,6 +385,11 @@ fn session<T: Transport>(
         // idle connection does not carry a second timer).
         let mut throttle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut wake_ups: u32 = 0;
+        // Whether the bytes in the read buffer came from a read into an empty one. Only such
+        // a buffer, when it is also minimal, is kept after its packets are decoded: an empty
+        // buffer's spare room is either a fresh reservation or the tail of a buffer kept the
+        // same way, never the tail of a large buffer, which would stay allocated.
+        let mut read_from_empty = false;
         loop {
             // One clock reading per turn of the loop, for the packets handled and the first
             // batch written; a later batch, after a write that may have waited, reads it again.
@@ -418,7 +428,7 @@ fn session<T: Transport>(
                 // packet. A buffer nothing was decoded from, only reserved by a read that
                 // found no bytes (a turn woken for a delivery), is kept: it holds what the
                 // next read would reserve anyway.
-                let minimal = batch_capacity <= MIN_READ_HINT;
+                let minimal = read_from_empty && batch_capacity <= MIN_READ_HINT;
                 if rbuf.is_empty() && ((decoded && !minimal) || rbuf.capacity() > read_hint) {
                     *rbuf = BytesMut::new();
                 }
@@ -506,6 +516,7 @@ fn session<T: Transport>(
                 continue;
             }
             let reading = !paused && throttled.is_none();
+            let empty_before_read = rbuf.is_empty();
 
             // Biased: polled in this order, with no random draw. Every turn of the loop handles
             // the read buffer and the outbox whatever woke it, so an earlier branch that is
@@ -517,6 +528,7 @@ fn session<T: Transport>(
                     match read {
                         Ok(0) | Err(_) => return Close::lost(ReasonCode::UnspecifiedError),
                         Ok(n) => {
+                            read_from_empty = empty_before_read;
                             read_hint = next_read_hint(read_hint, n);
                             ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                             last_heard = Instant::now();

@@ -84,6 +84,13 @@ impl TopicName {
         &self.0
     }
 
+    /// The same name in a buffer of its own: a name decoded from a packet is a slice of the
+    /// connection's read buffer and keeps all of it allocated, so one that is kept for long
+    /// (an alias, a retained message) is copied.
+    pub fn to_owned_bytes(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         as_text(&self.0)
