@@ -397,19 +397,28 @@ mod tests {
         }
     }
 
-    fn level() -> impl Strategy<Value = &'static str> {
-        prop_oneof![Just("a"), Just("b"), Just(""), Just("$s"), Just("c")]
+    /// Topic levels: a few, so that filters and topics overlap often, or (`wide`) more than
+    /// a node keeps in a list, so that children also live in hash maps.
+    fn level(wide: bool) -> BoxedStrategy<&'static str> {
+        if wide {
+            prop::sample::select(vec![
+                "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "", "$s",
+            ])
+            .boxed()
+        } else {
+            prop_oneof![Just("a"), Just("b"), Just(""), Just("$s"), Just("c")].boxed()
+        }
     }
 
-    fn topic() -> impl Strategy<Value = String> {
-        prop::collection::vec(level(), 1..5)
+    fn topic(wide: bool) -> impl Strategy<Value = String> {
+        prop::collection::vec(level(wide), 1..5)
             .prop_map(|l| l.join("/"))
             .prop_filter("non-empty", |t| !t.is_empty())
     }
 
-    fn filter() -> impl Strategy<Value = String> {
+    fn filter(wide: bool) -> impl Strategy<Value = String> {
         (
-            prop::collection::vec(prop_oneof![level(), Just("+")], 0..4),
+            prop::collection::vec(prop_oneof![level(wide), Just("+")], 0..4),
             any::<bool>(),
         )
             .prop_filter_map("non-empty", |(mut levels, hash)| {
@@ -421,42 +430,69 @@ mod tests {
             })
     }
 
+    /// Subscribes each filter, removes some, then checks every topic against the naive
+    /// matcher; a trie whose subscriptions are all removed is pruned to an empty root.
+    fn agrees_with_naive_matcher(
+        filters: &[String],
+        removals: &[prop::sample::Index],
+        topics: &[String],
+    ) -> Result<(), TestCaseError> {
+        let mut router = Router::default();
+        let cells: Vec<_> = (0..filters.len() as u64).map(cell).collect();
+        let mut live: Vec<(u64, String)> = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            let tf = TopicFilter::parse(f).expect("generated filters are valid");
+            router.insert(&tf, None, sub(&cells[i]));
+            live.push((i as u64, f.clone()));
+        }
+        for r in removals {
+            if live.is_empty() {
+                break;
+            }
+            let (id, f) = live.remove(r.index(live.len()));
+            let tf = TopicFilter::parse(&f).expect("valid");
+            prop_assert!(router.remove(&tf, None, id));
+        }
+        prop_assert_eq!(router.len(), live.len());
+        if live.is_empty() {
+            prop_assert!(router.root.is_empty(), "emptied nodes are pruned");
+        }
+        for t in topics {
+            let tn = TopicName::parse(t).expect("generated topics are valid");
+            let mut out = Vec::new();
+            router.collect(&tn, &mut out);
+            let got: BTreeSet<u64> = out.iter().map(|s| s.session.id).collect();
+            let want: BTreeSet<u64> = live
+                .iter()
+                .filter(|(_, f)| naive_matches(f.as_bytes(), t.as_bytes()))
+                .map(|(id, _)| *id)
+                .collect();
+            prop_assert_eq!(got.len(), out.len(), "one entry per matching subscription");
+            prop_assert_eq!(got, want, "topic {}", t);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// The trie agrees with the naive matcher on every topic, after inserts and removes.
         #[test]
         fn trie_agrees_with_naive_matcher(
-            filters in prop::collection::vec(filter(), 1..24),
+            filters in prop::collection::vec(filter(false), 1..24),
             removals in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
-            topics in prop::collection::vec(topic(), 1..16),
+            topics in prop::collection::vec(topic(false), 1..16),
         ) {
-            let mut router = Router::default();
-            let cells: Vec<_> = (0..filters.len() as u64).map(cell).collect();
-            let mut live: Vec<(u64, String)> = Vec::new();
-            for (i, f) in filters.iter().enumerate() {
-                let tf = TopicFilter::parse(f).expect("generated filters are valid");
-                router.insert(&tf, None, sub(&cells[i]));
-                live.push((i as u64, f.clone()));
-            }
-            for r in removals {
-                if live.is_empty() { break; }
-                let (id, f) = live.remove(r.index(live.len()));
-                let tf = TopicFilter::parse(&f).expect("valid");
-                prop_assert!(router.remove(&tf, None, id));
-            }
-            prop_assert_eq!(router.len(), live.len());
-            for t in &topics {
-                let tn = TopicName::parse(t).expect("generated topics are valid");
-                let mut out = Vec::new();
-                router.collect(&tn, &mut out);
-                let got: BTreeSet<u64> = out.iter().map(|s| s.session.id).collect();
-                let want: BTreeSet<u64> = live
-                    .iter()
-                    .filter(|(_, f)| naive_matches(f.as_bytes(), t.as_bytes()))
-                    .map(|(id, _)| *id)
-                    .collect();
-                prop_assert_eq!(got.len(), out.len(), "one entry per matching subscription");
-                prop_assert_eq!(got, want, "topic {}", t);
-            }
+            agrees_with_naive_matcher(&filters, &removals, &topics)?;
+        }
+
+        /// The same with more distinct levels than a node lists, so that children switch
+        /// to hash maps (and back, when removals thin them out).
+        #[test]
+        fn trie_agrees_with_naive_matcher_past_the_list_bound(
+            filters in prop::collection::vec(filter(true), 8..64),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..64),
+            topics in prop::collection::vec(topic(true), 1..32),
+        ) {
+            agrees_with_naive_matcher(&filters, &removals, &topics)?;
         }
     }
 
