@@ -58,3 +58,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Stream<S> {
         let _ = self.0.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small reads append exactly the bytes that arrived, at most `hint` at a time, whatever
+    /// the buffer held; end of stream is `Ok(0)` and leaves the buffer as it was.
+    #[tokio::test]
+    async fn small_reads_append_what_arrived_and_end_of_stream_is_zero() {
+        let (client, server) = tokio::io::duplex(4096);
+        let mut stream = Stream(server);
+        let mut peer = client;
+        let sent: Vec<u8> = (0..300u16).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).await.expect("write");
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        let mut reads = Vec::new();
+        while buf.len() < 4 + sent.len() {
+            let n = stream.read_into(&mut buf, SMALL_READ).await.expect("read");
+            assert!(n > 0 && n <= SMALL_READ, "read {n} bytes");
+            reads.push(n);
+        }
+        assert_eq!(&buf[..4], b"kept");
+        assert_eq!(&buf[4..], &sent[..]);
+        assert!(
+            reads.len() >= 3,
+            "300 bytes in reads of at most 128: {reads:?}"
+        );
+        drop(peer);
+        assert_eq!(
+            stream.read_into(&mut buf, SMALL_READ).await.expect("eof"),
+            0
+        );
+        assert_eq!(buf.len(), 4 + sent.len());
+    }
+
+    /// A small read dropped while it waits (as `select!` drops it) loses nothing: the bytes
+    /// that arrive later are all read by the next one.
+    #[tokio::test]
+    async fn a_dropped_small_read_loses_no_bytes() {
+        let (mut peer, server) = tokio::io::duplex(4096);
+        let mut stream = Stream(server);
+        let mut buf = BytesMut::new();
+        {
+            let read = stream.read_into(&mut buf, SMALL_READ);
+            tokio::pin!(read);
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "nothing was sent yet");
+        }
+        assert!(buf.is_empty());
+        peer.write_all(b"\x30\x05\x00\x01tab").await.expect("write");
+        let n = stream.read_into(&mut buf, SMALL_READ).await.expect("read");
+        assert_eq!(n, 7);
+        assert_eq!(&buf[..], b"\x30\x05\x00\x01tab");
+    }
+}
