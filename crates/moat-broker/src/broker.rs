@@ -794,11 +794,9 @@ impl Broker {
             return;
         }
         let stored = message.to_stored(message.qos, true);
-        // The retained copy owns its bytes, rebuilt from the stored encoding (as after a
-        // restart): the message's topic and payload are slices of the publisher's read
-        // buffer, which a retained message would otherwise keep allocated for as long as it
-        // is retained.
-        let kept = Message::from_stored(&stored).map_or_else(|| message.clone(), |(m, _, _)| m);
+        // The retained copy owns its bytes: a retained message would otherwise keep its
+        // publisher's read buffer allocated for as long as it is retained.
+        let kept = message.detached();
         ops.push(StoreOp::PutRetained {
             topic: topic.as_str().to_owned(),
             message: stored,
@@ -861,7 +859,12 @@ impl Broker {
         }
         st.queue.push_back(Pending {
             seq,
-            message: message.clone(),
+            // What waits for a disconnected session owns its bytes (`Message::detached`).
+            message: if online {
+                message.clone()
+            } else {
+                message.detached()
+            },
             qos,
             retain,
             subscription_ids,
@@ -1014,6 +1017,13 @@ impl Broker {
                     will_now = will.map(|w| w.message);
                 }
             } else {
+                // What stays queued or in flight waits for the client to come back, possibly
+                // for days: it must not keep its publishers' read buffers allocated.
+                let st = &mut *st;
+                let kept = st.queue.iter_mut();
+                for pending in kept.chain(st.inflight.iter_mut().map(|i| &mut i.pending)) {
+                    pending.message = pending.message.detached();
+                }
                 ops.push(StoreOp::PutSession {
                     client_id: cell.client_id.clone(),
                     expiry_interval: st.expiry_interval,
@@ -1368,17 +1378,157 @@ mod tests {
     use super::*;
     use crate::auth::NamespaceAuthorizer;
     use crate::persist::Volatile;
+    use crate::{Close, Outbox};
     use bytes::Bytes;
+    use moat_mqtt::Packet;
+
+    /// A broker with default limits, the namespace rule and no storage.
+    fn broker() -> Broker {
+        Broker::new(
+            BrokerConfig::default(),
+            Arc::new(NamespaceAuthorizer),
+            Arc::new(Volatile),
+        )
+    }
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    /// A connected MQTT 5 session of `client_id` (expiry one hour) subscribed to `filter`
+    /// at QoS 1.
+    fn subscribed(broker: &Broker, client_id: &str, filter: &str, now: Timestamp) -> Connection {
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 60,
+            properties: moat_mqtt::ConnectProperties {
+                session_expiry_interval: Some(3600),
+                ..Default::default()
+            },
+            client_id: client_id.to_owned(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        let ConnectOutcome::Accepted { mut connection, .. } =
+            broker.connect(connect, Principal::Anonymous, Arc::new(NoWake), now)
+        else {
+            panic!("CONNECT refused");
+        };
+        let subscribe = moat_mqtt::Subscribe {
+            packet_id: std::num::NonZeroU16::MIN,
+            subscription_identifier: None,
+            user_properties: Vec::new(),
+            filters: vec![(
+                filter.to_owned(),
+                moat_mqtt::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
+        };
+        connection
+            .handle(Packet::Subscribe(subscribe), now, &mut Outbox::new())
+            .expect("SUBSCRIBE accepted");
+        *connection
+    }
+
+    /// A QoS 1 message whose topic and payload are slices of `buffer`, a stand-in for a
+    /// connection's read buffer: a large allocation, two small slices.
+    fn cut_from(buffer: &Bytes, now: Timestamp) -> Arc<Message> {
+        let topic = TopicName::from_bytes(buffer.slice(..9)).expect("valid topic");
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: Some(topic.clone()),
+            packet_id: Some(std::num::NonZeroU16::MIN),
+            properties: moat_mqtt::PublishProperties {
+                correlation_data: Some(buffer.slice(19..23)),
+                ..Default::default()
+            },
+            payload: buffer.slice(9..19),
+        };
+        Message::new(topic, publish, now, Some(7))
+    }
+
+    fn read_buffer() -> Bytes {
+        let mut buffer = vec![b'p'; 64 * 1024];
+        buffer[..9].copy_from_slice(b"sensors/t");
+        Bytes::from(buffer)
+    }
+
+    /// A message queued for a disconnected session owns its bytes, with the same content,
+    /// and the copy is made once for every session it waits for.
+    #[test]
+    fn a_message_queued_offline_does_not_keep_the_publishers_read_buffer() {
+        let broker = broker();
+        let now = Timestamp::from_millis(1_000);
+        let close = Close::lost(ReasonCode::UnspecifiedError);
+        for client in ["a", "b"] {
+            subscribed(&broker, client, "sensors/#", now).closed(&close, now);
+        }
+        let buffer = read_buffer();
+        broker.route(auth::trusted(cut_from(&buffer, now)), Vec::new(), now);
+        assert!(
+            buffer.is_unique(),
+            "a queued message still holds the read buffer"
+        );
+        let sessions = lock(&broker.shared.sessions);
+        let queued: Vec<Arc<Message>> = ["a", "b"]
+            .iter()
+            .map(|id| {
+                let cell = &sessions[&ClientId::parse(id).expect("valid id")];
+                let st = cell.lock();
+                assert_eq!(st.queue.len(), 1, "{id}'s queue");
+                Arc::clone(&st.queue[0].message)
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&queued[0], &queued[1]), "one copy for both");
+        let kept = &queued[0];
+        assert_eq!(kept.topic.as_str(), "sensors/t");
+        assert_eq!(&kept.payload[..], b"pppppppppp");
+        assert_eq!(
+            kept.properties.correlation_data.as_deref(),
+            Some(&b"pppp"[..])
+        );
+        assert_eq!(
+            (kept.qos, kept.retain, kept.origin),
+            (QoS::AtLeastOnce, false, Some(7))
+        );
+    }
+
+    /// A message queued while its session was connected stops holding the read buffer
+    /// when the session disconnects and is kept.
+    #[test]
+    fn a_message_queued_online_lets_go_of_the_read_buffer_at_disconnect() {
+        let broker = broker();
+        let now = Timestamp::from_millis(1_000);
+        let connection = subscribed(&broker, "a", "sensors/#", now);
+        let buffer = read_buffer();
+        broker.route(auth::trusted(cut_from(&buffer, now)), Vec::new(), now);
+        assert!(
+            !buffer.is_unique(),
+            "the online queue shares the read buffer"
+        );
+        connection.closed(&Close::lost(ReasonCode::UnspecifiedError), now);
+        assert!(
+            buffer.is_unique(),
+            "the message kept for the disconnected session still holds the read buffer"
+        );
+        let sessions = lock(&broker.shared.sessions);
+        let st = sessions[&ClientId::parse("a").expect("valid id")].lock();
+        assert_eq!(&st.queue[0].message.payload[..], b"pppppppppp");
+    }
 
     /// A retained message and its key own their bytes: neither keeps the read buffer its
     /// topic and payload were cut from allocated.
     #[test]
     fn a_retained_message_does_not_keep_the_publishers_read_buffer() {
-        let broker = Broker::new(
-            BrokerConfig::default(),
-            Arc::new(NamespaceAuthorizer),
-            Arc::new(Volatile),
-        );
+        let broker = broker();
         // Stands for a connection's read buffer: a large allocation, two small slices.
         let mut buffer = vec![b'p'; 64 * 1024];
         buffer[..9].copy_from_slice(b"sensors/t");

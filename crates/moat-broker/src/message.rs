@@ -33,6 +33,11 @@ pub struct Message {
     /// Set by the router when the message goes to more than one session, the case where a
     /// shared encoding pays for itself.
     fan_out: AtomicBool,
+    /// Whether topic, payload and properties are slices of a buffer of the message's own
+    /// (rebuilt from storage) rather than of a publisher's read buffer.
+    owns_bytes: bool,
+    /// The copy [`Message::detached`] made, shared by every queue that keeps it.
+    detached: OnceLock<Arc<Message>>,
 }
 
 impl Message {
@@ -60,6 +65,8 @@ impl Message {
             stored: OnceLock::new(),
             qos0: Default::default(),
             fan_out: AtomicBool::new(false),
+            owns_bytes: false,
+            detached: OnceLock::new(),
         })
     }
 
@@ -149,6 +156,38 @@ impl Message {
     /// Rebuilds a message from storage. `None` if the stored bytes do not decode (a damaged
     /// row is skipped, not trusted).
     pub fn from_stored(stored: &StoredMessage) -> Option<(Arc<Self>, QoS, bool)> {
+        let qos = QoS::from_u8(stored.qos)?;
+        let message = Self::decode_stored(stored, qos, None)?;
+        Some((Arc::new(message), qos, stored.retain))
+    }
+
+    /// This message with bytes of its own, for keeping. A decoded message's topic, payload
+    /// and properties are slices of its publisher's read buffer, which may hold much more
+    /// than this message; a message waiting in a disconnected session's queue, possibly
+    /// for days, would keep that whole buffer allocated. The copy is rebuilt from the
+    /// stored encoding (as after a restart), made once and shared by every queue that
+    /// keeps it; a message that already owns its bytes is returned as is.
+    pub fn detached(self: &Arc<Self>) -> Arc<Self> {
+        if self.owns_bytes {
+            return Arc::clone(self);
+        }
+        Arc::clone(self.detached.get_or_init(|| {
+            let stored = self.to_stored(self.qos, self.retain);
+            match Self::decode_stored(&stored, self.qos, self.origin) {
+                Some(copy) => {
+                    copy.fan_out
+                        .store(self.fan_out.load(Ordering::Relaxed), Ordering::Relaxed);
+                    Arc::new(copy)
+                }
+                // Unreachable (the hub's own encoding decodes); keeping the original only
+                // keeps its buffer.
+                None => Arc::clone(self),
+            }
+        }))
+    }
+
+    /// Decodes a stored encoding into a message that owns its bytes.
+    fn decode_stored(stored: &StoredMessage, qos: QoS, origin: Option<u64>) -> Option<Self> {
         let mut buf = BytesMut::from(&stored.encoded[..]);
         let limits = Limits {
             max_packet_size: Limits::PROTOCOL_MAX_PACKET_SIZE,
@@ -159,20 +198,19 @@ impl Message {
         else {
             return None;
         };
-        let topic = publish.topic.clone()?;
-        let qos = QoS::from_u8(stored.qos)?;
-        let message = Arc::new(Self {
-            topic,
+        Some(Self {
+            topic: publish.topic?,
             payload: publish.payload,
             qos,
             retain: stored.retain,
             properties: publish.properties,
             expires_at: stored.expires_at,
-            origin: None,
+            origin,
             stored: OnceLock::from(stored.encoded.clone()),
             qos0: Default::default(),
             fan_out: AtomicBool::new(false),
-        });
-        Some((message, qos, stored.retain))
+            owns_bytes: true,
+            detached: OnceLock::new(),
+        })
     }
 }
