@@ -95,6 +95,12 @@ impl NotifyWaker {
     fn take(&self) -> bool {
         self.pending.load(Ordering::Acquire) && self.pending.swap(false, Ordering::AcqRel)
     }
+
+    /// Makes the next [`Self::notified`] complete at once: called by the task itself when
+    /// it stops with work left, to come back to it after its other checks.
+    fn again(&self) {
+        self.pending.store(true, Ordering::Release);
+    }
 }
 
 /// Everything a connection task needs from the listener.
@@ -391,9 +397,9 @@ fn session<T: Transport>(
         // same way, never the tail of a large buffer, which would stay allocated.
         let mut read_from_empty = false;
         loop {
-            // One clock reading per turn of the loop, for the packets handled and the first
-            // batch written; a later batch, after a write that may have waited, reads it again.
-            let mut now = Timestamp::now();
+            // One clock reading per turn of the loop, for the packets handled and the batch
+            // written.
+            let now = Timestamp::now();
             // Handle what has been read, stopping as soon as a session this client publishes
             // to is backed up: the rest waits in the buffer until it drains.
             let mut stopped_early = false;
@@ -434,7 +440,7 @@ fn session<T: Transport>(
                 }
             }
             // Move what is ready into the write buffer and write it.
-            loop {
+            {
                 let more = match conn.poll_outbound(now, outbox) {
                     Ok(more) => more,
                     Err(close) => return close,
@@ -457,10 +463,14 @@ fn session<T: Transport>(
                         *wbuf = BytesMut::new();
                     }
                 }
-                if !more {
-                    break;
+                if more {
+                    // More is queued than one batch: the rest is written after a turn
+                    // through the wait below, which reads from the client first and checks
+                    // its keep alive. A queue that refills as fast as it drains would
+                    // otherwise keep this loop writing forever, with the client unread and
+                    // its keep alive never checked.
+                    notify.again();
                 }
-                now = Timestamp::now();
             }
             outbox.release_if_empty();
             // One reading of the commit watermark for both questions: a commit that lands after
