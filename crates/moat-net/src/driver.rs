@@ -58,6 +58,13 @@ fn next_read_hint(hint: usize, read: usize) -> usize {
 /// does not keep a burst-sized buffer.
 const MAX_IDLE_WRITE_BUFFER: usize = 16 * 1024;
 
+/// Most batches of deliveries (each at most the broker's poll budget, 256 messages) written
+/// in one turn of a connection's loop before it reads from the client and checks its keep
+/// alive again. A full queue at the default limit of 1,000 messages takes 4 batches; reading
+/// after every batch instead let a client that publishes to itself read faster than it was
+/// written to, and its queue overflowed.
+const MAX_BATCHES_PER_TURN: u32 = 16;
+
 /// How the broker wakes a connection's task when something is queued for it: a flag and
 /// the task's waker. A wake is one atomic store and a task wake-up, with no lock; a wake that
 /// comes while the task is busy is kept in the flag for its next wait.
@@ -397,9 +404,9 @@ fn session<T: Transport>(
         // same way, never the tail of a large buffer, which would stay allocated.
         let mut read_from_empty = false;
         loop {
-            // One clock reading per turn of the loop, for the packets handled and the batch
-            // written.
-            let now = Timestamp::now();
+            // One clock reading per turn of the loop, for the packets handled and the first
+            // batch written; a later batch, after a write that may have waited, reads it again.
+            let mut now = Timestamp::now();
             // Handle what has been read, stopping as soon as a session this client publishes
             // to is backed up: the rest waits in the buffer until it drains.
             let mut stopped_early = false;
@@ -439,8 +446,10 @@ fn session<T: Transport>(
                     *rbuf = BytesMut::new();
                 }
             }
-            // Move what is ready into the write buffer and write it.
-            {
+            // Move what is ready into the write buffer and write it, a batch at a time.
+            let mut batches = 0;
+            loop {
+                batches += 1;
                 let more = match conn.poll_outbound(now, outbox) {
                     Ok(more) => more,
                     Err(close) => return close,
@@ -463,14 +472,18 @@ fn session<T: Transport>(
                         *wbuf = BytesMut::new();
                     }
                 }
-                if more {
-                    // More is queued than one batch: the rest is written after a turn
-                    // through the wait below, which reads from the client first and checks
-                    // its keep alive. A queue that refills as fast as it drains would
-                    // otherwise keep this loop writing forever, with the client unread and
-                    // its keep alive never checked.
-                    notify.again();
+                if !more {
+                    break;
                 }
+                if batches == MAX_BATCHES_PER_TURN {
+                    // The rest is written after a turn through the wait below, which reads
+                    // from the client first and checks its keep alive. A queue that refills
+                    // as fast as it drains would otherwise keep this loop writing forever,
+                    // with the client unread and its keep alive never checked.
+                    notify.again();
+                    break;
+                }
+                now = Timestamp::now();
             }
             outbox.release_if_empty();
             // One reading of the commit watermark for both questions: a commit that lands after
