@@ -347,9 +347,11 @@ impl Broker {
                     payload: will.payload,
                 };
                 // The expiry clock of a will starts when it is published; `now` is replaced
-                // then (see `publish_will`).
+                // then (see `publish_will`). The will is kept for the connection's life and
+                // possibly a will delay after it, so it owns its bytes rather than keeping the
+                // CONNECT's read buffer allocated.
                 Some(WillSpec {
-                    message: Message::new(will.topic, publish, now, None),
+                    message: Message::new(will.topic, publish, now, None).detached(),
                     delay_secs,
                 })
             }
@@ -1448,6 +1450,7 @@ mod tests {
             packet_id: Some(std::num::NonZeroU16::MIN),
             properties: moat_mqtt::PublishProperties {
                 correlation_data: Some(buffer.slice(19..23)),
+                message_expiry_interval: Some(60),
                 ..Default::default()
             },
             payload: buffer.slice(9..19),
@@ -1499,6 +1502,8 @@ mod tests {
             (kept.qos, kept.retain, kept.origin),
             (QoS::AtLeastOnce, false, Some(7))
         );
+        assert_eq!(kept.properties.message_expiry_interval, Some(60));
+        assert_eq!(kept.expires_at, Some(Timestamp::from_millis(61_000)));
     }
 
     /// A message queued while its session was connected stops holding the read buffer

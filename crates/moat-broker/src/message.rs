@@ -171,19 +171,24 @@ impl Message {
         if self.owns_bytes {
             return Arc::clone(self);
         }
-        Arc::clone(self.detached.get_or_init(|| {
-            let stored = self.to_stored(self.qos, self.retain);
-            match Self::decode_stored(&stored, self.qos, self.origin) {
-                Some(copy) => {
-                    copy.fan_out
-                        .store(self.fan_out.load(Ordering::Relaxed), Ordering::Relaxed);
-                    Arc::new(copy)
-                }
-                // Unreachable (the hub's own encoding decodes); keeping the original only
-                // keeps its buffer.
-                None => Arc::clone(self),
+        if let Some(copy) = self.detached.get() {
+            return Arc::clone(copy);
+        }
+        let stored = self.to_stored(self.qos, self.retain);
+        match Self::decode_stored(&stored, self.qos, self.origin) {
+            Some(mut copy) => {
+                copy.fan_out
+                    .store(self.fan_out.load(Ordering::Relaxed), Ordering::Relaxed);
+                // The stored encoding leaves the interval out (the absolute expiry is kept
+                // beside it); a will is republished from its properties.
+                copy.properties.message_expiry_interval = self.properties.message_expiry_interval;
+                // Two threads may both have made a copy: the first one kept is shared.
+                Arc::clone(self.detached.get_or_init(|| Arc::new(copy)))
             }
-        }))
+            // Unreachable (the hub's own encoding decodes). The original is returned and not
+            // remembered: a message holding itself would never be freed.
+            None => Arc::clone(self),
+        }
     }
 
     /// Decodes a stored encoding into a message that owns its bytes.

@@ -448,6 +448,7 @@ fn session<T: Transport>(
             }
             // Move what is ready into the write buffer and write it, a batch at a time.
             let mut batches = 0;
+            let mut more_to_write = false;
             loop {
                 batches += 1;
                 let more = match conn.poll_outbound(now, outbox) {
@@ -481,6 +482,7 @@ fn session<T: Transport>(
                     // as fast as it drains would otherwise keep this loop writing forever,
                     // with the client unread and its keep alive never checked.
                     notify.again();
+                    more_to_write = true;
                     break;
                 }
                 now = Timestamp::now();
@@ -561,10 +563,12 @@ fn session<T: Transport>(
                 () = notify.notified() => {
                     // Deliveries can keep this branch ready on every turn, and it comes
                     // before the keep alive timer: check the keep alive here as well, on
-                    // every 64th wake-up (a clock read per delivery would cost more).
+                    // every 64th wake-up (a clock read per delivery would cost more), and
+                    // after every turn that stopped writing with more to write (the read
+                    // above found nothing from the client).
                     wake_ups = wake_ups.wrapping_add(1);
                     if reading
-                        && wake_ups.is_multiple_of(KEEP_ALIVE_CHECK_WAKE_UPS)
+                        && (more_to_write || wake_ups.is_multiple_of(KEEP_ALIVE_CHECK_WAKE_UPS))
                         && Instant::now() >= last_heard + keep_alive
                     {
                         return Close::lost(ReasonCode::KeepAliveTimeout);
