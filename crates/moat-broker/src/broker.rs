@@ -1399,9 +1399,13 @@ mod tests {
         fn wake(&self) {}
     }
 
-    /// A connected MQTT 5 session of `client_id` (expiry one hour) subscribed to `filter`
-    /// at QoS 1.
-    fn subscribed(broker: &Broker, client_id: &str, filter: &str, now: Timestamp) -> Connection {
+    /// Connects an MQTT 5 session of `client_id` (expiry one hour) with `will`.
+    fn connected(
+        broker: &Broker,
+        client_id: &str,
+        will: Option<moat_mqtt::Will>,
+        now: Timestamp,
+    ) -> Box<Connection> {
         let connect = Connect {
             protocol: ProtocolVersion::V5,
             clean_start: true,
@@ -1411,15 +1415,22 @@ mod tests {
                 ..Default::default()
             },
             client_id: client_id.to_owned(),
-            will: None,
+            will,
             username: None,
             password: None,
         };
-        let ConnectOutcome::Accepted { mut connection, .. } =
+        let ConnectOutcome::Accepted { connection, .. } =
             broker.connect(connect, Principal::Anonymous, Arc::new(NoWake), now)
         else {
             panic!("CONNECT refused");
         };
+        connection
+    }
+
+    /// A connected MQTT 5 session of `client_id` (expiry one hour) subscribed to `filter`
+    /// at QoS 1.
+    fn subscribed(broker: &Broker, client_id: &str, filter: &str, now: Timestamp) -> Connection {
+        let mut connection = connected(broker, client_id, None, now);
         let subscribe = moat_mqtt::Subscribe {
             packet_id: std::num::NonZeroU16::MIN,
             subscription_identifier: None,
@@ -1504,6 +1515,39 @@ mod tests {
         );
         assert_eq!(kept.properties.message_expiry_interval, Some(60));
         assert_eq!(kept.expires_at, Some(Timestamp::from_millis(61_000)));
+    }
+
+    /// A will owns its bytes: it is kept for the connection's life and a will delay after
+    /// it, and would otherwise keep the CONNECT's read buffer allocated. Its Message Expiry
+    /// Interval, which the stored encoding leaves out, is kept.
+    #[test]
+    fn a_will_does_not_keep_the_connects_read_buffer() {
+        let broker = broker();
+        let now = Timestamp::from_millis(1_000);
+        let buffer = read_buffer();
+        let will = moat_mqtt::Will {
+            topic: TopicName::from_bytes(buffer.slice(..9)).expect("valid topic"),
+            payload: buffer.slice(9..19),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: moat_mqtt::WillProperties {
+                message_expiry_interval: Some(30),
+                correlation_data: Some(buffer.slice(19..23)),
+                ..Default::default()
+            },
+        };
+        let _connection = connected(&broker, "a", Some(will), now);
+        assert!(buffer.is_unique(), "the will still holds the read buffer");
+        let sessions = lock(&broker.shared.sessions);
+        let st = sessions[&ClientId::parse("a").expect("valid id")].lock();
+        let kept = &st.will.as_ref().expect("the will is kept").message;
+        assert_eq!(kept.topic.as_str(), "sensors/t");
+        assert_eq!(&kept.payload[..], b"pppppppppp");
+        assert_eq!(kept.properties.message_expiry_interval, Some(30));
+        assert_eq!(
+            kept.properties.correlation_data.as_deref(),
+            Some(&b"pppp"[..])
+        );
     }
 
     /// A message queued while its session was connected stops holding the read buffer
