@@ -1449,16 +1449,16 @@ mod tests {
         *connection
     }
 
-    /// A QoS 1 message whose topic and payload are slices of `buffer`, a stand-in for a
-    /// connection's read buffer: a large allocation, two small slices.
-    fn cut_from(buffer: &Bytes, now: Timestamp) -> Arc<Message> {
+    /// A message whose topic, payload and correlation data are slices of `buffer`, a
+    /// stand-in for a connection's read buffer: a large allocation, small slices.
+    fn cut_from(buffer: &Bytes, qos: QoS, retain: bool, now: Timestamp) -> Arc<Message> {
         let topic = TopicName::from_bytes(buffer.slice(..9)).expect("valid topic");
         let publish = Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
+            qos,
+            retain,
             topic: Some(topic.clone()),
-            packet_id: Some(std::num::NonZeroU16::MIN),
+            packet_id: (qos != QoS::AtMostOnce).then_some(std::num::NonZeroU16::MIN),
             properties: moat_mqtt::PublishProperties {
                 correlation_data: Some(buffer.slice(19..23)),
                 message_expiry_interval: Some(60),
@@ -1486,7 +1486,11 @@ mod tests {
             subscribed(&broker, client, "sensors/#", now).closed(&close, now);
         }
         let buffer = read_buffer();
-        broker.route(auth::trusted(cut_from(&buffer, now)), Vec::new(), now);
+        broker.route(
+            auth::trusted(cut_from(&buffer, QoS::AtLeastOnce, false, now)),
+            Vec::new(),
+            now,
+        );
         assert!(
             buffer.is_unique(),
             "a queued message still holds the read buffer"
@@ -1558,7 +1562,11 @@ mod tests {
         let now = Timestamp::from_millis(1_000);
         let connection = subscribed(&broker, "a", "sensors/#", now);
         let buffer = read_buffer();
-        broker.route(auth::trusted(cut_from(&buffer, now)), Vec::new(), now);
+        broker.route(
+            auth::trusted(cut_from(&buffer, QoS::AtLeastOnce, false, now)),
+            Vec::new(),
+            now,
+        );
         assert!(
             !buffer.is_unique(),
             "the online queue shares the read buffer"
@@ -1578,24 +1586,10 @@ mod tests {
     #[test]
     fn a_retained_message_does_not_keep_the_publishers_read_buffer() {
         let broker = broker();
-        // Stands for a connection's read buffer: a large allocation, two small slices.
-        let mut buffer = vec![b'p'; 64 * 1024];
-        buffer[..9].copy_from_slice(b"sensors/t");
-        let buffer = Bytes::from(buffer);
-        let topic = TopicName::from_bytes(buffer.slice(..9)).expect("valid topic");
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: true,
-            topic: Some(topic.clone()),
-            packet_id: None,
-            properties: moat_mqtt::PublishProperties::default(),
-            payload: buffer.slice(9..19),
-        };
+        let buffer = read_buffer();
         let now = Timestamp::from_millis(1_000);
-        let message = Message::new(topic.clone(), publish, now, None);
+        let message = cut_from(&buffer, QoS::AtMostOnce, true, now);
         broker.route(auth::trusted(message), Vec::new(), now);
-        drop(topic);
         assert!(
             buffer.is_unique(),
             "the retained message still holds the read buffer"
